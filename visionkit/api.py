@@ -1,0 +1,132 @@
+"""The public Python API: train, evaluate, predict and load_config."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionkit.config import get, load_config
+from visionkit.engine.checkpoint import inference_weights, load_checkpoint
+from visionkit.engine.trainer import RunResult, Trainer, run_validation
+from visionkit.errors import ConfigError
+from visionkit.registry import TASKS
+from visionkit.tasks.base import StepContext, Task
+
+# Keys a resumed run may change: they extend or re-run the same training, not a different one.
+RESUMABLE = (
+    "trainer.max_steps", "trainer.epochs", "trainer.val_every", "trainer.early_stop_patience", "trainer.log_every",
+    "trainer.checkpoint_every", "trainer.progress", "trainer.device", "trainer.max_bad_steps", "data.num_workers",
+    "work_dir", "plugins",
+)
+
+
+def train(
+    config: str | Path | Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    task: str | None = None,
+    work_dir: str | Path | None = None,
+    resume: str | Path | None = None,
+    callbacks: Sequence[Any] = (),
+) -> RunResult:
+    """Train a model from a config file, mapping or task default; returns final/best metrics and the run dir."""
+    overrides = list(overrides)
+    checkpoint = find_resume(resume, config, overrides, task, work_dir) if resume else None
+    if checkpoint is not None:
+        saved = load_checkpoint(checkpoint)["config"]
+        cfg = load_config(config if config is not None else saved, overrides)
+        check_resume_changes(saved, cfg)
+        if work_dir is None and not any(o.startswith("work_dir=") for o in overrides):
+            cfg["work_dir"] = str(Path(checkpoint).resolve().parent.parent)
+    else:
+        cfg = load_config(config, overrides, task=task)
+    if work_dir is not None:
+        cfg["work_dir"] = str(work_dir)
+    return Trainer(cfg, resume=checkpoint, callbacks=callbacks).fit()
+
+
+def find_resume(resume: str | Path, config: Any, overrides: list[str], task: str | None,
+                work_dir: str | Path | None) -> Path | None:
+    """The checkpoint `--resume auto|PATH` points at (None for auto with nothing to resume)."""
+    if str(resume) != "auto":
+        path = Path(resume)
+        if path.is_dir():
+            path = path / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise ConfigError(f"--resume {resume}: no checkpoint there. Give a .pt file, a run dir, or 'auto'.")
+        return path
+    if work_dir is None:
+        work_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("work_dir=")), None)
+    if work_dir is None:
+        name = task or (load_config(config, overrides, task=task)["task"] if config is not None or task else None)
+        runs = sorted((Path("runs") / TASKS.canonical(name)).glob("*/checkpoints/last.pt")) if name else []
+        return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+    path = Path(work_dir) / "checkpoints" / "last.pt"
+    return path if path.is_file() else None
+
+
+def check_resume_changes(saved: Mapping[str, Any], cfg: Mapping[str, Any]) -> None:
+    """Refuse config changes that a resumed run cannot honour (everything but RESUMABLE keys)."""
+    changed = [k for k in _leaf_keys(cfg) | _leaf_keys(saved) if get(cfg, k) != get(saved, k)]
+    blocked = sorted(k for k in changed if not any(k == r or k.startswith(r + ".") for r in RESUMABLE))
+    if blocked:
+        details = "; ".join(f"{k}: {get(saved, k)!r} -> {get(cfg, k)!r}" for k in blocked[:5])
+        raise ConfigError(
+            f"A resumed run cannot change {', '.join(blocked)} ({details}). A resumed run may only change "
+            f"{', '.join(RESUMABLE)}; start a new run (without --resume) to train with other settings."
+        )
+
+
+def _leaf_keys(cfg: Mapping[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for k, v in cfg.items():
+        if isinstance(v, Mapping) and v:
+            keys |= _leaf_keys(v, f"{prefix}{k}.")
+        else:
+            keys.add(f"{prefix}{k}")
+    return keys
+
+
+def load_model(checkpoint: str | Path, overrides: Sequence[str] = (), device: str | None = None) -> tuple[Task, nn.Module, dict[str, Any]]:
+    """Rebuild the task and model of a checkpoint (EMA weights when kept), on a device, in eval mode."""
+    from visionkit.engine.precision import select_device
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = load_config(ckpt["config"], list(overrides))
+    task = TASKS.get(cfg["task"])(cfg)
+    dev = select_device(device or cfg["trainer"]["device"])
+    model = task.build_model()
+    model.load_state_dict(inference_weights(ckpt))
+    model.to(dev).eval()
+    task.setup(model, dev)
+    return task, model, cfg
+
+
+def evaluate(checkpoint: str | Path, overrides: Sequence[str] = (), device: str | None = None) -> dict[str, float]:
+    """Metrics of a checkpoint on its validation set (or `data.val` given in overrides)."""
+    from visionkit.engine.loader import build_loader
+    from visionkit.engine.precision import autocast_factory, resolve_precision
+
+    task, model, cfg = load_model(checkpoint, overrides, device)
+    dev = next(model.parameters()).device
+    dataset = task.build_dataset("val")
+    loader, _ = build_loader(dataset, batch_size=cfg["data"]["batch_size"], shuffle=False, seed=cfg["trainer"]["seed"],
+                             collate=task.collate, num_workers=cfg["data"]["num_workers"], train=False)
+    autocast = autocast_factory(resolve_precision(cfg["trainer"]["precision"], dev), dev)
+    ctx = StepContext(model, model, dev, autocast=autocast)
+    metrics = run_validation(task, model, loader, dev, autocast, ctx)
+    return {**metrics, **{k: v for k, v in task.summary_extras().items() if not isinstance(v, (list, dict))}}
+
+
+def predict(checkpoint: str | Path, inputs: Sequence[str | Path] = (), out_dir: str | Path = "predictions",
+            overrides: Sequence[str] = (), device: str | None = None, **options: Any) -> dict[str, Any]:
+    """Run a checkpoint on image files or folders (or sample, for generation); write results to out_dir."""
+    task, model, _ = load_model(checkpoint, overrides, device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        return task.predict_files(model, [Path(i) for i in inputs], out, dict(options))

@@ -1,0 +1,151 @@
+"""Command-line entry points behind tools/*.py and the `visionkit` command (argument parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from visionkit.errors import VisionkitError
+
+
+def _run(fn: Callable[[], Any]) -> int:
+    """Call fn; user errors print one short paragraph and return exit status 2 (no traceback)."""
+    try:
+        fn()
+    except VisionkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume auto", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _plugins(names: Sequence[str]) -> None:
+    from visionkit.plugins import import_plugin
+
+    for name in names:
+        import_plugin(name)
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """`tools/train.py`: train a task from its default config or a YAML file, with key=value overrides."""
+    p = argparse.ArgumentParser(prog="train.py", description="Train a visionkit model.")
+    p.add_argument("--task", help="task name or alias (cls, seg, det, gen, or a plugin's task)")
+    p.add_argument("--config", help="YAML config (default: configs/<task>/default.yaml)")
+    p.add_argument("--work-dir", help="run directory (default: runs/<task>/<timestamp>)")
+    p.add_argument("--resume", help="'auto' (latest last.pt of the run dir/task) or a checkpoint path")
+    p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from visionkit.api import train
+
+        _plugins(args.plugin)
+        result = train(args.config, args.overrides, task=args.task, work_dir=args.work_dir, resume=args.resume)
+        if result.metrics:
+            print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+
+    return _run(go)
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """`tools/eval.py`: metrics of a checkpoint on its validation data (or data.val=... overrides)."""
+    p = argparse.ArgumentParser(prog="eval.py", description="Evaluate a visionkit checkpoint.")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint .pt (e.g. runs/cls/<time>/checkpoints/best.pt)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--results", help="detection: a COCO results JSON to score against --ann")
+    p.add_argument("--ann", help="detection: the COCO annotation JSON for --results")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        _plugins(args.plugin)
+        if args.results or args.ann:
+            if not (args.results and args.ann):
+                raise VisionkitError("--results and --ann go together: a COCO results JSON and its annotation JSON.")
+            from visionkit.tasks.detection.evaluation import evaluate_results_file
+
+            metrics = evaluate_results_file(args.results, args.ann)
+        else:
+            if not args.checkpoint:
+                raise VisionkitError("Give a checkpoint to evaluate (or --results R.json --ann A.json).")
+            from visionkit.api import evaluate
+
+            metrics = evaluate(args.checkpoint, args.overrides, device=args.device)
+        text = json.dumps(metrics, indent=2, default=float)
+        print(text)
+        if args.out:
+            from pathlib import Path
+
+            Path(args.out).write_text(text + "\n")
+
+    return _run(go)
+
+
+def predict_main(argv: Sequence[str] | None = None) -> int:
+    """`tools/predict.py`: run a checkpoint on images or folders; JSON and annotated images out."""
+    p = argparse.ArgumentParser(prog="predict.py", description="Predict with a visionkit checkpoint.")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="*", help="image files or folders (generation: none)")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="task option, e.g. topk=3, num_samples=64, score_threshold=0.3 (repeatable)")
+    p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from visionkit.api import predict
+        from visionkit.config import parse_overrides
+
+        _plugins(args.plugin)
+        options = parse_overrides(args.option)
+        result = predict(args.checkpoint, args.inputs, args.out, device=args.device, **options)
+        print(f"wrote predictions to {args.out}" + (f" ({len(result.get('predictions', []))} inputs)" if isinstance(result, dict) else ""))
+
+    return _run(go)
+
+
+def list_main(argv: Sequence[str] | None = None) -> int:
+    """`tools/list.py`: every registered component by kind and task, with its origin."""
+    p = argparse.ArgumentParser(prog="list.py", description="List registered visionkit components.")
+    p.add_argument("--task", help="only components for this task")
+    p.add_argument("--kind", help="only this kind (tasks, models, datasets, losses, metrics, transforms, callbacks)")
+    p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from visionkit.registry import ALL, TASKS
+
+        _plugins(args.plugin)
+        task = TASKS.canonical(args.task) if args.task else None
+        for kind, registry in ALL.items():
+            if args.kind and kind != args.kind:
+                continue
+            rows = [e for e in registry.entries() if task is None or not e.tasks or task in e.tasks or e.name == task]
+            if not rows:
+                continue
+            print(f"{kind}:")
+            for e in rows:
+                aliases = f" (aliases: {', '.join(e.aliases)})" if e.aliases else ""
+                tasks = ",".join(e.tasks) or "any"
+                print(f"  {e.name:<28} task={tasks:<16} origin={e.origin}{aliases}")
+
+    return _run(go)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`visionkit train|eval|predict|list ...`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": train_main, "eval": eval_main, "predict": predict_main, "list": list_main}
+    if not argv or argv[0] not in commands:
+        print("usage: visionkit {train,eval,predict,list} ...", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])

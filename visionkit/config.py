@@ -1,0 +1,276 @@
+"""YAML configs: `_base_` inheritance, dotted overrides, validation against a schema, and dumping."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from visionkit.errors import ConfigError, did_you_mean
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+
+# The schema of every task: a default for each key. A mapping with a `name` key is a component spec
+# whose other keys are checked against the builder's signature; other mappings are closed.
+BASE_DEFAULTS: dict[str, Any] = {
+    "task": None,
+    "plugins": [],
+    "work_dir": None,
+    "model": {"name": None},
+    "data": {
+        "batch_size": 32,
+        "num_workers": 2,
+        "train": None,
+        "val": None,
+        "train_transforms": [],
+        "val_transforms": [],
+    },
+    "loss": None,
+    "optimizer": {"name": "adamw", "lr": 1e-3},
+    "scheduler": {"name": "cosine", "warmup_steps": 0},
+    "trainer": {
+        "epochs": 10,
+        "max_steps": None,
+        "precision": "auto",
+        "device": "auto",
+        "seed": 0,
+        "accumulate": 1,
+        "clip_grad": None,
+        "ema": None,
+        "val_every": 1,
+        "early_stop_patience": None,
+        "log_every": 20,
+        "checkpoint_every": None,
+        "channels_last": False,
+        "compile": False,
+        "progress": True,
+        "max_bad_steps": 5,
+    },
+}
+
+CHOICES = {
+    "trainer.precision": ("auto", "fp32", "fp16-mixed", "bf16-mixed"),
+}
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (plain YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)$|^[-+]?(\d+\.\d*|\.\d+)$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with the config loader."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+POSITIVE = {"data.batch_size", "trainer.accumulate", "trainer.val_every", "trainer.log_every", "trainer.epochs"}
+NON_NEGATIVE = {"data.num_workers"}
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge `update` into a copy of `base`: mappings merge key by key, anything else replaces.
+
+    A mapping in `update` with `_delete_: true` replaces the base mapping instead of merging.
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and value.get("_delete_"):
+            out[key] = {k: copy.deepcopy(v) for k, v in value.items() if k != "_delete_"}
+        elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and resolve its `_base_` chain (paths relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file '{path}' does not exist. Pass a YAML file, e.g. configs/cls/default.yaml.")
+    try:
+        data = yaml_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping at the top level, got {type(data).__name__}.")
+    bases = data.pop("_base_", [])
+    merged: dict[str, Any] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = deep_merge(merged, read_yaml(path.parent / base))
+    return deep_merge(merged, data)
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn `key.sub=value` strings into a nested mapping; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*", key):
+            raise ConfigError(f"Override '{item}' is not of the form key.sub=value (e.g. trainer.epochs=5).")
+        try:
+            value = yaml_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"Override '{item}' conflicts with another override of '{part}'.")
+        node[parts[-1]] = value
+    return out
+
+
+def task_config_path(task: str) -> Path:
+    """Default config of a task: configs/<short alias>/default.yaml (or configs/<name>/default.yaml)."""
+    from visionkit.registry import TASKS
+
+    entry = TASKS.entry(task)
+    for folder in (*entry.aliases, entry.name):
+        candidate = CONFIG_ROOT / folder / "default.yaml"
+        if candidate.is_file():
+            return candidate
+    path = getattr(entry.obj, "default_config", None)
+    if path and Path(path).is_file():
+        return Path(path)
+    raise ConfigError(f"Task '{entry.name}' has no default config; pass --config FILE.")
+
+
+def load_config(
+    config: str | Path | Mapping[str, Any] | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    task: str | None = None,
+) -> dict[str, Any]:
+    """Load, merge and validate a config; returns a plain nested dict with every key present."""
+    from visionkit.plugins import import_plugin
+    from visionkit.registry import TASKS
+
+    over = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
+    for plugin in over.get("plugins") or []:
+        import_plugin(plugin)
+    if config is None:
+        name = task or over.get("task")
+        if not name:
+            raise ConfigError("Give a task (--task cls|seg|det|gen) or a config file (--config FILE).")
+        config = task_config_path(name)
+    user = dict(config) if isinstance(config, Mapping) else read_yaml(config)
+    user = deep_merge(user, over)
+    if task is not None:
+        if user.get("task") and TASKS.canonical(user["task"]) != TASKS.canonical(task):
+            raise ConfigError(f"--task {task} does not match the config's task '{user['task']}'.")
+        user["task"] = task
+    if not user.get("task"):
+        raise ConfigError("The config has no 'task' key; add e.g. `task: classification`.")
+    for plugin in user.get("plugins") or []:
+        import_plugin(plugin)
+    task_cls = TASKS.get(user["task"])
+    user["task"] = TASKS.canonical(user["task"])
+    schema = deep_merge(BASE_DEFAULTS, getattr(task_cls, "defaults", {}))
+    check_keys(user, schema, "")
+    cfg = deep_merge(schema, user)
+    check_values(cfg)
+    from visionkit.engine.optim import validate_optimizer, validate_scheduler
+
+    validate_optimizer(cfg["optimizer"])
+    validate_scheduler(cfg["scheduler"])
+    task_cls(cfg).validate()
+    return cfg
+
+
+def check_keys(user: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> None:
+    """Reject keys not in the schema (closed mappings only), naming the nearest valid key."""
+    for key, value in user.items():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(
+                f"Unknown config key '{path}'.{did_you_mean(key, schema)} "
+                f"Valid keys{' under ' + prefix[:-1] if prefix else ''}: {', '.join(sorted(schema))}."
+            )
+        expected = schema[key]
+        if isinstance(expected, Mapping) and "name" not in expected:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"Config key '{path}' must be a mapping, got {value!r}.")
+            check_keys(value, expected, path + ".")
+        elif expected is not None and value is not None and not isinstance(expected, Mapping):
+            check_type(path, value, expected)
+
+
+def check_type(path: str, value: Any, expected: Any) -> None:
+    """Check a value's type against the schema default's type (ints are accepted for floats)."""
+    ok_types: tuple[type, ...]
+    if isinstance(expected, bool):
+        ok_types = (bool,)
+    elif isinstance(expected, (int, float)):
+        ok_types = (int, float)
+        if isinstance(value, bool):
+            ok_types = ()
+    elif isinstance(expected, str):
+        ok_types = (str,)
+    elif isinstance(expected, list):
+        ok_types = (list,)
+    else:
+        return
+    if not isinstance(value, ok_types):
+        raise ConfigError(
+            f"Config key '{path}' has value {value!r} ({type(value).__name__}); "
+            f"expected {type(expected).__name__} like {expected!r}."
+        )
+
+
+def get(cfg: Mapping[str, Any], dotted: str) -> Any:
+    """Read `a.b.c` from a nested mapping (None when missing)."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(part)
+    return node
+
+
+def check_values(cfg: Mapping[str, Any]) -> None:
+    """Check enumerations, devices and numeric ranges of the shared keys."""
+    for key, choices in CHOICES.items():
+        if get(cfg, key) not in choices:
+            raise ConfigError(
+                f"Config key '{key}' is {get(cfg, key)!r}; accepted values: {', '.join(choices)}."
+                + did_you_mean(str(get(cfg, key)), choices)
+            )
+    device = str(get(cfg, "trainer.device"))
+    if not DEVICE_PATTERN.match(device):
+        raise ConfigError(f"Config key 'trainer.device' is {device!r}; accepted: auto, cpu, cuda, cuda:N, mps.")
+    for key in POSITIVE:
+        if not isinstance(get(cfg, key), int) or get(cfg, key) < 1:
+            raise ConfigError(f"Config key '{key}' must be a positive integer, got {get(cfg, key)!r}.")
+    for key in NON_NEGATIVE:
+        if not isinstance(get(cfg, key), int) or get(cfg, key) < 0:
+            raise ConfigError(f"Config key '{key}' must be an integer >= 0, got {get(cfg, key)!r}.")
+    for key in ("trainer.max_steps", "trainer.early_stop_patience", "trainer.checkpoint_every"):
+        value = get(cfg, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConfigError(f"Config key '{key}' must be a positive integer or null, got {value!r}.")
+    ema = get(cfg, "trainer.ema")
+    if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 < ema < 1):
+        raise ConfigError(f"Config key 'trainer.ema' must be a decay in (0, 1) such as 0.999, or null; got {ema!r}.")
+    clip = get(cfg, "trainer.clip_grad")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0):
+        raise ConfigError(f"Config key 'trainer.clip_grad' must be a positive max-norm or null; got {clip!r}.")
+    lr = get(cfg, "optimizer.lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+        raise ConfigError(f"Config key 'optimizer.lr' must be a positive number, got {lr!r}.")
+
+
+def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(dict(cfg), sort_keys=False))

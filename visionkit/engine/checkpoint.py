@@ -1,0 +1,73 @@
+"""Checkpoints: atomic writes, RNG state capture, and loading with `weights_only=True`."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from visionkit.errors import VisionkitError
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states of python, numpy, torch and CUDA, in types `weights_only` loading accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a visionkit checkpoint on the CPU with `weights_only=True`."""
+    path = Path(path)
+    if not path.is_file():
+        raise VisionkitError(f"Checkpoint '{path}' does not exist. Pass a .pt file from <run>/checkpoints/.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise VisionkitError(f"Checkpoint '{path}' could not be read ({type(exc).__name__}: {exc}).") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise VisionkitError(f"'{path}' is not a visionkit checkpoint (no 'model' and 'config' entries).")
+    return ckpt
+
+
+def inference_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights to evaluate with: the EMA weights when the run kept them, else the model's."""
+    ema = ckpt.get("ema")
+    if not ema:
+        return ckpt["model"]
+    return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}

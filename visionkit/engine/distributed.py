@@ -1,0 +1,75 @@
+"""Distributed helpers (torchrun, env:// rendezvous): ranks, reductions and gathers for metrics."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's global rank (0 when not distributed)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on the process that writes files and prints progress."""
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or another env:// launcher) set WORLD_SIZE > 1."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_process_group(device: torch.device) -> None:
+    """Join the torchrun process group: NCCL on CUDA, gloo on CPU."""
+    if is_distributed() or not launched_by_torchrun():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, init_method="env://")
+
+
+def destroy_process_group() -> None:
+    """Leave the process group if one is open."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over all ranks (in place; returns it); a no-op when not distributed."""
+    if is_distributed():
+        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+            moved = tensor.cuda()
+            dist.all_reduce(moved)
+            tensor.copy_(moved.cpu())
+        else:
+            dist.all_reduce(tensor)
+    return tensor
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Gather one picklable object from each rank into a list (rank order)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Wait for every rank."""
+    if is_distributed():
+        dist.barrier()

@@ -1,0 +1,108 @@
+"""Data loaders whose randomness depends only on (seed, epoch, batch), so resumed runs are exact."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
+
+
+def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
+    """A seed for one batch, independent of which worker loads it."""
+    return ((((seed * 1_000_003) + epoch) * 1_000_033 + batch) * 1009 + rank) % (2**31 - 1)
+
+
+class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Batches of `(index, seed)` for this rank: a DistributedSampler permutation per epoch, batched,
+    each batch tagged with its seed, optionally starting part-way into the epoch (for resume)."""
+
+    def __init__(
+        self, size: int, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1,
+        drop_last: bool = False, pad: bool = True,
+    ) -> None:
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.world, self.drop_last, self.pad = rank, world, drop_last, pad
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's permutation and the first batch to yield."""
+        self.epoch, self.start = epoch, start_batch
+
+    def _indices(self) -> list[int]:
+        if self.pad or self.world == 1:
+            sampler = DistributedSampler(
+                range(self.size), num_replicas=self.world, rank=self.rank, shuffle=self.shuffle, seed=self.seed
+            )
+            sampler.set_epoch(self.epoch)
+            return list(sampler)
+        return list(range(self.size))[self.rank :: self.world]  # validation: every sample exactly once
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        indices = self._indices()
+        n_batches = len(self)
+        for b in range(self.start, n_batches):
+            chunk = indices[b * self.batch_size : (b + 1) * self.batch_size]
+            s = batch_seed(self.seed, self.epoch, b, self.rank)
+            yield [(i, s) for i in chunk]
+
+    def __len__(self) -> int:
+        per_rank = -(-self.size // self.world) if (self.pad or self.world == 1) else len(range(self.rank, self.size, self.world))
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so each batch reseeds python/numpy/torch RNGs and the dataset's `transform`."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def _seed(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        transform = getattr(self.dataset, "transform", None)
+        if hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(seed)
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
+        """Load one batch under its own seed (keeping the main process's RNG streams intact)."""
+        if not items:
+            return []
+        if get_worker_info() is not None:
+            self._seed(items[0][1])
+            return [self.dataset[i] for i, _ in items]
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            self._seed(items[0][1])
+            return [self.dataset[i] for i, _ in items]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        return self.__getitems__([item])[0]
+
+
+def build_loader(
+    dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate: Callable[[list[Any]], Any],
+    num_workers: int, rank: int = 0, world: int = 1, train: bool = True, pin_memory: bool = False,
+) -> tuple[DataLoader, EpochBatchSampler]:
+    """A DataLoader over `dataset` with a resumable, seeded batch sampler (returned alongside)."""
+    sampler = EpochBatchSampler(
+        len(dataset), batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world,  # type: ignore[arg-type]
+        drop_last=False, pad=train,
+    )
+    loader = DataLoader(
+        SeededDataset(dataset), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
+        persistent_workers=num_workers > 0,
+    )
+    return loader, sampler

@@ -1,0 +1,85 @@
+"""Run output: metrics.jsonl, the per-epoch summary line, curves.png and summary.json (rank 0 only)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class RunReport:
+    """Writes one JSON record per logged step/epoch and draws the loss and metric curves."""
+
+    def __init__(self, run_dir: Path, monitor: str, enabled: bool = True) -> None:
+        self.run_dir, self.monitor, self.enabled = run_dir, monitor, enabled
+        self.train: list[tuple[int, float]] = []
+        self.val: list[tuple[int, float]] = []
+        self._file = open(run_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record (step or epoch) to metrics.jsonl."""
+        if not self._file:
+            return
+        if "train/loss" in record:
+            self.train.append((record["step"], record["train/loss"]))
+        if self.monitor in record:
+            self.val.append((record["step"], record[self.monitor]))
+        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        self._file.flush()
+
+    def curves(self) -> None:
+        """Draw training loss and the monitored validation metric against optimizer steps."""
+        if not self.enabled or not (self.train or self.val):
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        if self.train:
+            axes[0].plot(*zip(*self.train), lw=1)
+        axes[0].set(title="train/loss", xlabel="step")
+        if self.val:
+            axes[1].plot(*zip(*self.val), marker="o")
+        axes[1].set(title=self.monitor, xlabel="step")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.run_dir / "curves.png", dpi=90)
+        plt.close(fig)
+
+    def summary(self, data: dict[str, Any]) -> None:
+        """Write summary.json."""
+        if self.enabled:
+            (self.run_dir / "summary.json").write_text(json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+    def close(self) -> None:
+        """Close metrics.jsonl."""
+        if self._file:
+            self._file.close()
+            self._file = None
+
+
+def epoch_line(epoch: int, epochs: int, step: int, train_loss: float | None, metrics: dict[str, float],
+               best: float | None, seconds: float) -> str:
+    """One readable summary line per epoch."""
+    parts = [f"epoch {epoch}/{epochs}", f"step {step}"]
+    if train_loss is not None:
+        parts.append(f"loss {train_loss:.4f}")
+    parts += [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
+    if best is not None:
+        parts.append(f"best {best:.4f}")
+    parts.append(f"{seconds:.1f}s")
+    return "  ".join(parts)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)

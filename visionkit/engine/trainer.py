@@ -1,0 +1,432 @@
+"""The task-agnostic trainer: one loop for every registered task."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from visionkit.config import dump_config
+from visionkit.engine import distributed as dist
+from visionkit.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from visionkit.engine.loader import build_loader
+from visionkit.engine.optim import build_optimizer, build_scheduler
+from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
+from visionkit.engine.report import RunReport, epoch_line
+from visionkit.errors import VisionkitError
+from visionkit.registry import TASKS
+from visionkit.tasks.base import StepContext, Task
+
+
+class TrainingError(VisionkitError):
+    """Training cannot go on (e.g. repeated non-finite losses); the message says what to try."""
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    metrics: dict[str, float]
+    best: dict[str, float]
+    best_checkpoint: Path | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def default_run_dir(cfg: dict[str, Any]) -> Path:
+    """`work_dir` from the config, else runs/<task>/<timestamp> (made unique)."""
+    if cfg.get("work_dir"):
+        return Path(cfg["work_dir"])
+    base = Path("runs") / cfg["task"] / datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+class Trainer:
+    """Trains `cfg["task"]`: builds it from the registries, runs the loop, validates, checkpoints."""
+
+    def __init__(self, cfg: dict[str, Any], resume: str | Path | None = None, callbacks: Sequence[Any] = ()) -> None:
+        self.cfg, self.resume, self.callbacks = cfg, resume, list(callbacks)
+        t = cfg["trainer"]
+        self.device = select_device(t["device"])
+        dist.init_process_group(self.device)
+        self.precision = resolve_precision(t["precision"], self.device)
+        self.autocast = autocast_factory(self.precision, self.device)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_value: float | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.last_metrics: dict[str, float] = {}
+        self.rounds_without_gain = 0
+        self.bad_steps = 0
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg, t = self.cfg, self.cfg["trainer"]
+        torch.manual_seed(t["seed"])
+        import random
+
+        import numpy as np
+
+        random.seed(t["seed"])
+        np.random.seed(t["seed"])
+        run_dir = default_run_dir(cfg) if dist.is_main() else None
+        self.run_dir = Path(dist.all_gather_objects(str(run_dir))[0])
+        self.task: Task = TASKS.get(cfg["task"])(cfg)
+        # Datasets first: a task may record what they tell (classes, channels) in the config for the model.
+        self.train_set = self.task.build_dataset("train")
+        self.val_set = self.task.build_dataset("val") if cfg["data"].get("val") is not None else None
+        self.module = self.task.build_model().to(self.device)
+        if t["channels_last"]:
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.task.setup(self.module, self.device)
+        self._build_loaders()
+        if dist.is_main():
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, self.run_dir / "config.yaml")
+        self.groups = self.task.optimizer_groups(self.module)
+        self.optimizers = {}
+        for name, group in self.groups.items():
+            group.params = list(group.params)
+            spec = {**cfg["optimizer"], **group.overrides}
+            self.optimizers[name] = build_optimizer(spec, group.params)
+        self.horizon = t["epochs"] * self.updates_per_epoch
+        self.schedulers = {n: build_scheduler(cfg["scheduler"], o, self.horizon) for n, o in self.optimizers.items()}
+        self.scaler = make_scaler(self.precision, self.device)
+        self.ema = None
+        if t["ema"]:
+            self.ema = AveragedModel(self.module, multi_avg_fn=get_ema_multi_avg_fn(t["ema"]), use_buffers=True)
+        if self.resume:
+            self._restore(load_checkpoint(self.resume))
+        self.model: nn.Module = self.module
+        self.ddp: DistributedDataParallel | None = None
+        if dist.is_distributed():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = self.model = DistributedDataParallel(
+                self.module, device_ids=ids, find_unused_parameters=self.task.find_unused_parameters
+            )
+        if t["compile"]:
+            self.model = torch.compile(self.model)
+        self.report = RunReport(self.run_dir, self.task.monitor, enabled=dist.is_main())
+
+    def _build_loaders(self) -> None:
+        d, t = self.cfg["data"], self.cfg["trainer"]
+        common = dict(
+            batch_size=d["batch_size"], seed=t["seed"], collate=self.task.collate, num_workers=d["num_workers"],
+            rank=dist.rank(), world=dist.world_size(), pin_memory=self.device.type == "cuda",
+        )
+        self.train_loader, self.sampler = build_loader(self.train_set, shuffle=True, train=True, **common)
+        self.val_loader = None
+        if self.val_set is not None:
+            self.val_loader, _ = build_loader(self.val_set, shuffle=False, train=False, **common)
+        if len(self.sampler) == 0:
+            raise VisionkitError("The training set is empty; check data.train.")
+        self.updates_per_epoch = math.ceil(len(self.sampler) / t["accumulate"])
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.module.state_dict(),
+            "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "horizon": self.horizon,
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "best_value": self.best_value, "best_metrics": self.best_metrics,
+            "rounds_without_gain": self.rounds_without_gain,
+            "rng": rng_state(), "config": self.cfg, "format": 1,
+        }
+
+    def _save(self, best: bool = False) -> None:
+        if not dist.is_main():
+            return
+        state = self._state()
+        save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
+        if best:
+            save_atomic(state, self.run_dir / "checkpoints" / "best.pt")
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.module.load_state_dict(ckpt["model"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(ckpt["optimizers"][name])
+        if ckpt["horizon"] == self.horizon:
+            for name, sched in self.schedulers.items():
+                sched.load_state_dict(ckpt["schedulers"][name])
+        else:  # trainer.epochs changed: the same schedule over the new horizon, fast-forwarded
+            for name, opt in self.optimizers.items():
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"]
+                self.schedulers[name] = build_scheduler(self.cfg["scheduler"], opt, self.horizon)
+                for _ in range(ckpt["step"]):
+                    self.schedulers[name].step()
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
+        self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        self.best_value, self.best_metrics = ckpt["best_value"], ckpt["best_metrics"]
+        self.rounds_without_gain = ckpt["rounds_without_gain"]
+        set_rng_state(ckpt["rng"])
+        self._print(f"resumed from {self.resume} at epoch {self.epoch}, step {self.step}")
+
+    # -- the loop -------------------------------------------------------------------------------
+    def fit(self) -> RunResult:
+        """Train until `trainer.epochs`, `trainer.max_steps` or early stopping; return the result."""
+        start = time.perf_counter()
+        try:
+            self._setup()
+            self._print(f"run dir: {self.run_dir}  device: {self.device}  precision: {self.precision}")
+            t = self.cfg["trainer"]
+            stop = self._done()
+            while not stop:
+                finished_epoch = self._train_epoch()
+                if not finished_epoch:  # max_steps reached part-way through an epoch
+                    self._save()
+                    if self.val_loader is not None:
+                        self._validate_and_track()
+                    break
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                stop = self._done()
+                if self.val_loader is not None and (self.epoch % t["val_every"] == 0 or stop):
+                    stop = self._validate_and_track() or stop
+                else:
+                    self._save()
+            return self._finish(time.perf_counter() - start)
+        finally:
+            dist.destroy_process_group()
+
+    def _done(self) -> bool:
+        t = self.cfg["trainer"]
+        return self.epoch >= t["epochs"] or (t["max_steps"] is not None and self.step >= t["max_steps"])
+
+    def _train_epoch(self) -> bool:
+        """Run (the rest of) one epoch; False when the run must stop part-way (max_steps)."""
+        t = self.cfg["trainer"]
+        accumulate, max_steps = t["accumulate"], t["max_steps"]
+        n_batches = len(self.sampler)
+        self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
+        self.module.train()
+        bar = self._progress(n_batches)
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        tick, seen = time.perf_counter(), 0
+        ctx = StepContext(self.model, self.module, self.device, autocast=self.autocast)
+        multi = len(self.groups) > 1
+        for batch in self.train_loader:
+            self.batch_in_epoch += 1
+            is_update = self.batch_in_epoch % accumulate == 0 or self.batch_in_epoch == n_batches
+            batch = self.task.move_to_device(batch, self.device)
+            ctx.step, ctx.epoch = self.step, self.epoch
+            for name, group in self.groups.items():
+                if self.step % group.every:
+                    continue
+                ctx.optimizer = name
+                if multi:
+                    self._toggle(name)
+                sync = self.ddp.no_sync() if self.ddp is not None and not is_update else _null()
+                with sync:
+                    with self.autocast():
+                        out = self.task.training_step(batch, ctx)
+                    if out is None:
+                        continue
+                    loss = out["loss"]
+                    self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
+                finite &= torch.isfinite(loss.detach())
+                for key, value in out.items():
+                    value = value.detach().float()
+                    prefix = f"{name}/" if multi and key == "loss" else ""
+                    sums[prefix + key] = sums[prefix + key] + value if prefix + key in sums else value
+            count += 1
+            seen += 1
+            if bar is not None:
+                bar.update(1)
+            if not is_update:
+                continue
+            if multi:
+                self._toggle(None)
+            if not bool(finite):
+                self._skip_update()
+                finite = torch.ones((), dtype=torch.bool, device=self.device)
+                continue
+            self.bad_steps = 0
+            self._update()
+            if self.step % t["log_every"] == 0 or (max_steps is not None and self.step >= max_steps):
+                now = time.perf_counter()
+                rate = seen * self.cfg["data"]["batch_size"] * dist.world_size() / max(now - tick, 1e-9)
+                self._log_train(sums, count, rate, bar)
+                sums, count, tick, seen = {}, 0, now, 0
+            if t["checkpoint_every"] and self.step % t["checkpoint_every"] == 0:
+                self._save()
+            if max_steps is not None and self.step >= max_steps:
+                if bar is not None:
+                    bar.close()
+                return self.batch_in_epoch >= n_batches
+        if bar is not None:
+            bar.close()
+        if count:
+            self._log_train(sums, count, None, None)
+        return True
+
+    def _update(self) -> None:
+        clip = self.cfg["trainer"]["clip_grad"]
+        for name, opt in self.optimizers.items():
+            if self.step % self.groups[name].every:
+                continue
+            if clip:
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(self.groups[name].params, clip)
+            self.scaler.step(opt)
+            self.schedulers[name].step()
+            opt.zero_grad(set_to_none=True)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.module)
+        self.step += 1
+
+    def _skip_update(self) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        self._print(f"warning: non-finite loss at step {self.step}; update skipped ({self.bad_steps} in a row)")
+        if self.bad_steps >= self.cfg["trainer"]["max_bad_steps"]:
+            raise TrainingError(
+                f"The loss was NaN/inf for {self.bad_steps} updates in a row (step {self.step}). Try a lower "
+                "optimizer.lr, trainer.clip_grad=1.0, trainer.precision=fp32, or check the data for bad values."
+            )
+
+    def _toggle(self, name: str | None) -> None:
+        """Let only the parameters of optimizer `name` require gradients (all of them for None)."""
+        for other, group in self.groups.items():
+            flag = name is None or other == name
+            for p in group.params:
+                p.requires_grad_(flag)
+
+    # -- validation -----------------------------------------------------------------------------
+    def _validate_and_track(self) -> bool:
+        """Validate, keep best/last checkpoints, and return True when early stopping triggers."""
+        t0 = time.perf_counter()
+        saved_rng = rng_state()  # validation must not change the training trajectory
+        eval_model = self.ema.module if self.ema is not None else self.module
+        metrics = run_validation(self.task, eval_model, self.val_loader, self.device, self.autocast,
+                                 StepContext(eval_model, eval_model, self.device, step=self.step, epoch=self.epoch,
+                                             autocast=self.autocast))
+        set_rng_state(saved_rng)
+        self.last_metrics = metrics
+        monitor, mode = self.task.monitor, self.task.monitor_mode
+        value = metrics.get(monitor)
+        improved = value is not None and (
+            self.best_value is None or (value > self.best_value if mode == "max" else value < self.best_value)
+        )
+        if improved:
+            self.best_value, self.best_metrics, self.rounds_without_gain = value, dict(metrics), 0
+        else:
+            self.rounds_without_gain += 1
+        self._save(best=improved)
+        record = {"step": self.step, "epoch": self.epoch, **metrics}
+        self.report.log(record)
+        if dist.is_main():
+            ctx = StepContext(eval_model, eval_model, self.device, step=self.step, epoch=self.epoch,
+                              autocast=self.autocast)
+            saved_rng = rng_state()
+            self.task.on_validation_end(ctx, self.val_set, self.run_dir, self.epoch)
+            set_rng_state(saved_rng)
+            self.report.curves()
+            self._print(epoch_line(self.epoch, self.cfg["trainer"]["epochs"], self.step, self._last_loss,
+                                   metrics, self.best_value, time.perf_counter() - t0))
+        for cb in self.callbacks:
+            if hasattr(cb, "on_validation_end"):
+                cb.on_validation_end(record)
+        patience = self.cfg["trainer"]["early_stop_patience"]
+        if patience and self.rounds_without_gain >= patience:
+            self._print(f"early stop: {monitor} has not improved for {patience} validation rounds")
+            return True
+        return False
+
+    # -- output ---------------------------------------------------------------------------------
+    _last_loss: float | None = None
+
+    def _log_train(self, sums: dict[str, torch.Tensor], count: int, rate: float | None, bar: Any) -> None:
+        values = {f"train/{k}": float(v) / max(count, 1) for k, v in sums.items()}
+        lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]
+        self._last_loss = values.get("train/loss", next(iter(values.values()), None))
+        record = {"step": self.step, "epoch": self.epoch, **values, "lr": lr}
+        if rate is not None:
+            record["images_per_s"] = round(rate, 1)
+        if self._last_loss is not None:
+            record.setdefault("train/loss", self._last_loss)
+        self.report.log(record)
+        if bar is not None:
+            bar.set_postfix(loss=f"{self._last_loss:.4f}", lr=f"{lr:.2e}",
+                            img_s=f"{rate:.0f}" if rate else "-", refresh=False)
+        for cb in self.callbacks:
+            if hasattr(cb, "on_log"):
+                cb.on_log(record)
+
+    def _progress(self, total: int) -> Any:
+        if not (self.cfg["trainer"]["progress"] and dist.is_main() and sys.stderr.isatty()):
+            return None  # logs and pipes get the per-epoch summary lines only
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", leave=False,
+                    mininterval=0.5, dynamic_ncols=True, file=sys.stderr)
+
+    def _print(self, message: str) -> None:
+        if dist.is_main():
+            print(message, flush=True)
+
+    def _finish(self, seconds: float) -> RunResult:
+        ckpt_dir = self.run_dir / "checkpoints"
+        best_ckpt = ckpt_dir / "best.pt"
+        if dist.is_main() and not best_ckpt.exists() and (ckpt_dir / "last.pt").exists():
+            shutil.copyfile(ckpt_dir / "last.pt", best_ckpt)  # no validation ran: last is the best we have
+        summary = {
+            "task": self.cfg["task"], "monitor": self.task.monitor, "monitor_mode": self.task.monitor_mode,
+            "final": self.last_metrics, "best": self.best_metrics, "best_value": self.best_value,
+            "best_checkpoint": str(best_ckpt), "last_checkpoint": str(ckpt_dir / "last.pt"),
+            "steps": self.step, "epochs": self.epoch, "wall_time_s": round(seconds, 2),
+            "device": str(self.device), "precision": self.precision, "world_size": dist.world_size(),
+            **self.task.summary_extras(),
+        }
+        self.report.summary(summary)
+        self.report.curves()
+        self.report.close()
+        self._print(f"done in {seconds:.1f}s; results in {self.run_dir}")
+        return RunResult(self.run_dir, self.last_metrics, self.best_metrics, best_ckpt, summary)
+
+
+def run_validation(task: Task, model: nn.Module, loader: Any, device: torch.device, autocast: Any,
+                   ctx: StepContext) -> dict[str, float]:
+    """Run the task's validation over a whole loader and return its reduced metrics."""
+    was_training = model.training
+    model.eval()
+    task.reset_metrics()
+    with torch.no_grad():
+        for batch in loader:
+            batch = task.move_to_device(batch, device)
+            with autocast():
+                task.validation_step(batch, ctx)
+    metrics = {k: float(v) for k, v in task.compute_metrics().items()}
+    model.train(was_training)
+    return metrics
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,78 @@
+"""Classification models: a small built-in CNN and any timm model by name (`timm/<arch>`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+from torch import nn
+
+from visionkit.errors import ConfigError, did_you_mean
+from visionkit.registry import MODELS
+
+TASK = "classification"
+
+
+@MODELS.register("small_cnn", task=TASK)
+class SmallCNN(nn.Module):
+    """A compact CNN for tiny inputs (8–64 px): conv blocks, global average pooling, linear head."""
+
+    def __init__(self, num_classes: int, in_chans: int = 3, width: int = 32, depth: int = 3, dropout: float = 0.1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_chans
+        for i in range(depth):
+            out = width * 2**i
+            layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            if i < depth - 1:
+                layers.append(nn.MaxPool2d(2, ceil_mode=True) if i > 0 else nn.Identity())
+            channels = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+    def forward(self, x):  # noqa: ANN001, ANN201 - standard nn.Module signature
+        """Return class logits for a batch of images."""
+        return self.head(self.pool(self.features(x)))
+
+
+@MODELS.register("mlp", task=TASK)
+class MLP(nn.Module):
+    """A plain multilayer perceptron over flattened pixels (a baseline and a benchmark model)."""
+
+    def __init__(self, num_classes: int, in_chans: int = 3, image_size: int = 8, hidden: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_chans * image_size * image_size, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x):  # noqa: ANN001, ANN201
+        """Return class logits for a batch of images."""
+        return self.net(x)
+
+
+def timm_model(arch: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
+               weights: str | None = None, drop_rate: float = 0.0, drop_path_rate: float | None = None) -> nn.Module:
+    """Any timm model: `model.name: timm/resnet18`; `weights: FILE` loads local pretrained weights."""
+    if arch not in timm.list_models() and not timm.list_models(arch):
+        raise ConfigError(
+            f"timm has no model '{arch}' (model.name=timm/{arch}).{did_you_mean(arch, timm.list_models())} "
+            "See timm.list_models('pattern*')."
+        )
+    kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
+    if drop_path_rate is not None:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if weights:
+        if not Path(weights).is_file():
+            raise ConfigError(f"model.weights file '{weights}' does not exist; give a local .pth/.safetensors file.")
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
+    if pretrained:
+        raise ConfigError(
+            "model.pretrained=true would download weights, which visionkit never does at run time; "
+            "download them yourself and set model.weights=/path/to/file instead."
+        )
+    return timm.create_model(arch, pretrained=False, **kwargs)
+
+
+MODELS.register_namespace("timm", timm_model, task=TASK)

@@ -1,0 +1,91 @@
+"""Colour palettes, mask overlays and sample grids for segmentation outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+IGNORE_COLOR = (255, 255, 255)
+
+
+def class_palette(num_classes: int) -> np.ndarray:
+    """A fixed colour per class index (PASCAL VOC's bit-interleaved scheme); class 0 is black."""
+    colors = np.zeros((max(num_classes, 1), 3), dtype=np.uint8)
+    for index in range(num_classes):
+        value, r, g, b = index, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= ((value >> 0) & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        colors[index] = (r, g, b)
+    return colors
+
+
+def colorize(mask: np.ndarray, num_classes: int, ignore_index: int | None = 255) -> np.ndarray:
+    """Turn an HxW array of class indices into an HxWx3 uint8 colour image."""
+    palette = class_palette(num_classes)
+    safe = np.clip(mask, 0, num_classes - 1)
+    out = palette[safe]
+    if ignore_index is not None:
+        out[mask == ignore_index] = IGNORE_COLOR
+    return out
+
+
+def overlay(
+    image: np.ndarray, mask: np.ndarray, num_classes: int, ignore_index: int | None = 255, alpha: float = 0.5
+) -> np.ndarray:
+    """Blend class colours over an HxWx3 uint8 image; background (class 0) is left untinted."""
+    colors = colorize(mask, num_classes, ignore_index).astype(np.float32)
+    tint = mask != 0
+    out = image.astype(np.float32)
+    out[tint] = (1 - alpha) * out[tint] + alpha * colors[tint]
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def save_index_png(mask: np.ndarray, path: str | Path, num_classes: int) -> None:
+    """Write a palette PNG whose pixel values are the class indices (readable by the folder loader)."""
+    img = Image.fromarray(mask.astype(np.uint8), mode="P")
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[:num_classes] = class_palette(num_classes)
+    palette[255] = IGNORE_COLOR
+    img.putpalette(palette.reshape(-1).tolist())
+    img.save(path)
+
+
+def sample_grid(
+    rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    num_classes: int,
+    ignore_index: int | None,
+    alpha: float = 0.5,
+    class_names: Sequence[str] | None = None,
+) -> Image.Image:
+    """Grid with one row per sample: image | ground-truth overlay | prediction overlay, plus a legend."""
+    cells = []
+    for image, target, pred in rows:
+        truth = overlay(image, target, num_classes, ignore_index, alpha)
+        cells.append([image, truth, overlay(image, pred, num_classes, None, alpha)])
+    height = max(c[0].shape[0] for c in cells)
+    width = max(c[0].shape[1] for c in cells)
+    gap, header = 2, 14
+    legend_rows = 1 if class_names else 0
+    canvas = Image.new(
+        "RGB", (3 * width + 4 * gap, header + len(cells) * (height + gap) + gap + legend_rows * 14), (32, 32, 32)
+    )
+    draw = ImageDraw.Draw(canvas)
+    for col, title in enumerate(("image", "target", "prediction")):
+        draw.text((gap + col * (width + gap), 1), title, fill=(230, 230, 230))
+    for row, triple in enumerate(cells):
+        for col, cell in enumerate(triple):
+            canvas.paste(Image.fromarray(cell), (gap + col * (width + gap), header + row * (height + gap)))
+    if class_names:
+        palette = class_palette(num_classes)
+        x, y = gap, header + len(cells) * (height + gap) + 1
+        for index, name in enumerate(class_names):
+            draw.rectangle([x, y + 2, x + 8, y + 10], fill=tuple(int(v) for v in palette[index]))
+            draw.text((x + 11, y), str(name), fill=(230, 230, 230))
+            x += 16 + 6 * len(str(name))
+    return canvas
