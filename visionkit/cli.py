@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -47,7 +48,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
         _plugins(args.plugin)
         result = train(args.config, args.overrides, task=args.task, work_dir=args.work_dir, resume=args.resume)
-        if result.metrics:
+        if result.metrics and os.environ.get("RANK", "0") == "0":
             print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
 
     return _run(go)
@@ -129,7 +130,8 @@ def list_main(argv: Sequence[str] | None = None) -> int:
         for kind, registry in ALL.items():
             if args.kind and kind != args.kind:
                 continue
-            rows = [e for e in registry.entries() if task is None or not e.tasks or task in e.tasks or e.name == task]
+            rows = [e for e in registry.entries() if task is None or (e.name == task if kind == "tasks" else
+                    not e.tasks or task in e.tasks)]
             if not rows:
                 continue
             print(f"{kind}:")

@@ -78,14 +78,24 @@ POSITIVE = {"data.batch_size", "trainer.accumulate", "trainer.val_every", "train
 NON_NEGATIVE = {"data.num_workers"}
 
 
+# Specs whose options mostly carry over when the name changes (lr, weight_decay, warmup_steps).
+SHARED_OPTION_SPECS = ("optimizer", "scheduler")
+
+
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     """Merge `update` into a copy of `base`: mappings merge key by key, anything else replaces.
 
-    A mapping in `update` with `_delete_: true` replaces the base mapping instead of merging.
+    A mapping in `update` with `_delete_: true` replaces the base mapping instead of merging, and so
+    does a component spec whose `name` differs from the base's (its options belong to the old builder).
     """
     out = copy.deepcopy(dict(base))
     for key, value in update.items():
-        if isinstance(value, Mapping) and value.get("_delete_"):
+        old = out.get(key)
+        renamed = (
+            key not in SHARED_OPTION_SPECS and isinstance(value, Mapping) and isinstance(old, Mapping)
+            and "name" in value and value["name"] != old.get("name")
+        )
+        if isinstance(value, Mapping) and (value.get("_delete_") or renamed):
             out[key] = {k: copy.deepcopy(v) for k, v in value.items() if k != "_delete_"}
         elif isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = deep_merge(out[key], value)
@@ -203,6 +213,9 @@ def check_keys(user: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) 
             if not isinstance(value, Mapping):
                 raise ConfigError(f"Config key '{path}' must be a mapping, got {value!r}.")
             check_keys(value, expected, path + ".")
+        elif path == "trainer.progress":
+            if value not in (True, False, "always"):
+                raise ConfigError(f"Config key 'trainer.progress' is {value!r}; accepted: true (on a terminal), false, always.")
         elif expected is not None and value is not None and not isinstance(expected, Mapping):
             check_type(path, value, expected)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,11 +104,20 @@ class Registry:
                 self._aliases.pop(alias, None)
 
     # -- lookup -------------------------------------------------------------------------------
-    def entry(self, name: str, task: str | None = None) -> Entry:
-        """Return the `Entry` for a name or alias (for `task`), or raise a ConfigError with close matches."""
+    def entry(self, name: str, task: str | Sequence[str] | None = None) -> Entry:
+        """Return the `Entry` for a name or alias (for `task`), or raise a ConfigError with close matches.
+
+        `task` may be a sequence (a task and the tasks it derives from): the first that has `name` wins.
+        """
         from visionkit.plugins import load_plugins
 
         load_plugins()
+        if task is not None and not isinstance(task, str):
+            scopes = [self._task_name(t) for t in task]
+            for scope in scopes:
+                if any(not e.tasks or scope in e.tasks for e in self._lookup(name)):
+                    return self.entry(name, scope)
+            task = scopes[0] if scopes else None
         task = self._task_name(task)
         found = self._lookup(name)
         if found:
@@ -146,7 +155,7 @@ class Registry:
         except ConfigError:
             return task
 
-    def get(self, name: str, task: str | None = None) -> Callable[..., Any]:
+    def get(self, name: str, task: str | Sequence[str] | None = None) -> Callable[..., Any]:
         """Return the registered object for a name or alias (choosing by task when names are shared)."""
         return self.entry(name, task).obj
 
@@ -177,7 +186,9 @@ class Registry:
         return [e for n in sorted(self._entries) for e in self._entries[n]] + list(self._namespaces.values())
 
     # -- building -----------------------------------------------------------------------------
-    def build(self, spec: str | Mapping[str, Any], key: str = "", task: str | None = None, **defaults: Any) -> Any:
+    def build(
+        self, spec: str | Mapping[str, Any], key: str = "", task: str | Sequence[str] | None = None, **defaults: Any
+    ) -> Any:
         """Build from a name or a mapping `{name: ..., **kwargs}`; kwargs are checked first."""
         if isinstance(spec, str):
             name, kwargs = spec, {}
@@ -216,8 +227,9 @@ def check_kwargs(
 ) -> dict[str, Any]:
     """Return the kwargs `obj` accepts; raise a ConfigError with hints for a user key it does not take.
 
-    Keys outside `user_keys` are defaults offered by the caller and are dropped quietly when the
-    builder does not take them (e.g. `num_classes` offered to every model builder of a task).
+    Keys outside `user_keys` are defaults offered by the caller: dropped quietly when the builder does
+    not take them (e.g. `num_classes` offered to every model builder of a task) or when they are None
+    (so the builder's own default applies).
     """
     try:
         sig = inspect.signature(obj)
@@ -227,9 +239,11 @@ def check_kwargs(
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return dict(kwargs)
     accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    offered = user_keys is not None
+    kwargs = {k: v for k, v in kwargs.items() if not (offered and k not in user_keys and v is None)}
     for k in kwargs:
         if k not in accepted:
-            if user_keys is not None and k not in user_keys:
+            if offered and k not in user_keys:
                 continue  # a default the caller offers that this builder does not take
             raise ConfigError(
                 f"{what} has no option '{k}'.{did_you_mean(k, accepted)} "

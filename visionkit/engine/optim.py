@@ -96,7 +96,7 @@ def validate_scheduler(spec: Mapping[str, Any]) -> None:
             raise ConfigError(f"scheduler 'constant' takes no options, got {', '.join(user)}.")
         return
     cls = _SCHEDULER_CLASSES[name]
-    filled = {p: None for p in inspect.signature(cls).parameters if p not in user}
+    filled = {p: 0 for p in inspect.signature(cls).parameters if p not in user}  # stand-ins for built-ins
     check_kwargs(cls, {**filled, **user}, f"scheduler '{name}'", user_keys=set(user))
 
 

@@ -71,6 +71,7 @@ class Trainer:
         self.last_metrics: dict[str, float] = {}
         self.rounds_without_gain = 0
         self.bad_steps = 0
+        self.batches_seen = 0  # this rank's training batches in this process (reported per rank)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -252,6 +253,7 @@ class Trainer:
                     sums[prefix + key] = sums[prefix + key] + value if prefix + key in sums else value
             count += 1
             seen += 1
+            self.batches_seen += 1
             if bar is not None:
                 bar.update(1)
             if not is_update:
@@ -377,7 +379,8 @@ class Trainer:
                 cb.on_log(record)
 
     def _progress(self, total: int) -> Any:
-        if not (self.cfg["trainer"]["progress"] and dist.is_main() and sys.stderr.isatty()):
+        progress = self.cfg["trainer"]["progress"]
+        if not dist.is_main() or not progress or (progress is True and not sys.stderr.isatty()):
             return None  # logs and pipes get the per-epoch summary lines only
         from tqdm import tqdm
 
@@ -389,6 +392,7 @@ class Trainer:
             print(message, flush=True)
 
     def _finish(self, seconds: float) -> RunResult:
+        ranks = dist.all_gather_objects({"rank": dist.rank(), "batches": self.batches_seen})
         ckpt_dir = self.run_dir / "checkpoints"
         best_ckpt = ckpt_dir / "best.pt"
         if dist.is_main() and not best_ckpt.exists() and (ckpt_dir / "last.pt").exists():
@@ -398,7 +402,7 @@ class Trainer:
             "final": self.last_metrics, "best": self.best_metrics, "best_value": self.best_value,
             "best_checkpoint": str(best_ckpt), "last_checkpoint": str(ckpt_dir / "last.pt"),
             "steps": self.step, "epochs": self.epoch, "wall_time_s": round(seconds, 2),
-            "device": str(self.device), "precision": self.precision, "world_size": dist.world_size(),
+            "device": str(self.device), "precision": self.precision, "world_size": dist.world_size(), "ranks": ranks,
             **self.task.summary_extras(),
         }
         self.report.summary(summary)

@@ -51,18 +51,23 @@ class Task:
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
 
+    def scopes(self) -> list[str]:
+        """Task names whose registered components this task uses: its own, then its base tasks'."""
+        names = [c.__dict__["name"] for c in type(self).__mro__ if c.__dict__.get("name")]
+        return list(dict.fromkeys(names))
+
     # -- config ---------------------------------------------------------------------------------
     def validate(self) -> None:
         """Check component specs (model, datasets, loss) before anything is built; raise ConfigError."""
         from visionkit.registry import DATASETS, LOSSES, MODELS
 
         cfg = self.cfg
-        check_spec(MODELS, cfg.get("model"), "model", self.model_defaults(), self.name)
+        check_spec(MODELS, cfg.get("model"), "model", self.model_defaults(), self.scopes())
         for split in ("train", "val"):
             if cfg["data"].get(split) is not None:
-                check_spec(DATASETS, cfg["data"][split], f"data.{split}", self.dataset_defaults(split), self.name)
+                check_spec(DATASETS, cfg["data"][split], f"data.{split}", self.dataset_defaults(split), self.scopes())
         if cfg.get("loss") is not None:
-            check_spec(LOSSES, cfg["loss"], "loss", self.loss_defaults(), self.name)
+            check_spec(LOSSES, cfg["loss"], "loss", self.loss_defaults(), self.scopes())
 
     def model_defaults(self) -> dict[str, Any]:
         """Keyword arguments offered to every model builder of this task (e.g. num_classes)."""
@@ -81,7 +86,7 @@ class Task:
         """Build the model from `cfg.model`."""
         from visionkit.registry import MODELS
 
-        return MODELS.build(self.cfg["model"], key="model", task=self.name or None, **self.model_defaults())
+        return MODELS.build(self.cfg["model"], key="model", task=self.scopes(), **self.model_defaults())
 
     def build_dataset(self, split: str) -> Dataset:
         """Build the `train` or `val` dataset from `cfg.data.<split>` (called before `build_model`).
@@ -92,7 +97,7 @@ class Task:
         from visionkit.registry import DATASETS
 
         return DATASETS.build(
-            self.cfg["data"][split], key=f"data.{split}", task=self.name or None, **self.dataset_defaults(split)
+            self.cfg["data"][split], key=f"data.{split}", task=self.scopes(), **self.dataset_defaults(split)
         )
 
     def build_loss(self) -> nn.Module | None:
@@ -100,7 +105,7 @@ class Task:
         from visionkit.registry import LOSSES
 
         spec = self.cfg.get("loss")
-        return None if spec is None else LOSSES.build(spec, key="loss", task=self.name or None, **self.loss_defaults())
+        return None if spec is None else LOSSES.build(spec, key="loss", task=self.scopes(), **self.loss_defaults())
 
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Called once the model is on its device; build losses and metrics here."""
@@ -151,7 +156,7 @@ class Task:
         raise NotImplementedError(f"task {self.name!r} does not implement predict")
 
 
-def check_spec(registry: Any, spec: Any, key: str, defaults: Mapping[str, Any], task: str | None = None) -> None:
+def check_spec(registry: Any, spec: Any, key: str, defaults: Mapping[str, Any], task: Any = None) -> None:
     """Check a `{name: ..., **kwargs}` spec against its registered builder without building it."""
     from visionkit.errors import ConfigError
     from visionkit.registry import check_kwargs

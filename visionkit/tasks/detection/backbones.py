@@ -73,7 +73,7 @@ def _probe(children: Sequence[tuple[str, nn.Module]], size: int = 256) -> list[t
             module.eval()  # keep batch-norm statistics untouched
             x = module(x)
             out.append((name, size // x.shape[-1], x.shape[1]))
-    for (_, module), mode in zip(children, modes):
+    for (_, module), mode in zip(children, modes, strict=True):
         module.train(mode)
     return out
 
@@ -108,7 +108,7 @@ def _load_state(module: nn.Module, path: str | Path, what: str) -> None:
             f"{what} file '{path}' does not fit backbone weights: {len(missing)} of {len(own)} tensors "
             f"missing or of another shape (first: {missing[:3]}). Use a state dict saved from the same architecture."
         )
-    module.load_state_dict(usable, strict=False)
+    module.load_state_dict(usable, strict=True)
 
 
 class TimmFeatures(nn.Module):

@@ -197,17 +197,21 @@ class DetectionDataset(Dataset):
         """The records as a COCO annotation dict (ignored regions become iscrowd=1)."""
         images, annotations = [], []
         for rec in self.records:
-            images.append(
-                {"id": rec.image_id, "file_name": str(rec.path), "width": rec.width, "height": rec.height}
-            )
+            images.append({"id": rec.image_id, "file_name": str(rec.path), "width": rec.width, "height": rec.height})
             for crowd, boxes, labels in ((0, rec.boxes, rec.labels), (1, rec.ignore_boxes, rec.ignore_labels)):
-                for box, label in zip(boxes.tolist(), labels.tolist()):
+                for box, label in zip(boxes.tolist(), labels.tolist(), strict=True):
                     w, h = box[2] - box[0], box[3] - box[1]
-                    annotations.append({
-                        "id": len(annotations) + 1, "image_id": rec.image_id, "bbox": [box[0], box[1], w, h],
-                        "area": w * h, "iscrowd": crowd, "category_id": self.category_ids[label],
-                    })
-        categories = [{"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names)]
+                    annotations.append(
+                        {
+                            "id": len(annotations) + 1,
+                            "image_id": rec.image_id,
+                            "bbox": [box[0], box[1], w, h],
+                            "area": w * h,
+                            "iscrowd": crowd,
+                            "category_id": self.category_ids[label],
+                        }
+                    )
+        categories = [{"id": c, "name": n} for c, n in zip(self.category_ids, self.class_names, strict=True)]
         return {"images": images, "annotations": annotations, "categories": categories}
 
 

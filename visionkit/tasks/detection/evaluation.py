@@ -20,8 +20,18 @@ from visionkit.errors import DataError
 
 # Names of COCOeval.stats in order (AP at IoU .50:.95 / .50 / .75, by area, then AR at 1/10/100 detections, by area).
 STAT_NAMES = (
-    "mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_large",
-    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+    "mAP",
+    "mAP50",
+    "mAP75",
+    "mAP_small",
+    "mAP_medium",
+    "mAP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
 )
 
 
@@ -34,13 +44,15 @@ def to_coco_results(
     labels = prediction["labels"].detach().cpu().numpy().reshape(-1)
     sx, sy = scale
     out = []
-    for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
-        out.append({
-            "image_id": int(image_id),
-            "category_id": int(category_ids[label]),
-            "bbox": [x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy],
-            "score": float(score),
-        })
+    for (x1, y1, x2, y2), score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True):
+        out.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(category_ids[label]),
+                "bbox": [x1 * sx, y1 * sy, (x2 - x1) * sx, (y2 - y1) * sy],
+                "score": float(score),
+            }
+        )
     return out
 
 
@@ -55,8 +67,11 @@ def load_results(gt: COCO, results: list[dict[str, Any]]) -> COCO:
         with contextlib.redirect_stdout(io.StringIO()):
             return gt.loadRes(copy.deepcopy(results))
     dt = COCO()
-    dt.dataset = {"images": list(gt.dataset["images"]), "categories": copy.deepcopy(gt.dataset["categories"]),
-                  "annotations": []}
+    dt.dataset = {
+        "images": list(gt.dataset["images"]),
+        "categories": copy.deepcopy(gt.dataset["categories"]),
+        "annotations": [],
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         dt.createIndex()
     return dt
@@ -85,7 +100,7 @@ def coco_evaluate(
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}
+    stats = {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats, strict=True)}
     return stats, per_class_ap(evaluator), evaluator
 
 

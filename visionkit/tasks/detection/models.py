@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -11,16 +12,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
-from torchvision.models.detection.ssd import SSD
 from torchvision.models.detection.anchor_utils import AnchorGenerator, DefaultBoxGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.fcos import FCOSHead
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.models.detection.ssdlite import SSDLiteHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import Conv2dNormActivation
 
@@ -45,9 +45,7 @@ class Detector(nn.Module):
         self.num_classes = num_classes
         self.label_offset = label_offset  # 1 where the torchvision model reserves label 0 for background
 
-    def forward(
-        self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]] | None = None
-    ) -> Any:
+    def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]] | None = None) -> Any:
         """Losses (train mode, targets required) or detections (eval mode)."""
         images = list(images)
         if self.training:
@@ -104,7 +102,7 @@ def _load_detector_weights(net: nn.Module, weights: str) -> None:
             f"{skipped[:4]}",
             stacklevel=2,
         )
-    net.load_state_dict(usable, strict=False)
+    net.load_state_dict(usable, strict=True)
 
 
 @MODELS.register("fasterrcnn", task=TASK, aliases=["faster_rcnn"])
@@ -183,7 +181,7 @@ def retinanet(
     levels = fpn_strides(list(strides), "p6p7")
     sizes = _anchor_sizes(anchor_sizes, levels, lambda s: tuple(round(4 * s * 2 ** (k / 3)) for k in range(3)))
     anchors = AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
-    head_norm_layer = partial(nn.GroupNorm, 16) if head_norm else None
+    head_norm_layer = partial(nn.GroupNorm, math.gcd(32, fpn_channels)) if head_norm else None
     head = RetinaNetHead(fpn_channels, anchors.num_anchors_per_location()[0], classes, norm_layer=head_norm_layer)
     net = RetinaNet(
         body,
@@ -222,6 +220,9 @@ def fcos(
 ) -> Detector:
     """FCOS (anchor-free; its 'anchor' per level has the level stride as size and sets the size ranges)."""
     classes = _check_common(num_classes, image_size)
+    if fpn_channels % 32 or fpn_channels < 64:
+        # GroupNorm(32) in the heads needs whole groups, and more than one value per group on a 1x1 top level
+        raise ConfigError(f"model.fpn_channels is {fpn_channels}; FCOS needs a multiple of 32 that is >= 64.")
     extra = "p6p7" if extra_levels else "none"
     body = build_fpn_backbone(backbone, list(strides), fpn_channels, extra, backbone_weights, norm, frozen_stages)
     levels = fpn_strides(list(strides), extra)
@@ -261,7 +262,7 @@ class SSDFeatures(nn.Module):
         super().__init__()
         self.body = body
         chans = [last_channels, *extra_channels]
-        self.extra = nn.ModuleList(_ssd_extra(a, b, norm_layer) for a, b in zip(chans[:-1], chans[1:]))
+        self.extra = nn.ModuleList(_ssd_extra(a, b, norm_layer) for a, b in zip(chans[:-1], chans[1:], strict=True))
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         """Feature maps from fine to coarse."""
@@ -293,7 +294,9 @@ def ssdlite(
 ) -> Detector:
     """SSDlite: square input of image_size, backbone levels + depthwise extra levels, default boxes by ratio."""
     classes = _check_common(num_classes, image_size)
-    trunk, return_layers, channels, kind = multiscale_body(backbone, list(strides), backbone_weights, norm, frozen_stages)
+    trunk, return_layers, channels, _kind = multiscale_body(
+        backbone, list(strides), backbone_weights, norm, frozen_stages
+    )
     body = trunk if isinstance(trunk, TimmFeatures) else IntermediateLayerGetter(trunk, return_layers)
     norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
     features = SSDFeatures(body, channels[-1], list(extra_channels), norm_layer)
@@ -315,11 +318,4 @@ def ssdlite(
     )
     if weights:
         _load_detector_weights(net, weights)
-    del kind
     return Detector(net, classes, label_offset=1)
-
-
-def input_transform(model: nn.Module) -> GeneralizedRCNNTransform | None:
-    """The torchvision resize/normalise transform inside a detector (None for other models)."""
-    net = getattr(model, "net", model)
-    return getattr(net, "transform", None)

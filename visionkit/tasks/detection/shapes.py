@@ -37,8 +37,20 @@ def _polygon(kind: str, cx: float, cy: float, w: float, h: float) -> list[tuple[
         return [(cx, y0), (x1, cy), (cx, y1), (x0, cy)]
     if kind == "cross":
         tw, th = w / 6, h / 6
-        return [(cx - tw, y0), (cx + tw, y0), (cx + tw, cy - th), (x1, cy - th), (x1, cy + th), (cx + tw, cy + th),
-                (cx + tw, y1), (cx - tw, y1), (cx - tw, cy + th), (x0, cy + th), (x0, cy - th), (cx - tw, cy - th)]
+        return [
+            (cx - tw, y0),
+            (cx + tw, y0),
+            (cx + tw, cy - th),
+            (x1, cy - th),
+            (x1, cy + th),
+            (cx + tw, cy + th),
+            (cx + tw, y1),
+            (cx - tw, y1),
+            (cx - tw, cy + th),
+            (x0, cy + th),
+            (x0, cy - th),
+            (cx - tw, cy - th),
+        ]
     if kind == "star":
         pts = []
         for k in range(10):
@@ -115,7 +127,9 @@ def render_image(rng: np.random.Generator, p: dict[str, Any]) -> tuple[Image.Ima
 
 def generate(root: Path, params: dict[str, Any]) -> None:
     """Write train/ and val/ image folders and annotations_{train,val}.json under root."""
-    categories = [{"id": i + 1, "name": SHAPE_CLASSES[i], "supercategory": "shape"} for i in range(params["num_classes"])]
+    categories = [
+        {"id": i + 1, "name": SHAPE_CLASSES[i], "supercategory": "shape"} for i in range(params["num_classes"])
+    ]
     for split, count, seed_offset in (("train", params["num_train"], 0), ("val", params["num_val"], 10_000_019)):
         rng = np.random.default_rng(params["seed"] + seed_offset)
         (root / split).mkdir(parents=True)
@@ -128,8 +142,16 @@ def generate(root: Path, params: dict[str, Any]) -> None:
             for box, cls in objects:
                 x, y = round(box[0], 2), round(box[1], 2)
                 w, h = round(box[2] - box[0], 2), round(box[3] - box[1], 2)
-                annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cls + 1,
-                                    "bbox": [x, y, w, h], "area": round(w * h, 2), "iscrowd": 0})
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": i + 1,
+                        "category_id": cls + 1,
+                        "bbox": [x, y, w, h],
+                        "area": round(w * h, 2),
+                        "iscrowd": 0,
+                    }
+                )
         data = {"images": images, "annotations": annotations, "categories": categories}
         (root / f"annotations_{split}.json").write_text(json.dumps(data))
 
@@ -176,14 +198,34 @@ def shapes_dataset(
     if not 1 <= num_classes <= len(SHAPE_CLASSES):
         raise ConfigError(f"shapes num_classes is {num_classes}; accepted 1..{len(SHAPE_CLASSES)} ({SHAPE_CLASSES}).")
     if not 0 < min_size <= max_size < image_size:
-        raise ConfigError(f"shapes needs 0 < min_size <= max_size < image_size; got {min_size}, {max_size}, {image_size}.")
+        raise ConfigError(
+            f"shapes needs 0 < min_size <= max_size < image_size; got {min_size}, {max_size}, {image_size}."
+        )
     if not 0 <= min_objects <= max_objects or max_objects < 1:
-        raise ConfigError(f"shapes needs 0 <= min_objects <= max_objects and max_objects >= 1; got {min_objects}, {max_objects}.")
+        raise ConfigError(
+            f"shapes needs 0 <= min_objects <= max_objects and max_objects >= 1; got {min_objects}, {max_objects}."
+        )
     if split not in ("train", "val"):
         raise ConfigError(f"shapes split is {split!r}; accepted: train, val.")
-    params = {"image_size": image_size, "num_classes": num_classes, "num_train": num_train, "num_val": num_val,
-              "min_objects": min_objects, "max_objects": max_objects, "min_size": float(min_size),
-              "max_size": float(max_size), "max_overlap": max_overlap, "clutter": clutter, "noise": noise, "seed": seed}
+    params = {
+        "image_size": image_size,
+        "num_classes": num_classes,
+        "num_train": num_train,
+        "num_val": num_val,
+        "min_objects": min_objects,
+        "max_objects": max_objects,
+        "min_size": float(min_size),
+        "max_size": float(max_size),
+        "max_overlap": max_overlap,
+        "clutter": clutter,
+        "noise": noise,
+        "seed": seed,
+    }
     root = shapes_root(params)
-    return coco_dataset(str(root / f"annotations_{split}.json"), str(root / split), split=split,
-                        transforms=transforms, min_visibility=min_visibility)
+    return coco_dataset(
+        str(root / f"annotations_{split}.json"),
+        str(root / split),
+        split=split,
+        transforms=transforms,
+        min_visibility=min_visibility,
+    )

@@ -1,3 +1,3 @@
-"""Image generation: DCGAN and DDPM-style diffusion models, digits/folder datasets, Fréchet distance."""
+"""Generation: registers the task, DCGAN and DDPM models, GAN losses, the image-folder dataset and metrics."""
 
-from visionkit.tasks.generation import datasets, diffusion  # noqa: F401  (import registers components)
+from visionkit.tasks.generation import datasets, diffusion, gan, metrics, task  # noqa: F401

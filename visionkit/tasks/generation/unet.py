@@ -137,19 +137,19 @@ class UNet(nn.Module):
         h = self.stem(x)
         hs = [h]
         for layer in self.down:
-            h = self._apply(layer, h, emb)
+            h = self._run_stage(layer, h, emb)
             hs.append(h)
         for layer in self.mid:
             h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
         for layer in self.up:
             if isinstance(layer, nn.ModuleList):
-                h = self._apply(layer, torch.cat([h, hs.pop()], dim=1), emb)
+                h = self._run_stage(layer, torch.cat([h, hs.pop()], dim=1), emb)
             else:
                 h = layer(h)
         return self.head(h)
 
     @staticmethod
-    def _apply(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _run_stage(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if isinstance(layer, nn.ModuleList):
             for sub in layer:
                 h = sub(h, emb) if isinstance(sub, ResBlock) else sub(h)

@@ -17,12 +17,12 @@ from visionkit.registry import DATASETS
 from visionkit.tasks.segmentation.datasets import IMAGENET_MEAN, IMAGENET_STD, FolderSegmentationDataset
 
 SHAPE_CLASSES = ("background", "circle", "square", "triangle")
-VERSION = 1
+VERSION = 3
 DEFAULT_SIZES = {"train": 800, "val": 100}
 
 
 def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A textured background: smooth colour noise plus one of stripes, checks or speckle."""
+    """A textured background: smooth colour blotches plus faint stripes, checks or speckle."""
     coarse = rng.uniform(0, 255, size=(4, 4, 3)).astype(np.float32)
     base = np.asarray(Image.fromarray(coarse.astype(np.uint8)).resize((size, size), Image.BICUBIC), dtype=np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -35,9 +35,18 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
         pattern = ((xx // cell + yy // cell) % 2) * 2 - 1
     else:
         pattern = rng.normal(0, 1, size=(size, size))
-    amplitude = rng.uniform(10, 35)
-    image = base * 0.6 + 50 + amplitude * pattern[..., None] + rng.normal(0, 6, size=(size, size, 3))
+    image = base * 0.5 + 64 + rng.uniform(5, 20) * pattern[..., None]
     return np.clip(image, 0, 255)
+
+
+def _contrasting_color(rng: np.random.Generator, behind: np.ndarray) -> tuple[int, int, int]:
+    """A random colour that differs clearly from the mean colour of the pixels it will cover."""
+    color = rng.integers(0, 256, size=3)
+    for _ in range(20):
+        if np.abs(color - behind).sum() > 150:
+            break
+        color = rng.integers(0, 256, size=3)
+    return tuple(int(c) for c in color)
 
 
 def _shape_polygon(kind: int, cx: float, cy: float, radius: float, angle: float) -> list[tuple[float, float]] | None:
@@ -68,10 +77,13 @@ def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
             draw_image.ellipse([x - r, y - r, x + r, y + r], fill=color)
     for _ in range(int(rng.integers(1, 5))):
         kind = int(rng.integers(1, len(SHAPE_CLASSES)))
-        radius = rng.uniform(7, 15) * scale
+        radius = rng.uniform(8, 15) * scale
         cx, cy = rng.uniform(radius * 0.5, size - radius * 0.5, size=2)
-        color = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        polygon = _shape_polygon(kind, cx, cy, radius, rng.uniform(0, 2 * np.pi))
+        x0, x1 = int(max(cx - radius, 0)), int(min(cx + radius, size))
+        y0, y1 = int(max(cy - radius, 0)), int(min(cy + radius, size))
+        color = _contrasting_color(rng, np.asarray(image)[y0 : y1 + 1, x0 : x1 + 1].reshape(-1, 3).mean(0))
+        angle = (np.pi / 4 if kind == 2 else -np.pi / 2) + rng.uniform(-0.35, 0.35)  # upright, tilted up to 20 degrees
+        polygon = _shape_polygon(kind, cx, cy, radius, angle)
         if polygon is None:
             box = [cx - radius, cy - radius, cx + radius, cy + radius]
             draw_image.ellipse(box, fill=color)

@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both set up .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.visionkit-installed
+TASK ?= cls
+# torch is not pinned in the package metadata; this is the build installed here (override as needed).
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(PLUGINS)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]' $(foreach p,$(dir $(PLUGINS)),-e $(p))
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/train.py --task $(TASK) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m ruff check visionkit tools tests plugins benchmarks
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check visionkit tools tests plugins benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/trainer_overhead.py
+
+clean:
+	rm -rf runs predictions .pytest_cache

@@ -1,0 +1,118 @@
+"""Detection end to end on tiny shapes: train -> eval -> predict for FCOS and Faster R-CNN, via tools/ and the API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import visionkit
+from tests.conftest import run_tool
+from visionkit.data import cache_dir
+from visionkit.errors import DataError
+
+SHAPES = "{name: shapes, image_size: 48, num_train: 16, num_val: 6, min_size: 10, max_size: 28, max_objects: 3}"
+TINY_DET = [
+    f"data.train={SHAPES}",
+    f"data.val={SHAPES}",
+    "data.image_size=48",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "trainer.epochs=1",
+    "trainer.log_every=1",
+    "detection.num_samples=2",
+    "data.train_transforms=[]",
+]
+FCOS = ["model.fpn_channels=64", "model.head_convs=1"]
+FASTER_RCNN = [
+    "model={_delete_: true, name: fasterrcnn, backbone: tiny, strides: [8, 16, 32], fpn_channels: 16, "
+    "representation_size: 32, rpn_pre_nms_top_n: 100, rpn_post_nms_top_n: 50}"
+]
+ENV = {"OMP_NUM_THREADS": "1"}  # tiny models: one thread avoids OpenMP spin-waits on a busy 2-core machine
+
+
+def val_files() -> tuple[Path, Path]:
+    """The generated val annotation file and image folder of the tiny shapes data."""
+    (root,) = [
+        p
+        for p in cache_dir().glob("shapes-v*")
+        if '"image_size": 48' in (p / "params.json").read_text()
+        and '"num_train": 16' in (p / "params.json").read_text()
+    ]
+    return root / "annotations_val.json", root / "val"
+
+
+@pytest.fixture(scope="module")
+def fcos_run(tmp_path_factory) -> Path:
+    """FCOS trained for two steps through tools/train.py."""
+    run = tmp_path_factory.mktemp("det") / "fcos"
+    proc = run_tool("train", "--task", "det", "--work-dir", str(run), *TINY_DET, *FCOS, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "val/mAP" in proc.stdout and "val/AR100" in proc.stdout
+    return run
+
+
+@pytest.fixture(scope="module")
+def rcnn_result(tmp_path_factory):
+    """Faster R-CNN trained for two steps through the Python API."""
+    return visionkit.train(
+        None, [*TINY_DET, *FASTER_RCNN], task="det", work_dir=tmp_path_factory.mktemp("det") / "rcnn"
+    )
+
+
+def test_tools_fcos_train_eval_predict(fcos_run, tmp_path) -> None:
+    summary = json.loads((fcos_run / "summary.json").read_text())
+    assert summary["steps"] == 2 and set(summary["per_class_AP"]) == {"circle", "square", "triangle", "cross"}
+    assert (fcos_run / "samples" / "val_epoch001.png").is_file()
+    best = fcos_run / "checkpoints" / "best.pt"
+    proc = run_tool("eval", str(best), "--out", str(tmp_path / "metrics.json"), env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["val/mAP"] == pytest.approx(summary["best"]["val/mAP"], abs=1e-9)  # eval reproduces the run
+    ann, images = val_files()
+    proc = run_tool(
+        "predict",
+        str(best),
+        str(images),
+        "--out",
+        str(tmp_path / "pred"),
+        "--option",
+        f"ann_file={ann}",
+        "--option",
+        "score_threshold=0.2",
+        env=ENV,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "pred" / "results.json").read_text())
+    assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
+    assert len(list((tmp_path / "pred" / "images").glob("*.png"))) == 6
+    proc = run_tool("eval", "--results", str(tmp_path / "pred" / "results.json"), "--ann", str(ann), env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from_file = json.loads(proc.stdout)
+    assert from_file["mAP"] == pytest.approx(metrics["val/mAP"], abs=1e-6)  # same detections, same score
+
+
+def test_api_on_the_tools_fcos_checkpoint(fcos_run, tmp_path) -> None:
+    best = fcos_run / "checkpoints" / "best.pt"
+    summary = json.loads((fcos_run / "summary.json").read_text())
+    assert visionkit.evaluate(best)["val/mAP"] == pytest.approx(summary["best"]["val/mAP"], abs=1e-9)
+    _, images = val_files()
+    out = visionkit.predict(best, [images / "000000.png"], tmp_path / "p", score_threshold=0.0)
+    assert out["num_images"] == 1 and (tmp_path / "p" / "images" / "000000.png").is_file()
+    with pytest.raises(DataError, match="does not exist"):
+        visionkit.predict(best, [tmp_path / "nothing-here"], tmp_path / "q")
+
+
+def test_api_faster_rcnn_train_evaluate_predict(rcnn_result, tmp_path) -> None:
+    assert rcnn_result.best_checkpoint.is_file() and "val/mAP" in rcnn_result.best
+    summary = json.loads((rcnn_result.run_dir / "summary.json").read_text())
+    assert summary["steps"] == 2 and "per_class_AP" in summary
+    metrics = visionkit.evaluate(rcnn_result.best_checkpoint)
+    assert metrics["val/mAP"] == pytest.approx(rcnn_result.best["val/mAP"], abs=1e-9)
+    _, images = val_files()
+    out = visionkit.predict(rcnn_result.best_checkpoint, [images], tmp_path / "p")
+    assert out["num_images"] == 6 and json.loads((tmp_path / "p" / "results.json").read_text()) is not None
+    proc = run_tool("eval", str(rcnn_result.best_checkpoint), env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["val/mAP"] == pytest.approx(rcnn_result.best["val/mAP"], abs=1e-9)

@@ -1,0 +1,87 @@
+"""Config: _base_ inheritance, dotted overrides, validation errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import run_tool
+from visionkit.config import load_config, parse_overrides
+from visionkit.errors import ConfigError
+
+
+def test_base_inheritance_and_overrides(tmp_path) -> None:
+    (tmp_path / "base.yaml").write_text("task: cls\ntrainer: {epochs: 3, seed: 7}\noptimizer: {name: sgd, lr: 0.1}\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\ntrainer: {epochs: 5}\n")
+    cfg = load_config(tmp_path / "child.yaml", ["optimizer.lr=1e-3", "trainer.ema=0.99", "data.train_transforms=[]"])
+    assert cfg["task"] == "classification"
+    assert cfg["trainer"]["epochs"] == 5 and cfg["trainer"]["seed"] == 7
+    assert cfg["optimizer"] == {"name": "sgd", "lr": 0.001}
+    assert cfg["trainer"]["ema"] == 0.99
+    assert cfg["trainer"]["precision"] == "auto"  # defaults fill every shared key
+
+
+def test_parse_overrides_types() -> None:
+    out = parse_overrides(["a.b=3", "a.c=1e-4", "d=true", "e=[1, 2]", "f=null", "g=hello"])
+    assert out == {"a": {"b": 3, "c": 1e-4}, "d": True, "e": [1, 2], "f": None, "g": "hello"}
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        parse_overrides(["novalue"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.epcohs=3", r"Unknown config key 'trainer.epcohs'.*Did you mean 'epochs'"),
+        ("trainr.epochs=3", r"Unknown config key 'trainr'.*Did you mean 'trainer'"),
+        ("trainer.precision=fp61", r"'trainer.precision'.*accepted values: auto, fp32, fp16-mixed, bf16-mixed"),
+        ("trainer.device=gpu", r"'trainer.device' is 'gpu'"),
+        ("trainer.epochs=three", r"'trainer.epochs' has value 'three'"),
+        ("data.batch_size=0", r"'data.batch_size' must be a positive integer"),
+        ("trainer.ema=1.5", r"'trainer.ema' must be a decay in \(0, 1\)"),
+        ("model.widht=8", r"model 'small_cnn' has no option 'widht'.*Did you mean 'width'"),
+        ("model.name=small_cn", r"Unknown model 'small_cn'.*Did you mean 'small_cnn'"),
+        ("data.train.name=digit", r"Unknown dataset 'digit'.*Did you mean 'digits'"),
+        ("optimizer.name=adamx", r"Unknown optimizer 'adamx'"),
+        ("optimizer.momentun=0.9", r"optimizer 'adamw' has no option 'momentun'"),
+        ("scheduler.name=cosin", r"Unknown scheduler 'cosin'.*Did you mean 'cosine'"),
+        ("loss.label_smoothin=0.1", r"loss 'cross_entropy' has no option 'label_smoothin'"),
+    ],
+)
+def test_bad_keys_and_values_are_rejected_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override], task="cls")
+
+
+def test_missing_config_file_and_unknown_task() -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("no/such.yaml")
+    with pytest.raises(ConfigError, match=r"Unknown task 'clss'.*Did you mean"):
+        load_config(None, task="clss")
+
+
+def test_renaming_a_component_drops_the_old_builders_options() -> None:
+    cfg = load_config(None, ["model.name=mlp"], task="cls")
+    assert cfg["model"] == {"name": "mlp"}
+    cfg = load_config(None, ["optimizer.name=sgd"], task="cls")
+    assert cfg["optimizer"]["lr"] == 0.003  # optimizer options carry over
+
+
+def test_cli_user_error_exits_2_without_traceback() -> None:
+    proc = run_tool("train", "--task", "cls", "trainer.epcohs=3")
+    assert proc.returncode == 2
+    assert "Did you mean 'epochs'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_tool("train", "--config", "configs/cls/nope.yaml")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_resolved_config_is_written(tmp_path) -> None:
+    import visionkit
+
+    from tests.conftest import TINY_CLS
+
+    result = visionkit.train(None, [*TINY_CLS, "trainer.max_steps=1"], task="cls", work_dir=tmp_path / "run")
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
+    assert saved["task"] == "classification"
+    assert saved["trainer"]["max_steps"] == 1
+    assert saved["data"]["num_classes"] == 10 and saved["data"]["class_names"][3] == "3"

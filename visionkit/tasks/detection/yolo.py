@@ -1,0 +1,144 @@
+"""YOLO-format detection data: a data YAML naming splits and classes, one `cls cx cy w h` txt file per image."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from visionkit.errors import DataError
+from visionkit.registry import DATASETS
+from visionkit.tasks.detection.datasets import (
+    BoxChecker,
+    DetectionDataset,
+    ImageRecord,
+    check_files_exist,
+    image_size_of,
+    summarize_records,
+)
+
+TASK = "detection"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def read_data_yaml(path: str | Path) -> tuple[dict[str, Any], Path, list[str]]:
+    """Read an Ultralytics-style data YAML; return it, the dataset root and the class names."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"YOLO data YAML '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise DataError(f"YOLO data YAML '{path}' is not valid YAML: {exc}") from exc
+    names = data.get("names")
+    if isinstance(names, dict):
+        by_index = {int(k): v for k, v in names.items() if str(k).isdigit()}
+        if sorted(by_index) != list(range(len(names))):
+            raise DataError(f"YOLO data YAML '{path}': 'names' keys must be 0..N-1, got {list(names)}.")
+        names = [by_index[k] for k in range(len(by_index))]
+    if not isinstance(names, list) or not names:
+        raise DataError(f"YOLO data YAML '{path}' needs 'names': a list (or 0..N-1 mapping) of class names.")
+    if "nc" in data and data["nc"] != len(names):
+        raise DataError(f"YOLO data YAML '{path}': nc is {data['nc']} but 'names' lists {len(names)} classes.")
+    root = Path(data.get("path") or ".")
+    if not root.is_absolute():
+        root = path.parent / root
+    return data, root, [str(n) for n in names]
+
+
+def split_images(entry: Any, root: Path, source: str) -> list[Path]:
+    """Image paths of a split entry: a folder, a .txt list of images, or a list of those."""
+    entries = entry if isinstance(entry, list) else [entry]
+    images: list[Path] = []
+    for item in entries:
+        p = Path(item)
+        p = p if p.is_absolute() else root / p
+        if p.is_dir():
+            images += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif p.suffix == ".txt" and p.is_file():
+            for line in p.read_text().splitlines():
+                if line.strip():
+                    q = Path(line.strip())
+                    images.append(q if q.is_absolute() else (p.parent / q))
+        else:
+            raise DataError(f"{source}: split entry '{item}' (resolved to '{p}') is neither a folder nor a .txt list.")
+    return images
+
+
+def label_path(image: Path) -> Path:
+    """Ultralytics rule: the last `images` folder of the path becomes `labels`, the extension `.txt`."""
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    text = str(image)
+    if sa in text:
+        text = sb.join(text.rsplit(sa, 1))
+    return Path(text).with_suffix(".txt")
+
+
+def parse_label_file(
+    path: Path, width: int, height: int, num_classes: int, checker: BoxChecker
+) -> tuple[list[list[float]], list[int]]:
+    """Boxes (xyxy pixels) and class indices of one label file; polygon lines become their bounding box."""
+    boxes, labels = [], []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        where = f"'{path}' line {lineno}"
+        try:
+            values = [float(v) for v in parts]
+        except ValueError as exc:
+            raise DataError(f"{where}: expected numbers 'class cx cy w h', got {line!r}.") from exc
+        if len(values) == 5:
+            cx, cy, w, h = values[1:]
+            box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+        elif len(values) >= 7 and len(values) % 2 == 1:  # segmentation polygon: class x1 y1 x2 y2 ...
+            xs, ys = values[1::2], values[2::2]
+            box = [min(xs) * width, min(ys) * height, max(xs) * width, max(ys) * height]
+        else:
+            raise DataError(f"{where}: expected 'class cx cy w h' (5 values), got {len(values)} values.")
+        cls = values[0]
+        if cls != int(cls) or not 0 <= cls < num_classes:
+            raise DataError(
+                f"{where}: class index {parts[0]} is not one of the data YAML's {num_classes} classes "
+                f"(0..{num_classes - 1})."
+            )
+        checked = checker.check(box, width, height, where)
+        if checked is not None:
+            boxes.append(checked)
+            labels.append(int(cls))
+    return boxes, labels
+
+
+@DATASETS.register("yolo", task=TASK)
+def yolo_dataset(
+    data_yaml: str,
+    split: str = "train",
+    transforms: Sequence[Any] | None = None,
+    min_visibility: float = 0.3,
+    invalid_boxes: str = "clip",
+) -> DetectionDataset:
+    """YOLO txt labels (normalised cx cy w h per line) found next to `images/` as `labels/`; no file = no objects."""
+    data, root, names = read_data_yaml(data_yaml)
+    source = f"data.{split} (yolo '{data_yaml}' split '{split}')"
+    if split not in data:
+        raise DataError(f"{source}: the data YAML has no '{split}' entry (it has {sorted(data)}).")
+    images = split_images(data[split], root, source)
+    check_files_exist([ImageRecord(0, p, 0, 0) for p in images], source)  # sizes come from the image headers
+    checker = BoxChecker(invalid_boxes, source)
+    records = []
+    for i, image in enumerate(images):
+        width, height = image_size_of(image, source)
+        rec = ImageRecord(i + 1, image, width, height)
+        labels_file = label_path(image)
+        if labels_file.is_file():
+            boxes, labels = parse_label_file(labels_file, width, height, len(names), checker)
+            rec.boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+            rec.labels = np.asarray(labels, np.int64)
+        records.append(rec)
+    summarize_records(records, source)
+    checker.report()
+    return DetectionDataset(records, names, list(range(1, len(names) + 1)), transforms, min_visibility, source, split)
