@@ -27,7 +27,7 @@ def to_model_range(image: np.ndarray) -> torch.Tensor:
     """uint8 HxW or HxWxC array -> float CxHxW tensor in [-1, 1]."""
     if image.ndim == 2:
         image = image[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div(127.5).sub(1.0)
+    return torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.float32)).div_(127.5).sub_(1.0)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

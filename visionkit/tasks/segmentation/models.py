@@ -32,7 +32,7 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 class UNet(nn.Module):
     """U-Net decoder over the feature pyramid of a timm encoder created with `features_only=True`."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, decoder_channels: list[int]) -> None:
+    def __init__(self, encoder: nn.Module, num_classes: int, decoder_channels: list[int], in_chans: int = 3) -> None:
         super().__init__()
         self.encoder = encoder
         channels = list(encoder.feature_info.channels())
@@ -43,7 +43,9 @@ class UNet(nn.Module):
             )
         self.blocks = nn.ModuleList()
         in_channels = channels[-1]
-        skips = [*channels[-2::-1], 0]  # deepest-but-one .. shallowest, then the input resolution (no skip)
+        # deepest-but-one .. shallowest feature, then the input image itself at full resolution: it gives the
+        # last block sharp colour edges that the encoder's strided stem has already blurred
+        skips = [*channels[-2::-1], in_chans]
         for width, skip in zip(decoder_channels, skips, strict=True):
             self.blocks.append(_conv_block(in_channels + skip, width))
             in_channels = width
@@ -55,13 +57,9 @@ class UNet(nn.Module):
         x = features[-1]
         skips = features[-2::-1]
         for index, block in enumerate(self.blocks):
-            if index < len(skips):
-                skip = skips[index]
-                x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
-                x = torch.cat([x, skip], dim=1)
-            else:
-                x = F.interpolate(x, size=images.shape[-2:], mode="nearest")
-            x = block(x)
+            skip = skips[index] if index < len(skips) else images
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = block(torch.cat([x, skip], dim=1))
         return self.head(x)
 
 
@@ -115,7 +113,7 @@ def build_unet(
         raise ConfigError(f"model.encoder '{encoder}' could not be built with features_only=True: {exc}") from exc
     levels = len(body.feature_info.channels())
     widths = list(decoder_channels) if decoder_channels else [256, 128, 64, 32, 16][-levels:]
-    return UNet(body, num_classes, widths)
+    return UNet(body, num_classes, widths, in_chans)
 
 
 class TorchvisionSegmenter(nn.Module):
