@@ -35,10 +35,19 @@ CASES = {
 def config(model: dict, size: int, batch: int, steps: int, work_dir: str) -> dict:
     """A trainer config for the benchmark: no validation, progress bar and logging on."""
     return {
-        "task": "classification", "model": model, "work_dir": work_dir,
-        "data": {"train": {"name": "digits"}, "val": None, "image_size": size, "batch_size": batch,
-                 "num_workers": 0, "train_transforms": []},
-        "optimizer": {"name": "adamw", "lr": 1e-3}, "scheduler": {"name": "constant"},
+        "task": "classification",
+        "model": model,
+        "work_dir": work_dir,
+        "data": {
+            "train": {"name": "digits"},
+            "val": None,
+            "image_size": size,
+            "batch_size": batch,
+            "num_workers": 0,
+            "train_transforms": [],
+        },
+        "optimizer": {"name": "adamw", "lr": 1e-3},
+        "scheduler": {"name": "constant"},
         "trainer": {"epochs": 1000, "max_steps": steps, "log_every": 20, "progress": "always", "device": "cpu"},
     }
 
@@ -93,8 +102,12 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", default=list(CASES))
     parser.add_argument("--out")
     args = parser.parse_args()
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "cases": {}}
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cases": {},
+    }
     for name in args.cases:
         spec = CASES[name]
         hand, trainer = [], []
@@ -103,12 +116,18 @@ def main() -> None:
             trainer += per_step(time_trainer, spec, 1)
         h, t = statistics.median(hand), statistics.median(trainer)
         results["cases"][name] = {
-            "hand_ms_per_step": round(h * 1e3, 3), "trainer_ms_per_step": round(t * 1e3, 3),
-            "added_ms_per_step": round((t - h) * 1e3, 3), "added_percent": round((t - h) / h * 100, 2),
-            "runs_hand_ms": [round(x * 1e3, 3) for x in hand], "runs_trainer_ms": [round(x * 1e3, 3) for x in trainer],
+            "hand_ms_per_step": round(h * 1e3, 3),
+            "trainer_ms_per_step": round(t * 1e3, 3),
+            "added_ms_per_step": round((t - h) * 1e3, 3),
+            "added_percent": round((t - h) / h * 100, 2),
+            "runs_hand_ms": [round(x * 1e3, 3) for x in hand],
+            "runs_trainer_ms": [round(x * 1e3, 3) for x in trainer],
         }
-        print(f"{name:10s} hand {h * 1e3:8.3f} ms/step   trainer {t * 1e3:8.3f} ms/step   "
-              f"added {(t - h) * 1e3:+.3f} ms ({(t - h) / h * 100:+.2f}%)", flush=True)
+        print(
+            f"{name:10s} hand {h * 1e3:8.3f} ms/step   trainer {t * 1e3:8.3f} ms/step   "
+            f"added {(t - h) * 1e3:+.3f} ms ({(t - h) / h * 100:+.2f}%)",
+            flush=True,
+        )
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -30,17 +30,28 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
         monkeypatch.setenv("VISIONKIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
-def run_tool(tool: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-             timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def run_tool(
+    tool: str, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
     """Run tools/<tool>.py in a subprocess and return the completed process (text output)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "tools" / f"{tool}.py"), *args], cwd=cwd or ROOT,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / f"{tool}.py"), *args],
+        cwd=cwd or ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 # A classification config that trains in about a second: digits at 8x8, a narrow CNN.
 TINY_DATA = [
-    "data.image_size=8", "data.batch_size=32", "data.num_workers=0", "trainer.epochs=1", "trainer.log_every=2",
+    "data.image_size=8",
+    "data.batch_size=32",
+    "data.num_workers=0",
+    "trainer.epochs=1",
+    "trainer.log_every=2",
     "data.train_transforms=[]",
 ]
 TINY_CLS = ["model.width=8", "model.depth=2", *TINY_DATA]

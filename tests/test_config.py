@@ -77,7 +77,6 @@ def test_cli_user_error_exits_2_without_traceback() -> None:
 
 def test_resolved_config_is_written(tmp_path) -> None:
     import visionkit
-
     from tests.conftest import TINY_CLS
 
     result = visionkit.train(None, [*TINY_CLS, "trainer.max_steps=1"], task="cls", work_dir=tmp_path / "run")

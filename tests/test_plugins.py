@@ -21,14 +21,16 @@ def test_installed_example_plugin_is_discovered_with_its_origin() -> None:
 
 
 def _write_plugin(folder: Path) -> None:
-    (folder / "my_vk_plugin.py").write_text(textwrap.dedent('''
+    (folder / "my_vk_plugin.py").write_text(
+        textwrap.dedent("""
         from torch import nn
         from visionkit.registry import MODELS
 
         @MODELS.register("linear_probe", task="classification")
         def linear_probe(num_classes: int, in_chans: int = 1, image_size: int = 8) -> nn.Module:
             return nn.Sequential(nn.Flatten(), nn.Linear(in_chans * image_size * image_size, num_classes))
-    '''))
+    """)
+    )
 
 
 def test_plugin_flag_and_config_plugins_key(tmp_path: Path) -> None:

@@ -24,9 +24,18 @@ from visionkit.tasks.classification.task import ClassificationTask
 # Small training split (about 180 images), 2 loader workers, shuffling, random augmentation, EMA,
 # gradient accumulation and a warmup+cosine schedule: everything a resume has to reproduce.
 RESUME_CFG = [
-    "model.width=8", "model.depth=2", "data.image_size=8", "data.batch_size=32", "data.num_workers=2",
-    "data.train.val_fraction=0.9", "trainer.epochs=4", "trainer.accumulate=2", "trainer.ema=0.9",
-    "trainer.log_every=1", "scheduler.warmup_steps=2", "model.dropout=0.3",
+    "model.width=8",
+    "model.depth=2",
+    "data.image_size=8",
+    "data.batch_size=32",
+    "data.num_workers=2",
+    "data.train.val_fraction=0.9",
+    "trainer.epochs=4",
+    "trainer.accumulate=2",
+    "trainer.ema=0.9",
+    "trainer.log_every=1",
+    "scheduler.warmup_steps=2",
+    "model.dropout=0.3",
     "data.train_transforms=[{name: Affine, translate_px: [-1, 1], rotate: [-15, 15], p: 1.0}]",
 ]
 
@@ -34,8 +43,15 @@ RESUME_CFG = [
 def test_run_outputs(tmp_path: Path) -> None:
     result = visionkit.train(None, [*TINY_CLS, "trainer.epochs=2"], task="cls", work_dir=tmp_path / "run")
     run = result.run_dir
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "curves.png", "confusion_matrix.png",
-                 "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "curves.png",
+        "confusion_matrix.png",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["final"]) >= {"val/top1", "val/top5"}
@@ -91,12 +107,23 @@ class DtypeProbe(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
-@pytest.mark.parametrize(("precision", "dtype"), [("bf16-mixed", torch.bfloat16), ("fp16-mixed", torch.float16),
-                                                  ("fp32", torch.float32)])
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("bf16-mixed", torch.bfloat16), ("fp16-mixed", torch.float16), ("fp32", torch.float32)]
+)
 def test_precision_paths_on_cpu(tmp_path: Path, precision: str, dtype: torch.dtype) -> None:
     DtypeProbe.seen.clear()
-    result = visionkit.train(None, [*TINY_DATA, "model.name=dtype_probe", f"trainer.precision={precision}",
-                                    "trainer.max_steps=3", "trainer.clip_grad=1.0"], task="cls", work_dir=tmp_path)
+    result = visionkit.train(
+        None,
+        [
+            *TINY_DATA,
+            "model.name=dtype_probe",
+            f"trainer.precision={precision}",
+            "trainer.max_steps=3",
+            "trainer.clip_grad=1.0",
+        ],
+        task="cls",
+        work_dir=tmp_path,
+    )
     assert DtypeProbe.seen and all(d == dtype for d in DtypeProbe.seen)
     ckpt = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")
     assert ckpt["step"] == 3 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
@@ -117,14 +144,25 @@ class NanModel(nn.Module):
 
 def test_non_finite_loss_skips_then_stops_with_advice(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match=r"NaN/inf for 3 updates.*lower optimizer.lr"):
-        visionkit.train(None, [*TINY_DATA, "model.name=nan_model", "trainer.max_bad_steps=3"], task="cls",
-                        work_dir=tmp_path)
+        visionkit.train(
+            None, [*TINY_DATA, "model.name=nan_model", "trainer.max_bad_steps=3"], task="cls", work_dir=tmp_path
+        )
 
 
 def test_early_stopping(tmp_path: Path) -> None:
-    result = visionkit.train(None, [*TINY_CLS, "trainer.epochs=6", "trainer.early_stop_patience=2",
-                                    "optimizer.lr=1e-12", "scheduler.name=constant", "data.train.val_fraction=0.9"],
-                             task="cls", work_dir=tmp_path)
+    result = visionkit.train(
+        None,
+        [
+            *TINY_CLS,
+            "trainer.epochs=6",
+            "trainer.early_stop_patience=2",
+            "optimizer.lr=1e-12",
+            "scheduler.name=constant",
+            "data.train.val_fraction=0.9",
+        ],
+        task="cls",
+        work_dir=tmp_path,
+    )
     assert result.summary["epochs"] == 3  # best at epoch 1, two rounds without gain
 
 
@@ -136,8 +174,10 @@ class TwoOptimizerTask(ClassificationTask):
     calls: list[tuple[str, int, bool]] = []
 
     def optimizer_groups(self, model: nn.Module) -> dict[str, OptimizerGroup]:
-        return {"features": OptimizerGroup(model.features.parameters(), {"lr": 0.01}),
-                "head": OptimizerGroup(model.head.parameters(), {"lr": 0.05}, every=2)}
+        return {
+            "features": OptimizerGroup(model.features.parameters(), {"lr": 0.01}),
+            "head": OptimizerGroup(model.head.parameters(), {"lr": 0.05}, every=2),
+        }
 
     def training_step(self, batch, ctx: StepContext):  # noqa: ANN001, ANN201
         images, labels = batch
@@ -154,8 +194,13 @@ def test_multiple_optimizers_step_only_their_parameters(tmp_path: Path) -> None:
     result = visionkit.train(cfg, work_dir=tmp_path)
     ckpt = load_checkpoint(result.run_dir / "checkpoints" / "last.pt")
     assert set(ckpt["optimizers"]) == {"features", "head"}
-    assert [c[:2] for c in TwoOptimizerTask.calls] == [("features", 0), ("head", 0), ("features", 1),
-                                                       ("features", 2), ("head", 2)]
+    assert [c[:2] for c in TwoOptimizerTask.calls] == [
+        ("features", 0),
+        ("head", 0),
+        ("features", 1),
+        ("features", 2),
+        ("head", 2),
+    ]
     assert not any(c[2] for c in TwoOptimizerTask.calls)  # the other group's parameters were frozen
     assert ckpt["optimizers"]["head"]["param_groups"][0]["lr"] <= 0.05
 
@@ -163,21 +208,45 @@ def test_multiple_optimizers_step_only_their_parameters(tmp_path: Path) -> None:
 def test_trains_with_installed_example_plugin_through_tools(tmp_path: Path) -> None:
     from tests.conftest import run_tool
 
-    proc = run_tool("train", "--task", "cls", "--work-dir", str(tmp_path / "run"), *TINY_DATA,
-                    "model.name=tiny_resnet", "data.train.name=bars", "data.val.name=bars", "trainer.epochs=2")
+    proc = run_tool(
+        "train",
+        "--task",
+        "cls",
+        "--work-dir",
+        str(tmp_path / "run"),
+        *TINY_DATA,
+        "model.name=tiny_resnet",
+        "data.train.name=bars",
+        "data.val.name=bars",
+        "trainer.epochs=2",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["best"]["val/top1"] > 0.6  # three classes: better than chance
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun is installed with torch")
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="torchrun is installed with torch"
+)
 def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     torchrun = str(Path(sys.executable).parent / "torchrun")
     proc = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node=2", str(ROOT / "tools" / "train.py"), "--task", "cls",
-         "--work-dir", str(tmp_path / "run"), *TINY_CLS, "trainer.epochs=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            str(ROOT / "tools" / "train.py"),
+            "--task",
+            "cls",
+            "--work-dir",
+            str(tmp_path / "run"),
+            *TINY_CLS,
+            "trainer.epochs=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

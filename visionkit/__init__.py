@@ -7,6 +7,20 @@ from visionkit.tasks.base import OptimizerGroup, StepContext, Task
 
 __version__ = "0.1.0"
 __all__ = [
-    "DATASETS", "LOSSES", "METRICS", "MODELS", "TASKS", "TRANSFORMS", "OptimizerGroup", "Registry", "StepContext",
-    "Task", "evaluate", "load_config", "load_model", "predict", "train", "__version__",
+    "DATASETS",
+    "LOSSES",
+    "METRICS",
+    "MODELS",
+    "TASKS",
+    "TRANSFORMS",
+    "OptimizerGroup",
+    "Registry",
+    "StepContext",
+    "Task",
+    "evaluate",
+    "load_config",
+    "load_model",
+    "predict",
+    "train",
+    "__version__",
 ]

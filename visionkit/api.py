@@ -18,9 +18,18 @@ from visionkit.tasks.base import StepContext, Task
 
 # Keys a resumed run may change: they extend or re-run the same training, not a different one.
 RESUMABLE = (
-    "trainer.max_steps", "trainer.epochs", "trainer.val_every", "trainer.early_stop_patience", "trainer.log_every",
-    "trainer.checkpoint_every", "trainer.progress", "trainer.device", "trainer.max_bad_steps", "data.num_workers",
-    "work_dir", "plugins",
+    "trainer.max_steps",
+    "trainer.epochs",
+    "trainer.val_every",
+    "trainer.early_stop_patience",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.progress",
+    "trainer.device",
+    "trainer.max_bad_steps",
+    "data.num_workers",
+    "work_dir",
+    "plugins",
 )
 
 
@@ -49,8 +58,9 @@ def train(
     return Trainer(cfg, resume=checkpoint, callbacks=callbacks).fit()
 
 
-def find_resume(resume: str | Path, config: Any, overrides: list[str], task: str | None,
-                work_dir: str | Path | None) -> Path | None:
+def find_resume(
+    resume: str | Path, config: Any, overrides: list[str], task: str | None, work_dir: str | Path | None
+) -> Path | None:
     """The checkpoint `--resume auto|PATH` points at (None for auto with nothing to resume)."""
     if str(resume) != "auto":
         path = Path(resume)
@@ -91,7 +101,9 @@ def _leaf_keys(cfg: Mapping[str, Any], prefix: str = "") -> set[str]:
     return keys
 
 
-def load_model(checkpoint: str | Path, overrides: Sequence[str] = (), device: str | None = None) -> tuple[Task, nn.Module, dict[str, Any]]:
+def load_model(
+    checkpoint: str | Path, overrides: Sequence[str] = (), device: str | None = None
+) -> tuple[Task, nn.Module, dict[str, Any]]:
     """Rebuild the task and model of a checkpoint (EMA weights when kept), on a device, in eval mode."""
     from visionkit.engine.precision import select_device
 
@@ -114,16 +126,29 @@ def evaluate(checkpoint: str | Path, overrides: Sequence[str] = (), device: str 
     task, model, cfg = load_model(checkpoint, overrides, device)
     dev = next(model.parameters()).device
     dataset = task.build_dataset("val")
-    loader, _ = build_loader(dataset, batch_size=cfg["data"]["batch_size"], shuffle=False, seed=cfg["trainer"]["seed"],
-                             collate=task.collate, num_workers=cfg["data"]["num_workers"], train=False)
+    loader, _ = build_loader(
+        dataset,
+        batch_size=cfg["data"]["batch_size"],
+        shuffle=False,
+        seed=cfg["trainer"]["seed"],
+        collate=task.collate,
+        num_workers=cfg["data"]["num_workers"],
+        train=False,
+    )
     autocast = autocast_factory(resolve_precision(cfg["trainer"]["precision"], dev), dev)
     ctx = StepContext(model, model, dev, autocast=autocast)
     metrics = run_validation(task, model, loader, dev, autocast, ctx)
     return {**metrics, **{k: v for k, v in task.summary_extras().items() if not isinstance(v, (list, dict))}}
 
 
-def predict(checkpoint: str | Path, inputs: Sequence[str | Path] = (), out_dir: str | Path = "predictions",
-            overrides: Sequence[str] = (), device: str | None = None, **options: Any) -> dict[str, Any]:
+def predict(
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path] = (),
+    out_dir: str | Path = "predictions",
+    overrides: Sequence[str] = (),
+    device: str | None = None,
+    **options: Any,
+) -> dict[str, Any]:
     """Run a checkpoint on image files or folders (or sample, for generation); write results to out_dir."""
     task, model, _ = load_model(checkpoint, overrides, device)
     out = Path(out_dir)

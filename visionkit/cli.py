@@ -97,8 +97,13 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("inputs", nargs="*", help="image files or folders (generation: none)")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="task option, e.g. topk=3, num_samples=64, score_threshold=0.3 (repeatable)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="task option, e.g. topk=3, num_samples=64, score_threshold=0.3 (repeatable)",
+    )
     p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
     args = p.parse_args(argv)
 
@@ -109,7 +114,10 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         _plugins(args.plugin)
         options = parse_overrides(args.option)
         result = predict(args.checkpoint, args.inputs, args.out, device=args.device, **options)
-        print(f"wrote predictions to {args.out}" + (f" ({len(result.get('predictions', []))} inputs)" if isinstance(result, dict) else ""))
+        print(
+            f"wrote predictions to {args.out}"
+            + (f" ({len(result.get('predictions', []))} inputs)" if isinstance(result, dict) else "")
+        )
 
     return _run(go)
 
@@ -130,8 +138,11 @@ def list_main(argv: Sequence[str] | None = None) -> int:
         for kind, registry in ALL.items():
             if args.kind and kind != args.kind:
                 continue
-            rows = [e for e in registry.entries() if task is None or (e.name == task if kind == "tasks" else
-                    not e.tasks or task in e.tasks)]
+            rows = [
+                e
+                for e in registry.entries()
+                if task is None or (e.name == task if kind == "tasks" else not e.tasks or task in e.tasks)
+            ]
             if not rows:
                 continue
             print(f"{kind}:")

@@ -92,8 +92,11 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     for key, value in update.items():
         old = out.get(key)
         renamed = (
-            key not in SHARED_OPTION_SPECS and isinstance(value, Mapping) and isinstance(old, Mapping)
-            and "name" in value and value["name"] != old.get("name")
+            key not in SHARED_OPTION_SPECS
+            and isinstance(value, Mapping)
+            and isinstance(old, Mapping)
+            and "name" in value
+            and value["name"] != old.get("name")
         )
         if isinstance(value, Mapping) and (value.get("_delete_") or renamed):
             out[key] = {k: copy.deepcopy(v) for k, v in value.items() if k != "_delete_"}
@@ -215,7 +218,9 @@ def check_keys(user: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) 
             check_keys(value, expected, path + ".")
         elif path == "trainer.progress":
             if value not in (True, False, "always"):
-                raise ConfigError(f"Config key 'trainer.progress' is {value!r}; accepted: true (on a terminal), false, always.")
+                raise ConfigError(
+                    f"Config key 'trainer.progress' is {value!r}; accepted: true (on a terminal), false, always."
+                )
         elif expected is not None and value is not None and not isinstance(expected, Mapping):
             check_type(path, value, expected)
 

@@ -176,7 +176,8 @@ class Registry:
         load_plugins()
         task = self._task_name(task)
         return sorted(
-            n for n, group in self._entries.items()
+            n
+            for n, group in self._entries.items()
             if any(task is None or not e.tasks or task in e.tasks for e in group)
         )
 
@@ -249,9 +250,7 @@ def check_kwargs(
                 f"{what} has no option '{k}'.{did_you_mean(k, accepted)} "
                 f"Accepted options: {', '.join(accepted) or '(none)'}."
             )
-    missing = [
-        n for n in accepted if params[n].default is inspect.Parameter.empty and n not in kwargs
-    ]
+    missing = [n for n in accepted if params[n].default is inspect.Parameter.empty and n not in kwargs]
     if missing:
         raise ConfigError(f"{what} needs option(s) {', '.join(missing)}; add them to the config.")
     return {k: v for k, v in kwargs.items() if k in accepted}
@@ -265,5 +264,12 @@ METRICS = Registry("metric")
 TRANSFORMS = Registry("transform")
 CALLBACKS = Registry("callback")
 
-ALL = {"tasks": TASKS, "models": MODELS, "datasets": DATASETS, "losses": LOSSES, "metrics": METRICS,
-       "transforms": TRANSFORMS, "callbacks": CALLBACKS}
+ALL = {
+    "tasks": TASKS,
+    "models": MODELS,
+    "datasets": DATASETS,
+    "losses": LOSSES,
+    "metrics": METRICS,
+    "transforms": TRANSFORMS,
+    "callbacks": CALLBACKS,
+}

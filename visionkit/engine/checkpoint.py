@@ -19,8 +19,12 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -70,4 +74,4 @@ def inference_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     ema = ckpt.get("ema")
     if not ema:
         return ckpt["model"]
-    return {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
+    return {k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")}

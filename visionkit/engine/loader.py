@@ -21,8 +21,16 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     each batch tagged with its seed, optionally starting part-way into the epoch (for resume)."""
 
     def __init__(
-        self, size: int, batch_size: int, *, shuffle: bool, seed: int, rank: int = 0, world: int = 1,
-        drop_last: bool = False, pad: bool = True,
+        self,
+        size: int,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        drop_last: bool = False,
+        pad: bool = True,
     ) -> None:
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.rank, self.world, self.drop_last, self.pad = rank, world, drop_last, pad
@@ -50,7 +58,11 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
             yield [(i, s) for i in chunk]
 
     def __len__(self) -> int:
-        per_rank = -(-self.size // self.world) if (self.pad or self.world == 1) else len(range(self.rank, self.size, self.world))
+        per_rank = (
+            -(-self.size // self.world)
+            if (self.pad or self.world == 1)
+            else len(range(self.rank, self.size, self.world))
+        )
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
 
@@ -92,17 +104,36 @@ class SeededDataset(Dataset):
 
 
 def build_loader(
-    dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int, collate: Callable[[list[Any]], Any],
-    num_workers: int, rank: int = 0, world: int = 1, train: bool = True, pin_memory: bool = False,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    collate: Callable[[list[Any]], Any],
+    num_workers: int,
+    rank: int = 0,
+    world: int = 1,
+    train: bool = True,
+    pin_memory: bool = False,
 ) -> tuple[DataLoader, EpochBatchSampler]:
     """A DataLoader over `dataset` with a resumable, seeded batch sampler (returned alongside)."""
     sampler = EpochBatchSampler(
-        len(dataset), batch_size, shuffle=shuffle, seed=seed, rank=rank, world=world,  # type: ignore[arg-type]
-        drop_last=False, pad=train,
+        len(dataset),
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        rank=rank,
+        world=world,  # type: ignore[arg-type]
+        drop_last=False,
+        pad=train,
     )
     loader = DataLoader(
-        SeededDataset(dataset), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
+        SeededDataset(dataset),
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
         persistent_workers=num_workers > 0,
     )
     return loader, sampler

@@ -20,7 +20,8 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     classes = {
         n.lower(): getattr(torch.optim, n)
         for n in dir(torch.optim)
-        if inspect.isclass(getattr(torch.optim, n)) and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+        if inspect.isclass(getattr(torch.optim, n))
+        and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
         and n != "Optimizer"
     }
     cls = classes.get(str(name).lower())
@@ -51,7 +52,9 @@ def _main_scheduler(name: str, optimizer: torch.optim.Optimizer, steps: int, kwa
     if name == "exponential":
         return lr_scheduler.ExponentialLR(optimizer, **{"gamma": 0.999, **kwargs})
     if name == "linear":
-        return lr_scheduler.LinearLR(optimizer, **{"start_factor": 1.0, "end_factor": 0.0, "total_iters": max(steps, 1), **kwargs})
+        return lr_scheduler.LinearLR(
+            optimizer, **{"start_factor": 1.0, "end_factor": 0.0, "total_iters": max(steps, 1), **kwargs}
+        )
     if name == "onecycle":
         max_lr = [g["lr"] for g in optimizer.param_groups]
         return lr_scheduler.OneCycleLR(optimizer, **{"max_lr": max_lr, "total_steps": max(steps, 1) + 1, **kwargs})

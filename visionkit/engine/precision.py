@@ -24,7 +24,9 @@ def select_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.device={name} but no CUDA GPU is available here; use trainer.device=cpu or auto.")
+            raise ConfigError(
+                f"trainer.device={name} but no CUDA GPU is available here; use trainer.device=cpu or auto."
+            )
         index = device.index if device.index is not None else local_rank % torch.cuda.device_count()
         if index >= torch.cuda.device_count():
             raise ConfigError(f"trainer.device={name} but only {torch.cuda.device_count()} GPU(s) exist.")

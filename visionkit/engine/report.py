@@ -62,8 +62,15 @@ class RunReport:
             self._file = None
 
 
-def epoch_line(epoch: int, epochs: int, step: int, train_loss: float | None, metrics: dict[str, float],
-               best: float | None, seconds: float) -> str:
+def epoch_line(
+    epoch: int,
+    epochs: int,
+    step: int,
+    train_loss: float | None,
+    metrics: dict[str, float],
+    best: float | None,
+    seconds: float,
+) -> str:
     """One readable summary line per epoch."""
     parts = [f"epoch {epoch}/{epochs}", f"step {step}"]
     if train_loss is not None:

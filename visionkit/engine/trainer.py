@@ -125,8 +125,13 @@ class Trainer:
     def _build_loaders(self) -> None:
         d, t = self.cfg["data"], self.cfg["trainer"]
         common = dict(
-            batch_size=d["batch_size"], seed=t["seed"], collate=self.task.collate, num_workers=d["num_workers"],
-            rank=dist.rank(), world=dist.world_size(), pin_memory=self.device.type == "cuda",
+            batch_size=d["batch_size"],
+            seed=t["seed"],
+            collate=self.task.collate,
+            num_workers=d["num_workers"],
+            rank=dist.rank(),
+            world=dist.world_size(),
+            pin_memory=self.device.type == "cuda",
         )
         self.train_loader, self.sampler = build_loader(self.train_set, shuffle=True, train=True, **common)
         self.val_loader = None
@@ -145,10 +150,15 @@ class Trainer:
             "horizon": self.horizon,
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "best_value": self.best_value, "best_metrics": self.best_metrics,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best_value": self.best_value,
+            "best_metrics": self.best_metrics,
             "rounds_without_gain": self.rounds_without_gain,
-            "rng": rng_state(), "config": self.cfg, "format": 1,
+            "rng": rng_state(),
+            "config": self.cfg,
+            "format": 1,
         }
 
     def _save(self, best: bool = False) -> None:
@@ -323,9 +333,14 @@ class Trainer:
         t0 = time.perf_counter()
         saved_rng = rng_state()  # validation must not change the training trajectory
         eval_model = self.ema.module if self.ema is not None else self.module
-        metrics = run_validation(self.task, eval_model, self.val_loader, self.device, self.autocast,
-                                 StepContext(eval_model, eval_model, self.device, step=self.step, epoch=self.epoch,
-                                             autocast=self.autocast))
+        metrics = run_validation(
+            self.task,
+            eval_model,
+            self.val_loader,
+            self.device,
+            self.autocast,
+            StepContext(eval_model, eval_model, self.device, step=self.step, epoch=self.epoch, autocast=self.autocast),
+        )
         set_rng_state(saved_rng)
         self.last_metrics = metrics
         monitor, mode = self.task.monitor, self.task.monitor_mode
@@ -341,14 +356,24 @@ class Trainer:
         record = {"step": self.step, "epoch": self.epoch, **metrics}
         self.report.log(record)
         if dist.is_main():
-            ctx = StepContext(eval_model, eval_model, self.device, step=self.step, epoch=self.epoch,
-                              autocast=self.autocast)
+            ctx = StepContext(
+                eval_model, eval_model, self.device, step=self.step, epoch=self.epoch, autocast=self.autocast
+            )
             saved_rng = rng_state()
             self.task.on_validation_end(ctx, self.val_set, self.run_dir, self.epoch)
             set_rng_state(saved_rng)
             self.report.curves()
-            self._print(epoch_line(self.epoch, self.cfg["trainer"]["epochs"], self.step, self._last_loss,
-                                   metrics, self.best_value, time.perf_counter() - t0))
+            self._print(
+                epoch_line(
+                    self.epoch,
+                    self.cfg["trainer"]["epochs"],
+                    self.step,
+                    self._last_loss,
+                    metrics,
+                    self.best_value,
+                    time.perf_counter() - t0,
+                )
+            )
         for cb in self.callbacks:
             if hasattr(cb, "on_validation_end"):
                 cb.on_validation_end(record)
@@ -372,8 +397,9 @@ class Trainer:
             record.setdefault("train/loss", self._last_loss)
         self.report.log(record)
         if bar is not None:
-            bar.set_postfix(loss=f"{self._last_loss:.4f}", lr=f"{lr:.2e}",
-                            img_s=f"{rate:.0f}" if rate else "-", refresh=False)
+            bar.set_postfix(
+                loss=f"{self._last_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}" if rate else "-", refresh=False
+            )
         for cb in self.callbacks:
             if hasattr(cb, "on_log"):
                 cb.on_log(record)
@@ -384,8 +410,15 @@ class Trainer:
             return None  # logs and pipes get the per-epoch summary lines only
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}", leave=False,
-                    mininterval=0.5, dynamic_ncols=True, file=sys.stderr)
+        return tqdm(
+            total=total,
+            initial=self.batch_in_epoch,
+            desc=f"epoch {self.epoch + 1}",
+            leave=False,
+            mininterval=0.5,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
 
     def _print(self, message: str) -> None:
         if dist.is_main():
@@ -398,11 +431,21 @@ class Trainer:
         if dist.is_main() and not best_ckpt.exists() and (ckpt_dir / "last.pt").exists():
             shutil.copyfile(ckpt_dir / "last.pt", best_ckpt)  # no validation ran: last is the best we have
         summary = {
-            "task": self.cfg["task"], "monitor": self.task.monitor, "monitor_mode": self.task.monitor_mode,
-            "final": self.last_metrics, "best": self.best_metrics, "best_value": self.best_value,
-            "best_checkpoint": str(best_ckpt), "last_checkpoint": str(ckpt_dir / "last.pt"),
-            "steps": self.step, "epochs": self.epoch, "wall_time_s": round(seconds, 2),
-            "device": str(self.device), "precision": self.precision, "world_size": dist.world_size(), "ranks": ranks,
+            "task": self.cfg["task"],
+            "monitor": self.task.monitor,
+            "monitor_mode": self.task.monitor_mode,
+            "final": self.last_metrics,
+            "best": self.best_metrics,
+            "best_value": self.best_value,
+            "best_checkpoint": str(best_ckpt),
+            "last_checkpoint": str(ckpt_dir / "last.pt"),
+            "steps": self.step,
+            "epochs": self.epoch,
+            "wall_time_s": round(seconds, 2),
+            "device": str(self.device),
+            "precision": self.precision,
+            "world_size": dist.world_size(),
+            "ranks": ranks,
             **self.task.summary_extras(),
         }
         self.report.summary(summary)
@@ -412,8 +455,9 @@ class Trainer:
         return RunResult(self.run_dir, self.last_metrics, self.best_metrics, best_ckpt, summary)
 
 
-def run_validation(task: Task, model: nn.Module, loader: Any, device: torch.device, autocast: Any,
-                   ctx: StepContext) -> dict[str, float]:
+def run_validation(
+    task: Task, model: nn.Module, loader: Any, device: torch.device, autocast: Any, ctx: StepContext
+) -> dict[str, float]:
     """Run the task's validation over a whole loader and return its reduced metrics."""
     was_training = model.training
     model.eval()

@@ -18,8 +18,11 @@ class _Block(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,7 +35,9 @@ class TinyResNet(nn.Module):
 
     def __init__(self, num_classes: int, in_chans: int = 3, width: int = 16) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.blocks = nn.Sequential(_Block(width), nn.MaxPool2d(2), _Block(width))
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
 
@@ -42,8 +47,15 @@ class TinyResNet(nn.Module):
 
 
 @DATASETS.register("bars", task="classification")
-def bars(split: str = "train", size: int = 256, image_size: int = 16, transforms: list | None = None,
-         mean: list[float] = (0.5,), std: list[float] = (0.5,), seed: int = 0) -> ClassificationDataset:
+def bars(
+    split: str = "train",
+    size: int = 256,
+    image_size: int = 16,
+    transforms: list | None = None,
+    mean: list[float] = (0.5,),
+    std: list[float] = (0.5,),
+    seed: int = 0,
+) -> ClassificationDataset:
     """Generated grey images with a horizontal, vertical or diagonal bar on noise (3 classes)."""
     rng = np.random.default_rng(seed + (0 if split == "train" else 1))
     labels = rng.integers(0, 3, size)
@@ -57,5 +69,13 @@ def bars(split: str = "train", size: int = 256, image_size: int = 16, transforms
         else:
             idx = np.arange(image_size)
             images[i, idx, idx, 0] = 230
-    return ClassificationDataset(ArrayImages(images), labels.tolist(), ["horizontal", "vertical", "diagonal"],
-                                 transforms, mean, std, None, key=f"data.{split}_transforms")
+    return ClassificationDataset(
+        ArrayImages(images),
+        labels.tolist(),
+        ["horizontal", "vertical", "diagonal"],
+        transforms,
+        mean,
+        std,
+        None,
+        key=f"data.{split}_transforms",
+    )

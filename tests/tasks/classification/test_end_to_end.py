@@ -26,8 +26,7 @@ def _digit_pngs(folder: Path, count: int = 12) -> list[int]:
 
 def test_tools_train_eval_predict(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = run_tool("train", "--task", "cls", "--work-dir", str(run), *TINY_CLS, "trainer.epochs=3",
-                    "model.width=16")
+    proc = run_tool("train", "--task", "cls", "--work-dir", str(run), *TINY_CLS, "trainer.epochs=3", "model.width=16")
     assert proc.returncode == 0, proc.stderr
     assert "val/top1" in proc.stdout
     best = run / "checkpoints" / "best.pt"
@@ -37,8 +36,9 @@ def test_tools_train_eval_predict(tmp_path: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     assert abs(metrics["val/top1"] - summary["best"]["val/top1"]) < 1e-9  # eval reproduces the best val score
     labels = _digit_pngs(tmp_path / "images")
-    proc = run_tool("predict", str(best), str(tmp_path / "images"), "--out", str(tmp_path / "pred"),
-                    "--option", "topk=3")
+    proc = run_tool(
+        "predict", str(best), str(tmp_path / "images"), "--out", str(tmp_path / "pred"), "--option", "topk=3"
+    )
     assert proc.returncode == 0, proc.stderr
     preds = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert len(preds) == 12 and all(len(p["top"]) == 3 for p in preds)

@@ -47,7 +47,7 @@ def test_tools_train_sample_and_inpaint(tmp_path: Path) -> None:
     assert "val/fd" in proc.stdout
     assert (run / "samples" / "epoch_000.png").is_file()  # max_steps stops inside epoch 0
     grid = Image.open(run / "samples" / "epoch_000.png")
-    assert grid.size[0] >= 10 * 8  # conditional: one row of samples per class
+    assert grid.size[1] > 9 * grid.size[0]  # conditional: one row per class (10 rows of 1 image here)
     best = run / "checkpoints" / "best.pt"
     out = tmp_path / "samples"
     proc = run_tool("predict", str(best), "--out", str(out), "--option", "num_samples=6", "--option", "labels=[3, 7]",

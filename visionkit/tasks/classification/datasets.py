@@ -25,9 +25,17 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 class ClassificationDataset(Dataset):
     """Images (HWC uint8) with integer labels; applies an albumentations pipeline, returns (CHW float, label)."""
 
-    def __init__(self, load: Callable[[int], np.ndarray], labels: Sequence[int], classes: Sequence[str],
-                 transforms: list | None = None, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,),
-                 image_size: int | None = None, key: str = "data.train_transforms") -> None:
+    def __init__(
+        self,
+        load: Callable[[int], np.ndarray],
+        labels: Sequence[int],
+        classes: Sequence[str],
+        transforms: list | None = None,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+        image_size: int | None = None,
+        key: str = "data.train_transforms",
+    ) -> None:
         self.load, self.labels, self.classes = load, list(labels), list(classes)
         specs = list(transforms or [])
         if image_size:
@@ -115,8 +123,15 @@ def _split(n: int, labels: np.ndarray, split: str, val_fraction: float, seed: in
 
 
 @DATASETS.register("digits", task=TASK)
-def digits(split: str = "train", val_fraction: float = 0.2, split_seed: int = 0, transforms: list | None = None,
-           image_size: int | None = None, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> ClassificationDataset:
+def digits(
+    split: str = "train",
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    transforms: list | None = None,
+    image_size: int | None = None,
+    mean: Sequence[float] = (0.5,),
+    std: Sequence[float] = (0.5,),
+) -> ClassificationDataset:
     """scikit-learn's 1,797 real 8x8 handwritten digits, split deterministically (stratified)."""
     from sklearn.datasets import load_digits
 
@@ -124,14 +139,29 @@ def digits(split: str = "train", val_fraction: float = 0.2, split_seed: int = 0,
     images = np.clip(data.images * (255.0 / 16.0), 0, 255).astype(np.uint8)[:, :, :, None]
     labels = data.target.astype(np.int64)
     keep = _split(len(labels), labels, split, val_fraction, split_seed)
-    return ClassificationDataset(ArrayImages(images, keep), labels[keep].tolist(), [str(d) for d in range(10)],
-                                 transforms, mean, std, image_size, key=f"data.{split}_transforms")
+    return ClassificationDataset(
+        ArrayImages(images, keep),
+        labels[keep].tolist(),
+        [str(d) for d in range(10)],
+        transforms,
+        mean,
+        std,
+        image_size,
+        key=f"data.{split}_transforms",
+    )
 
 
 @DATASETS.register("image_folder", task=TASK)
-def image_folder(root: str, split: str = "train", transforms: list | None = None, image_size: int | None = None,
-                 channels: int | None = None, classes: list[str] | None = None,
-                 mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> ClassificationDataset:
+def image_folder(
+    root: str,
+    split: str = "train",
+    transforms: list | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    classes: list[str] | None = None,
+    mean: Sequence[float] = (0.5,),
+    std: Sequence[float] = (0.5,),
+) -> ClassificationDataset:
     """ImageFolder layout: `root/<class name>/<image>`; class order is sorted names unless `classes` is given."""
     base = Path(root)
     if not base.is_dir():
@@ -140,7 +170,9 @@ def image_folder(root: str, split: str = "train", transforms: list | None = None
     names = list(classes) if classes else found
     missing = [c for c in found if c not in names]
     if missing:
-        raise DataError(f"Folders {missing} under '{root}' are not in data.{split}.classes {names}; add them or remove the folders.")
+        raise DataError(
+            f"Folders {missing} under '{root}' are not in data.{split}.classes {names}; add them or remove the folders."
+        )
     files, labels = [], []
     for label, name in enumerate(names):
         for f in sorted((base / name).glob("*")) if (base / name).is_dir() else []:
@@ -149,14 +181,22 @@ def image_folder(root: str, split: str = "train", transforms: list | None = None
                 labels.append(label)
     if not files:
         raise DataError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under '{root}/<class>/'.")
-    return ClassificationDataset(FileImages(files, channels), labels, names, transforms, mean, std,
-                                 image_size, key=f"data.{split}_transforms")
+    return ClassificationDataset(
+        FileImages(files, channels), labels, names, transforms, mean, std, image_size, key=f"data.{split}_transforms"
+    )
 
 
 @DATASETS.register("csv", task=TASK)
-def csv_list(file: str, split: str = "train", transforms: list | None = None, image_size: int | None = None,
-             channels: int | None = None, classes: list[str] | None = None,
-             mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> ClassificationDataset:
+def csv_list(
+    file: str,
+    split: str = "train",
+    transforms: list | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    classes: list[str] | None = None,
+    mean: Sequence[float] = (0.5,),
+    std: Sequence[float] = (0.5,),
+) -> ClassificationDataset:
     """A CSV of `path,label` rows (header optional; paths relative to the CSV; labels names or integers)."""
     path = Path(file)
     if not path.is_file():
@@ -187,16 +227,23 @@ def csv_list(file: str, split: str = "train", transforms: list | None = None, im
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise DataError(f"'{file}' lists {len(missing)} missing image file(s), e.g. '{missing[0]}'.")
-    return ClassificationDataset(FileImages(files, channels), labels, names, transforms, mean, std,
-                                 image_size, key=f"data.{split}_transforms")
+    return ClassificationDataset(
+        FileImages(files, channels), labels, names, transforms, mean, std, image_size, key=f"data.{split}_transforms"
+    )
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @DATASETS.register("cifar10", task=TASK)
-def cifar10(root: str, split: str = "train", transforms: list | None = None, image_size: int | None = None,
-            mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> ClassificationDataset:
+def cifar10(
+    root: str,
+    split: str = "train",
+    transforms: list | None = None,
+    image_size: int | None = None,
+    mean: Sequence[float] = (0.5,),
+    std: Sequence[float] = (0.5,),
+) -> ClassificationDataset:
     """CIFAR-10 'python version' batches in a local folder (data_batch_1..5 for train, test_batch for val)."""
     base = Path(root)
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
@@ -220,8 +267,9 @@ def cifar10(root: str, split: str = "train", transforms: list | None = None, ima
         with open(meta, "rb") as fh:
             info = pickle.load(fh, encoding="bytes")  # noqa: S301
         classes = [c.decode() if isinstance(c, bytes) else c for c in info.get(b"label_names", classes)]
-    return ClassificationDataset(ArrayImages(array), labels, classes, transforms, mean, std, image_size,
-                                 key=f"data.{split}_transforms")
+    return ClassificationDataset(
+        ArrayImages(array), labels, classes, transforms, mean, std, image_size, key=f"data.{split}_transforms"
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -240,8 +288,14 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 @DATASETS.register("mnist", task=TASK)
-def mnist(root: str, split: str = "train", transforms: list | None = None, image_size: int | None = None,
-          mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> ClassificationDataset:
+def mnist(
+    root: str,
+    split: str = "train",
+    transforms: list | None = None,
+    image_size: int | None = None,
+    mean: Sequence[float] = (0.5,),
+    std: Sequence[float] = (0.5,),
+) -> ClassificationDataset:
     """MNIST-style IDX files in a local folder (train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte, .gz or not)."""
     base = Path(root)
     prefix = "train" if split == "train" else "t10k"
@@ -256,5 +310,13 @@ def mnist(root: str, split: str = "train", transforms: list | None = None, image
     labels = read_idx(find("labels-idx1-ubyte")).astype(np.int64)
     if len(images) != len(labels):
         raise DataError(f"MNIST files in '{root}' disagree: {len(images)} images but {len(labels)} labels.")
-    return ClassificationDataset(ArrayImages(images), labels.tolist(), [str(d) for d in range(10)], transforms,
-                                 mean, std, image_size, key=f"data.{split}_transforms")
+    return ClassificationDataset(
+        ArrayImages(images),
+        labels.tolist(),
+        [str(d) for d in range(10)],
+        transforms,
+        mean,
+        std,
+        image_size,
+        key=f"data.{split}_transforms",
+    )

@@ -17,7 +17,9 @@ TASK = "classification"
 class SmallCNN(nn.Module):
     """A compact CNN for tiny inputs (8–64 px): conv blocks, global average pooling, linear head."""
 
-    def __init__(self, num_classes: int, in_chans: int = 3, width: int = 32, depth: int = 3, dropout: float = 0.1) -> None:
+    def __init__(
+        self, num_classes: int, in_chans: int = 3, width: int = 32, depth: int = 3, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_chans
@@ -43,7 +45,9 @@ class MLP(nn.Module):
     def __init__(self, num_classes: int, in_chans: int = 3, image_size: int = 8, hidden: int = 128) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(in_chans * image_size * image_size, hidden), nn.ReLU(inplace=True),
+            nn.Flatten(),
+            nn.Linear(in_chans * image_size * image_size, hidden),
+            nn.ReLU(inplace=True),
             nn.Linear(hidden, num_classes),
         )
 
@@ -52,8 +56,15 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def timm_model(arch: str, num_classes: int, in_chans: int = 3, pretrained: bool = False,
-               weights: str | None = None, drop_rate: float = 0.0, drop_path_rate: float | None = None) -> nn.Module:
+def timm_model(
+    arch: str,
+    num_classes: int,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    weights: str | None = None,
+    drop_rate: float = 0.0,
+    drop_path_rate: float | None = None,
+) -> nn.Module:
     """Any timm model: `model.name: timm/resnet18`; `weights: FILE` loads local pretrained weights."""
     if arch not in timm.list_models() and not timm.list_models(arch):
         raise ConfigError(

@@ -44,13 +44,22 @@ class ClassificationTask(Task):
     def model_defaults(self) -> dict[str, Any]:
         """Offer num_classes, in_chans and image_size to every model builder."""
         d = self.cfg["data"]
-        return {"num_classes": d["num_classes"] or 10, "in_chans": d["channels"] or 3, "image_size": d["image_size"] or 32}
+        return {
+            "num_classes": d["num_classes"] or 10,
+            "in_chans": d["channels"] or 3,
+            "image_size": d["image_size"] or 32,
+        }
 
     def dataset_defaults(self, split: str) -> dict[str, Any]:
         """Offer split, transforms, resize and normalisation to every dataset builder."""
         d = self.cfg["data"]
-        return {"split": split, "transforms": d[f"{split}_transforms"], "image_size": d["image_size"],
-                "mean": d["mean"], "std": d["std"]}
+        return {
+            "split": split,
+            "transforms": d[f"{split}_transforms"],
+            "image_size": d["image_size"],
+            "mean": d["mean"],
+            "std": d["std"],
+        }
 
     def build_dataset(self, split: str) -> Dataset:
         """Build a dataset and record its classes, channels and image size in the config."""
@@ -59,7 +68,9 @@ class ClassificationTask(Task):
         classes = list(getattr(dataset, "classes", []) or [])
         if classes:
             if d["num_classes"] not in (None, len(classes)) and split == "train":
-                raise DataError(f"data.num_classes is {d['num_classes']} but data.train has {len(classes)} classes {classes}.")
+                raise DataError(
+                    f"data.num_classes is {d['num_classes']} but data.train has {len(classes)} classes {classes}."
+                )
             if d["class_names"] and split == "val" and list(d["class_names"]) != classes:
                 raise DataError(f"data.val classes {classes} differ from data.train classes {d['class_names']}.")
             d["num_classes"] = d["num_classes"] or len(classes)
@@ -101,17 +112,23 @@ class ClassificationTask(Task):
 
     def on_validation_end(self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int) -> None:
         """Draw the confusion matrix of this validation."""
-        confusion_matrix_image(self.metrics.confusion, self.cfg["data"]["class_names"], run_dir / "confusion_matrix.png")
+        confusion_matrix_image(
+            self.metrics.confusion, self.cfg["data"]["class_names"], run_dir / "confusion_matrix.png"
+        )
 
     def summary_extras(self) -> dict[str, Any]:
         """Per-class accuracy and the confusion matrix of the last validation."""
         if not hasattr(self, "metrics") or int(self.metrics.count) == 0:
             return {}
         names = self.cfg["data"]["class_names"]
-        return {"per_class_accuracy": dict(zip(names, self.metrics.per_class_accuracy())),
-                "confusion_matrix": self.metrics.confusion.tolist()}
+        return {
+            "per_class_accuracy": dict(zip(names, self.metrics.per_class_accuracy())),
+            "confusion_matrix": self.metrics.confusion.tolist(),
+        }
 
-    def predict_files(self, model: nn.Module, inputs: list[Path], out_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+    def predict_files(
+        self, model: nn.Module, inputs: list[Path], out_dir: Path, options: dict[str, Any]
+    ) -> dict[str, Any]:
         """Top-k labels for image files (folders are expanded); writes predictions.json and predictions.png."""
         d = self.cfg["data"]
         files = expand_images(inputs)
@@ -130,7 +147,9 @@ class ClassificationTask(Task):
                 probs = model(x).float().softmax(1).cpu()
             scores, labels = probs.topk(k, dim=1)
             for f, r, s, lab in zip(chunk, raw, scores.tolist(), labels.tolist()):
-                top = [{"label": int(li), "name": d["class_names"][li], "score": round(si, 6)} for si, li in zip(s, lab)]
+                top = [
+                    {"label": int(li), "name": d["class_names"][li], "score": round(si, 6)} for si, li in zip(s, lab)
+                ]
                 results.append({"file": str(f), "top": top})
                 images.append(r)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +157,11 @@ class ClassificationTask(Task):
 
         (out_dir / "predictions.json").write_text(json.dumps(results, indent=2) + "\n")
         prediction_grid(images, [r["top"][0] for r in results], out_dir / "predictions.png")
-        return {"predictions": results, "json": str(out_dir / "predictions.json"), "grid": str(out_dir / "predictions.png")}
+        return {
+            "predictions": results,
+            "json": str(out_dir / "predictions.json"),
+            "grid": str(out_dir / "predictions.png"),
+        }
 
 
 def expand_images(inputs: list[Path]) -> list[Path]:

@@ -108,7 +108,7 @@ def _load_state(module: nn.Module, path: str | Path, what: str) -> None:
             f"{what} file '{path}' does not fit backbone weights: {len(missing)} of {len(own)} tensors "
             f"missing or of another shape (first: {missing[:3]}). Use a state dict saved from the same architecture."
         )
-    module.load_state_dict(usable, strict=True)
+    module.load_state_dict(usable, strict=False)
 
 
 class TimmFeatures(nn.Module):

@@ -102,7 +102,7 @@ def _load_detector_weights(net: nn.Module, weights: str) -> None:
             f"{skipped[:4]}",
             stacklevel=2,
         )
-    net.load_state_dict(usable, strict=True)
+    net.load_state_dict(usable, strict=False)
 
 
 @MODELS.register("fasterrcnn", task=TASK, aliases=["faster_rcnn"])
