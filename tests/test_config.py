@@ -38,6 +38,7 @@ def test_parse_overrides_types() -> None:
         ("trainer.epochs=three", r"'trainer.epochs' has value 'three'"),
         ("data.batch_size=0", r"'data.batch_size' must be a positive integer"),
         ("trainer.ema=1.5", r"'trainer.ema' must be a decay in \(0, 1\)"),
+        ("trainer.num_threads=0", r"'trainer.num_threads' must be a positive integer or null"),
         ("model.widht=8", r"model 'small_cnn' has no option 'widht'.*Did you mean 'width'"),
         ("model.name=small_cn", r"Unknown model 'small_cn'.*Did you mean 'small_cnn'"),
         ("data.train.name=digit", r"Unknown dataset 'digit'.*Did you mean 'digits'"),

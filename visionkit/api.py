@@ -138,7 +138,7 @@ def evaluate(checkpoint: str | Path, overrides: Sequence[str] = (), device: str 
     autocast = autocast_factory(resolve_precision(cfg["trainer"]["precision"], dev), dev)
     ctx = StepContext(model, model, dev, autocast=autocast)
     metrics = run_validation(task, model, loader, dev, autocast, ctx)
-    return {**metrics, **{k: v for k, v in task.summary_extras().items() if not isinstance(v, (list, dict))}}
+    return {**metrics, **task.summary_extras()}
 
 
 def predict(

@@ -49,6 +49,7 @@ BASE_DEFAULTS: dict[str, Any] = {
         "compile": False,
         "progress": True,
         "max_bad_steps": 5,
+        "num_threads": None,
     },
 }
 
@@ -274,7 +275,7 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     for key in NON_NEGATIVE:
         if not isinstance(get(cfg, key), int) or get(cfg, key) < 0:
             raise ConfigError(f"Config key '{key}' must be an integer >= 0, got {get(cfg, key)!r}.")
-    for key in ("trainer.max_steps", "trainer.early_stop_patience", "trainer.checkpoint_every"):
+    for key in ("trainer.max_steps", "trainer.early_stop_patience", "trainer.checkpoint_every", "trainer.num_threads"):
         value = get(cfg, key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"Config key '{key}' must be a positive integer or null, got {value!r}.")

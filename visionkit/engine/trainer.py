@@ -62,6 +62,8 @@ class Trainer:
         self.cfg, self.resume, self.callbacks = cfg, resume, list(callbacks)
         t = cfg["trainer"]
         self.device = select_device(t["device"])
+        if t["num_threads"] and self.device.type == "cpu":
+            torch.set_num_threads(t["num_threads"])
         dist.init_process_group(self.device)
         self.precision = resolve_precision(t["precision"], self.device)
         self.autocast = autocast_factory(self.precision, self.device)
@@ -332,6 +334,10 @@ class Trainer:
         """Validate, keep best/last checkpoints, and return True when early stopping triggers."""
         t0 = time.perf_counter()
         saved_rng = rng_state()  # validation must not change the training trajectory
+        if dist.is_distributed():  # every rank validates with rank 0's buffers (BatchNorm statistics)
+            for module in (self.module, self.ema.module if self.ema is not None else None):
+                for buffer in module.buffers() if module is not None else ():
+                    torch.distributed.broadcast(buffer, 0)
         eval_model = self.ema.module if self.ema is not None else self.module
         metrics = run_validation(
             self.task,

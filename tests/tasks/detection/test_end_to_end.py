@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,19 @@ def val_files() -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def fcos_run(tmp_path_factory) -> Path:
+def det_cache(tmp_path_factory):
+    """The session's temporary cache, set before the module's runs (they start before function fixtures)."""
+    if "VISIONKIT_CACHE" in os.environ:
+        yield Path(os.environ["VISIONKIT_CACHE"])
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.getbasetemp() / "cache"  # the folder tests/conftest.py uses
+        mp.setenv("VISIONKIT_CACHE", str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def fcos_run(tmp_path_factory, det_cache) -> Path:
     """FCOS trained for two steps through tools/train.py."""
     run = tmp_path_factory.mktemp("det") / "fcos"
     proc = run_tool("train", "--task", "det", "--work-dir", str(run), *TINY_DET, *FCOS, env=ENV)
@@ -54,7 +67,7 @@ def fcos_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rcnn_result(tmp_path_factory):
+def rcnn_result(tmp_path_factory, det_cache):
     """Faster R-CNN trained for two steps through the Python API."""
     return visionkit.train(
         None, [*TINY_DET, *FASTER_RCNN], task="det", work_dir=tmp_path_factory.mktemp("det") / "rcnn"

@@ -44,17 +44,6 @@ def test_config_errors_name_the_key(tmp_path) -> None:
         load_config({"task": "det", "model": {**MODEL, "fpn_channel": 8}})
     with pytest.raises(ConfigError, match="data.min_visibility"):
         config(tmp_path, min_visibility=2)
-    with pytest.raises(ConfigError, match="detection.cpu_threads must be a positive integer"):
-        load_config({"task": "det", "model": MODEL, "detection": {"cpu_threads": 0}})
-
-
-def test_cpu_threads_applies_on_cpu_only(tmp_path) -> None:
-    cfg = config(tmp_path)
-    cfg["detection"]["cpu_threads"] = 2
-    task = TASKS.get("det")(cfg)
-    model = task.build_model()
-    task.setup(model, torch.device("cpu"))
-    assert torch.get_num_threads() == 2  # the autouse fixture restores the previous count afterwards
 
 
 def test_classes_are_recorded_from_the_data_and_checked(tmp_path) -> None:

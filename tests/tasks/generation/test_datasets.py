@@ -108,3 +108,10 @@ def test_gan_config_checks_its_loss() -> None:
     assert cfg["model"]["name"] == "dcgan"
     with pytest.raises(ConfigError):
         visionkit.load_config(cfg, ["loss.name=cross_entropy"])
+
+
+def test_missing_metric_files_fail_before_training(tmp_path: Path) -> None:
+    for override in (f"generation.classifier={tmp_path / 'nope.pt'}", f"generation.feature_net={tmp_path / 'x.pt'}"):
+        task = TASKS.get("generation")(visionkit.load_config(None, [override], task="gen"))
+        with pytest.raises(ConfigError, match="generation"):
+            task.build_dataset("train")

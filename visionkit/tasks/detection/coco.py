@@ -18,7 +18,7 @@ from visionkit.tasks.detection.datasets import (
     check_files_exist,
     image_size_of,
     quiet_coco,
-    summarize_records,
+    require_annotations,
 )
 
 TASK = "detection"
@@ -117,7 +117,7 @@ def coco_dataset(
     data = read_coco_json(ann_file, f"data.{split}.ann_file")
     checker = BoxChecker(invalid_boxes, source)
     records, class_names, category_ids = coco_records(data, Path(image_dir), checker, source)
-    summarize_records(records, source)
+    require_annotations(records, source)
     if check_files:
         check_files_exist(records, source)
     checker.report()

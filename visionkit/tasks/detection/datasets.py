@@ -215,7 +215,7 @@ class DetectionDataset(Dataset):
         return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def summarize_records(records: Sequence[ImageRecord], source: str) -> None:
+def require_annotations(records: Sequence[ImageRecord], source: str) -> None:
     """Raise when no image has any box (nothing to learn or evaluate)."""
     if not records:
         raise DataError(f"{source}: no images found. Check the paths in the dataset config.")

@@ -48,7 +48,7 @@ class DetectionTask(Task):
             "category_ids": None,
             "min_visibility": 0.3,
         },
-        "detection": {"num_samples": 8, "sample_score_thresh": 0.3, "cpu_threads": None},
+        "detection": {"num_samples": 8, "sample_score_thresh": 0.3},
     }
 
     def __init__(self, cfg: dict[str, Any]) -> None:
@@ -81,9 +81,6 @@ class DetectionTask(Task):
             raise ConfigError(f"data.min_visibility must lie in [0, 1], got {data['min_visibility']!r}.")
         if not isinstance(opts["num_samples"], int) or opts["num_samples"] < 0:
             raise ConfigError(f"detection.num_samples must be an integer >= 0, got {opts['num_samples']!r}.")
-        threads = opts["cpu_threads"]
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise ConfigError(f"detection.cpu_threads must be a positive integer or null, got {threads!r}.")
         if not 0 <= float(opts["sample_score_thresh"]) <= 1:
             raise ConfigError(f"detection.sample_score_thresh must lie in [0, 1], got {opts['sample_score_thresh']!r}.")
         super().validate()
@@ -151,13 +148,6 @@ class DetectionTask(Task):
             self.build_dataset("train")
         return super().build_model()
 
-    def setup(self, model: nn.Module, device: torch.device) -> None:
-        """On CPU, apply detection.cpu_threads (small models lose time to OpenMP spin-waits on busy machines)."""
-        super().setup(model, device)
-        threads = self.cfg["detection"]["cpu_threads"]
-        if threads and device.type == "cpu":
-            torch.set_num_threads(int(threads))
-
     def collate(self, samples: list[Any]) -> Any:
         """Lists of images and of target dicts."""
         return collate_detection(samples)
@@ -174,15 +164,15 @@ class DetectionTask(Task):
         """Forget the detections of the previous validation."""
         self._results = {}
 
-    def _category_ids(self) -> list[int]:
-        dataset = self._datasets.get("val") or self.build_dataset("val")
-        return list(dataset.category_ids)
+    def _val_dataset(self) -> Any:
+        """The validation dataset (built by the trainer through build_dataset; built here if not)."""
+        return self._datasets["val"] if "val" in self._datasets else self.build_dataset("val")
 
     def validation_step(self, batch: Any, ctx: StepContext) -> None:
         """Detect and keep COCO results per image id, boxes mapped back to the annotated image size."""
         images, targets = batch
         outputs = ctx.model(images)
-        category_ids = self._category_ids()
+        category_ids = self._val_dataset().category_ids
         for image, target, output in zip(images, targets, outputs, strict=True):
             image_id = int(target["image_id"])
             self._results[image_id] = to_coco_results(output, image_id, category_ids, original_scale(image, target))
@@ -192,7 +182,7 @@ class DetectionTask(Task):
         merged: dict[int, list[dict[str, Any]]] = {}
         for part in all_gather_objects(self._results):
             merged.update(part)  # a distributed sampler may repeat images to even out ranks
-        dataset = self._datasets.get("val") or self.build_dataset("val")
+        dataset = self._val_dataset()
         results = [r for image_id in sorted(merged) for r in merged[image_id]]
         stats, per_class, _ = coco_evaluate(dataset.coco, results, image_ids=merged.keys())
         names = dict(zip(dataset.category_ids, dataset.class_names, strict=True))

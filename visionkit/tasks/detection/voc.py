@@ -17,7 +17,7 @@ from visionkit.tasks.detection.datasets import (
     ImageRecord,
     check_files_exist,
     image_size_of,
-    summarize_records,
+    require_annotations,
 )
 
 TASK = "detection"
@@ -130,7 +130,7 @@ def voc_dataset(
             rec.labels = np.concatenate([rec.labels, rec.ignore_labels])
             rec.ignore_boxes, rec.ignore_labels = np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)
         records.append(rec)
-    summarize_records(records, source)
+    require_annotations(records, source)
     if check_files:
         check_files_exist(records, source)
     checker.report()

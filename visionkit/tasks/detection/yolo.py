@@ -18,7 +18,7 @@ from visionkit.tasks.detection.datasets import (
     ImageRecord,
     check_files_exist,
     image_size_of,
-    summarize_records,
+    require_annotations,
 )
 
 TASK = "detection"
@@ -139,6 +139,6 @@ def yolo_dataset(
             rec.boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
             rec.labels = np.asarray(labels, np.int64)
         records.append(rec)
-    summarize_records(records, source)
+    require_annotations(records, source)
     checker.report()
     return DetectionDataset(records, names, list(range(1, len(names) + 1)), transforms, min_visibility, source, split)

@@ -53,7 +53,7 @@ class TimmFeatures(nn.Module):
         super().__init__()
         import timm
 
-        if not timm.list_models(arch):
+        if not timm.list_models(arch.split(".")[0]):  # a pretrained tag (arch.tag) may follow
             raise ConfigError(f"generation.feature_net: timm has no model '{arch}'. See timm.list_models('pattern*').")
         if weights:
             if not Path(weights).is_file():

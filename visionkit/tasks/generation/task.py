@@ -125,6 +125,7 @@ class GenerationTask(Task):
         d = self.cfg["data"]
         classes = list(getattr(dataset, "classes", None) or [])
         if split == "train":
+            self.check_metric_files()
             if d["num_classes"] not in (None, 0, len(classes)) and classes:
                 raise DataError(f"data.num_classes is {d['num_classes']} but data.train has {len(classes)} classes.")
             d["num_classes"] = d["num_classes"] or len(classes)
@@ -133,6 +134,17 @@ class GenerationTask(Task):
             if d["repeat"] > 1:
                 dataset = RepeatedDataset(dataset, d["repeat"])
         return dataset
+
+    def check_metric_files(self) -> None:
+        """Fail before training (not at the first validation) when a metric network's file is missing."""
+        g = self.cfg["generation"]
+        for key in ("classifier", "feature_weights"):
+            if g[key] and not Path(g[key]).is_file():
+                raise ConfigError(f"generation.{key} '{g[key]}' does not exist; give a local file.")
+        spec = str(g["feature_net"] or "pixels")
+        if spec != "pixels" and not spec.startswith("timm/") and not Path(spec).is_file():
+            raise ConfigError(f"generation.feature_net '{spec}' is neither 'pixels', 'timm/<arch>' nor an existing "
+                              "classification checkpoint file.")
 
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Build the GAN loss (non-saturating unless configured); metric networks are built lazily."""

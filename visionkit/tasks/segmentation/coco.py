@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ def decode_segmentation(segmentation: Any, height: int, width: int, where: str) 
                 raise ValueError(f"RLE size {list(rle['size'])} differs from the image size [{height}, {width}]")
         else:
             raise ValueError(f"expected a list of polygons or an RLE dict, got {type(segmentation).__name__}")
-        return mask_utils.decode(rle).astype(np.uint8)
+        with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword notice, not actionable here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return mask_utils.decode(rle).astype(np.uint8)
     except (ValueError, TypeError, KeyError) as exc:
         raise DataError(f"{where}: the segmentation cannot be decoded: {exc}") from exc
 
