@@ -158,6 +158,7 @@ class Trainer:
             "best_value": self.best_value,
             "best_metrics": self.best_metrics,
             "rounds_without_gain": self.rounds_without_gain,
+            "task": self.task.state_dict(),
             "rng": rng_state(),
             "config": self.cfg,
             "format": 1,
@@ -191,6 +192,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         self.best_value, self.best_metrics = ckpt["best_value"], ckpt["best_metrics"]
         self.rounds_without_gain = ckpt["rounds_without_gain"]
+        self.task.load_state_dict(ckpt.get("task") or {})
         set_rng_state(ckpt["rng"])
         self._print(f"resumed from {self.resume} at epoch {self.epoch}, step {self.step}")
 

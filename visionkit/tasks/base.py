@@ -144,6 +144,13 @@ class Task:
         """Extra entries for summary.json (e.g. per-class tables) from the last validation."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """Task state to checkpoint besides the model (e.g. a private RNG); tensors and plain types only."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned, when a run resumes."""
+
     def move_to_device(self, batch: Any, device: torch.device) -> Any:
         """Move a batch to the device (tensors anywhere inside lists, tuples and dicts)."""
         return to_device(batch, device)
