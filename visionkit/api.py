@@ -109,6 +109,8 @@ def load_model(
 
     ckpt = load_checkpoint(checkpoint)
     cfg = load_config(ckpt["config"], list(overrides))
+    if cfg["trainer"]["num_threads"]:
+        torch.set_num_threads(cfg["trainer"]["num_threads"])
     task = TASKS.get(cfg["task"])(cfg)
     dev = select_device(device or cfg["trainer"]["device"])
     model = task.build_model()

@@ -113,11 +113,8 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
 
         _plugins(args.plugin)
         options = parse_overrides(args.option)
-        result = predict(args.checkpoint, args.inputs, args.out, device=args.device, **options)
-        print(
-            f"wrote predictions to {args.out}"
-            + (f" ({len(result.get('predictions', []))} inputs)" if isinstance(result, dict) else "")
-        )
+        predict(args.checkpoint, args.inputs, args.out, device=args.device, **options)
+        print(f"wrote results to {args.out}")
 
     return _run(go)
 

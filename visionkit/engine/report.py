@@ -13,7 +13,7 @@ class RunReport:
 
     def __init__(self, run_dir: Path, monitor: str, enabled: bool = True) -> None:
         self.run_dir, self.monitor, self.enabled = run_dir, monitor, enabled
-        self.train: list[tuple[int, float]] = []
+        self.train: dict[str, list[tuple[int, float]]] = {}
         self.val: list[tuple[int, float]] = []
         self._file = open(run_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
 
@@ -21,8 +21,9 @@ class RunReport:
         """Append one record (step or epoch) to metrics.jsonl."""
         if not self._file:
             return
-        if "train/loss" in record:
-            self.train.append((record["step"], record["train/loss"]))
+        for key, value in record.items():
+            if key.startswith("train/") and key.endswith("loss"):
+                self.train.setdefault(key, []).append((record["step"], value))
         if self.monitor in record:
             self.val.append((record["step"], record[self.monitor]))
         self._file.write(json.dumps(record, default=_jsonable) + "\n")
@@ -38,9 +39,11 @@ class RunReport:
         import matplotlib.pyplot as plt
 
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        if self.train:
-            axes[0].plot(*zip(*self.train), lw=1)
-        axes[0].set(title="train/loss", xlabel="step")
+        for key, points in self.train.items():
+            axes[0].plot(*zip(*points), lw=1, label=key)
+        if len(self.train) > 1:
+            axes[0].legend(fontsize=7)
+        axes[0].set(title="training loss", xlabel="step")
         if self.val:
             axes[1].plot(*zip(*self.val), marker="o")
         axes[1].set(title=self.monitor, xlabel="step")
@@ -66,15 +69,14 @@ def epoch_line(
     epoch: int,
     epochs: int,
     step: int,
-    train_loss: float | None,
+    train_loss: dict[str, float],
     metrics: dict[str, float],
     best: float | None,
     seconds: float,
 ) -> str:
     """One readable summary line per epoch."""
     parts = [f"epoch {epoch}/{epochs}", f"step {step}"]
-    if train_loss is not None:
-        parts.append(f"loss {train_loss:.4f}")
+    parts += [f"{k.removeprefix('train/')} {v:.4f}" for k, v in train_loss.items()]
     parts += [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
     if best is not None:
         parts.append(f"best {best:.4f}")

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from visionkit.config import dump_config
 from visionkit.engine import distributed as dist
@@ -110,7 +110,7 @@ class Trainer:
         self.scaler = make_scaler(self.precision, self.device)
         self.ema = None
         if t["ema"]:
-            self.ema = AveragedModel(self.module, multi_avg_fn=get_ema_multi_avg_fn(t["ema"]), use_buffers=True)
+            self.ema = AveragedModel(self.module, multi_avg_fn=ema_with_warmup(t["ema"]), use_buffers=True)
         if self.resume:
             self._restore(load_checkpoint(self.resume))
         self.model: nn.Module = self.module
@@ -265,6 +265,10 @@ class Trainer:
                     value = value.detach().float()
                     prefix = f"{name}/" if multi and key == "loss" else ""
                     sums[prefix + key] = sums[prefix + key] + value if prefix + key in sums else value
+                if multi and is_update:
+                    if not bool(finite):
+                        break
+                    self._step_optimizer(name)  # alternate: the next group trains against these new weights
             count += 1
             seen += 1
             self.batches_seen += 1
@@ -279,7 +283,9 @@ class Trainer:
                 finite = torch.ones((), dtype=torch.bool, device=self.device)
                 continue
             self.bad_steps = 0
-            self._update()
+            if not multi:
+                self._step_optimizer("main" if "main" in self.optimizers else next(iter(self.optimizers)))
+            self._finish_update()
             if self.step % t["log_every"] == 0 or (max_steps is not None and self.step >= max_steps):
                 now = time.perf_counter()
                 rate = seen * self.cfg["data"]["batch_size"] * dist.world_size() / max(now - tick, 1e-9)
@@ -297,17 +303,18 @@ class Trainer:
             self._log_train(sums, count, None, None)
         return True
 
-    def _update(self) -> None:
-        clip = self.cfg["trainer"]["clip_grad"]
-        for name, opt in self.optimizers.items():
-            if self.step % self.groups[name].every:
-                continue
-            if clip:
-                self.scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(self.groups[name].params, clip)
-            self.scaler.step(opt)
-            self.schedulers[name].step()
-            opt.zero_grad(set_to_none=True)
+    def _step_optimizer(self, name: str) -> None:
+        """Unscale, clip and step one optimizer and its schedule, then clear its gradients."""
+        opt, clip = self.optimizers[name], self.cfg["trainer"]["clip_grad"]
+        if clip:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(self.groups[name].params, clip)
+        self.scaler.step(opt)
+        self.schedulers[name].step()
+        opt.zero_grad(set_to_none=True)
+
+    def _finish_update(self) -> None:
+        """After every optimizer of this update stepped: scaler, EMA and the step counter."""
         self.scaler.update()
         if self.ema is not None:
             self.ema.update_parameters(self.module)
@@ -392,22 +399,19 @@ class Trainer:
         return False
 
     # -- output ---------------------------------------------------------------------------------
-    _last_loss: float | None = None
+    _last_loss: dict[str, float] = {}
 
     def _log_train(self, sums: dict[str, torch.Tensor], count: int, rate: float | None, bar: Any) -> None:
         values = {f"train/{k}": float(v) / max(count, 1) for k, v in sums.items()}
         lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]
-        self._last_loss = values.get("train/loss", next(iter(values.values()), None))
+        self._last_loss = {k: v for k, v in values.items() if k.endswith("loss")}
         record = {"step": self.step, "epoch": self.epoch, **values, "lr": lr}
         if rate is not None:
             record["images_per_s"] = round(rate, 1)
-        if self._last_loss is not None:
-            record.setdefault("train/loss", self._last_loss)
         self.report.log(record)
         if bar is not None:
-            bar.set_postfix(
-                loss=f"{self._last_loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}" if rate else "-", refresh=False
-            )
+            shown = {k.removeprefix("train/").replace("/", "_"): f"{v:.4f}" for k, v in self._last_loss.items()}
+            bar.set_postfix(**shown, lr=f"{lr:.2e}", img_s=f"{rate:.0f}" if rate else "-", refresh=False)
         for cb in self.callbacks:
             if hasattr(cb, "on_log"):
                 cb.on_log(record)
@@ -478,6 +482,26 @@ def run_validation(
     metrics = {k: float(v) for k, v in task.compute_metrics().items()}
     model.train(was_training)
     return metrics
+
+
+def ema_with_warmup(decay: float) -> Any:
+    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates.
+
+    Without the ramp the average keeps decay**n of the random initial weights (0.41 after 900
+    updates at 0.999), which ruins samples and validation of short runs.
+    """
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
+        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
+        for a, c in zip(averaged, current):
+            if not a.is_floating_point():
+                a.copy_(c)
+
+    return update
 
 
 class _null:

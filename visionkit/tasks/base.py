@@ -56,6 +56,10 @@ class Task:
         names = [c.__dict__["name"] for c in type(self).__mro__ if c.__dict__.get("name")]
         return list(dict.fromkeys(names))
 
+    def dataset_scopes(self) -> list[str]:
+        """Task names whose datasets this task reads (override to borrow, e.g. classification's)."""
+        return self.scopes()
+
     # -- config ---------------------------------------------------------------------------------
     def validate(self) -> None:
         """Check component specs (model, datasets, loss) before anything is built; raise ConfigError."""
@@ -65,7 +69,9 @@ class Task:
         check_spec(MODELS, cfg.get("model"), "model", self.model_defaults(), self.scopes())
         for split in ("train", "val"):
             if cfg["data"].get(split) is not None:
-                check_spec(DATASETS, cfg["data"][split], f"data.{split}", self.dataset_defaults(split), self.scopes())
+                check_spec(
+                    DATASETS, cfg["data"][split], f"data.{split}", self.dataset_defaults(split), self.dataset_scopes()
+                )
         if cfg.get("loss") is not None:
             check_spec(LOSSES, cfg["loss"], "loss", self.loss_defaults(), self.scopes())
 
@@ -97,7 +103,7 @@ class Task:
         from visionkit.registry import DATASETS
 
         return DATASETS.build(
-            self.cfg["data"][split], key=f"data.{split}", task=self.scopes(), **self.dataset_defaults(split)
+            self.cfg["data"][split], key=f"data.{split}", task=self.dataset_scopes(), **self.dataset_defaults(split)
         )
 
     def build_loss(self) -> nn.Module | None:

@@ -83,6 +83,8 @@ def test_python_api_gan_train_and_seeded_predict(tmp_path: Path) -> None:
     train = [r for r in records if "train/discriminator/loss" in r]
     assert len(train) == 3 and all(np.isfinite(r["train/discriminator/loss"]) for r in train)
     assert all(np.isfinite(r["train/generator/loss"]) and r["train/r1"] > 0 for r in train)  # dcgan.yaml: R1 on
+    metrics = visionkit.evaluate(result.best_checkpoint)  # the EMA generator on fixed noise: reproducible
+    assert metrics["val/generated"] == 8 and metrics["val/fd"] == pytest.approx(result.best["val/fd"], rel=1e-9)
     first = visionkit.predict(result.best_checkpoint, out_dir=tmp_path / "a", num_samples=4, seed=1)
     again = visionkit.predict(result.best_checkpoint, out_dir=tmp_path / "b", num_samples=4, seed=1)
     other = visionkit.predict(result.best_checkpoint, out_dir=tmp_path / "c", num_samples=4, seed=2)

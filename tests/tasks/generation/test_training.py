@@ -7,67 +7,72 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 import visionkit
 from tests.tasks.generation.test_end_to_end import DCGAN, TINY_GAN, TINY_GEN
 from visionkit.config import read_yaml
 from visionkit.engine.checkpoint import load_checkpoint
-from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext
 from visionkit.tasks.generation.task import GenerationTask
 
 
-class SpyGeneration(GenerationTask):
-    """The generation task, recording what each training step sees."""
+class Spy:
+    """Wraps GenerationTask.training_step, recording what each training step sees."""
 
-    name = "gen_spy"
-    calls: list[dict[str, Any]] = []
-    initial: dict[str, torch.Tensor] = {}
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.initial: dict[str, torch.Tensor] = {}
 
-    def training_step(self, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor]:
-        """Record optimizer name, requires_grad and leftover gradients per network, then train."""
-        nets = {"g": list(ctx.module.generator.parameters()), "d": list(ctx.module.discriminator.parameters())}
-        if not SpyGeneration.initial:
-            SpyGeneration.initial = {k: v.detach().clone() for k, v in ctx.module.named_parameters()}
-        SpyGeneration.calls.append({
-            "optimizer": ctx.optimizer,
-            **{f"{k}_trainable": {p.requires_grad for p in ps} for k, ps in nets.items()},
-            **{f"{k}_has_grad": {p.grad is not None for p in ps} for k, ps in nets.items()},
-        })
-        return super().training_step(batch, ctx)
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Patch the task class for this test only (monkeypatch undoes it)."""
+        original = GenerationTask.training_step
+        spy = self
+
+        def training_step(task: GenerationTask, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor]:
+            nets = {"g": list(ctx.module.generator.parameters()), "d": list(ctx.module.discriminator.parameters())}
+            if not spy.initial:
+                spy.initial = {k: v.detach().clone() for k, v in ctx.module.named_parameters()}
+            spy.calls.append({
+                "optimizer": ctx.optimizer,
+                **{f"{k}_trainable": {p.requires_grad for p in ps} for k, ps in nets.items()},
+                **{f"{k}_has_grad": {p.grad is not None for p in ps} for k, ps in nets.items()},
+            })
+            return original(task, batch, ctx)
+
+        monkeypatch.setattr(GenerationTask, "training_step", training_step)
 
 
-TASKS.register("gen_spy", SpyGeneration, override=True)
-
-
-def _spy_run(tmp_path: Path, *overrides: str) -> dict[str, torch.Tensor]:
-    SpyGeneration.calls, SpyGeneration.initial = [], {}
-    cfg = {**read_yaml(DCGAN), "task": "gen_spy", "optimizer": {"name": "sgd", "lr": 0.1}}  # plain SGD: lr 0 = frozen
+def _spy_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *overrides: str) -> tuple[Spy, dict[str, torch.Tensor]]:
+    spy = Spy()
+    spy.install(monkeypatch)
+    cfg = {**read_yaml(DCGAN), "optimizer": {"name": "sgd", "lr": 0.1}}  # plain SGD: lr 0 means frozen
     result = visionkit.train(cfg, [*TINY_GAN, "trainer.ema=null", *overrides], work_dir=tmp_path)
-    return load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["model"]
+    return spy, load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["model"]
 
 
 def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], prefix: str) -> list[bool]:
     return [not torch.equal(v, after[k]) for k, v in before.items() if k.startswith(prefix)]
 
 
-def test_gan_steps_alternate_and_each_optimizer_trains_only_its_network(tmp_path: Path) -> None:
-    final = _spy_run(tmp_path / "frozen_g", "generation.lr_generator=0.0")
-    calls = SpyGeneration.calls
+def test_gan_steps_alternate_and_each_optimizer_trains_only_its_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy, final = _spy_run(monkeypatch, tmp_path / "frozen_g", "generation.lr_generator=0.0")
+    calls = spy.calls
     assert [c["optimizer"] for c in calls] == ["discriminator", "generator"] * 3
     for c in calls:
         trains_d = c["optimizer"] == "discriminator"
         assert c["d_trainable"] == {trains_d} and c["g_trainable"] == {not trains_d}
         assert c["g_has_grad"] == {False}  # the discriminator step leaves no gradient on the generator
-        assert c["d_has_grad"] == {not trains_d}  # the generator step runs right after the D backward
+        assert c["d_has_grad"] == {False}  # D stepped (and cleared its gradients) before the G step ran
     # generator lr 0: the discriminator optimizer changed every D weight and no G weight
-    assert all(_changed(SpyGeneration.initial, final, "discriminator."))
-    assert not any(_changed(SpyGeneration.initial, final, "generator."))
-    final = _spy_run(tmp_path / "frozen_d", "generation.lr_discriminator=0.0")
-    assert not any(_changed(SpyGeneration.initial, final, "discriminator."))
-    assert any(_changed(SpyGeneration.initial, final, "generator.")) and all(
-        _changed(SpyGeneration.initial, final, "generator.project.0"))
+    assert all(_changed(spy.initial, final, "discriminator."))
+    assert not any(_changed(spy.initial, final, "generator."))
+    spy, final = _spy_run(monkeypatch, tmp_path / "frozen_d", "generation.lr_discriminator=0.0")
+    assert not any(_changed(spy.initial, final, "discriminator."))
+    assert any(_changed(spy.initial, final, "generator.")) and all(_changed(spy.initial, final, "generator.project.0"))
 
 
 def _losses(run: Path) -> list[float]:

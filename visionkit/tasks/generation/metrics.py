@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from visionkit.engine.distributed import all_reduce_sum
+from visionkit.registry import METRICS
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -25,6 +26,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt)
 
 
+@METRICS.register("frechet_distance", task="generation")
 class FeatureStats:
     """Running sum, sum of outer products and count of feature vectors (float64), reducible across ranks."""
 
@@ -57,6 +59,7 @@ class FeatureStats:
         return n, mean, cov
 
 
+@METRICS.register("classifier_scores", task="generation")
 class ClassifierScores:
     """Mean top-1 confidence, per-class prediction counts and (for conditional samples) label agreement."""
 

@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 
 from visionkit.engine import distributed as dist
 from visionkit.errors import ConfigError, DataError
-from visionkit.registry import DATASETS, LOSSES, MODELS, TASKS
-from visionkit.tasks.base import OptimizerGroup, StepContext, Task, check_spec
+from visionkit.registry import LOSSES, MODELS, TASKS
+from visionkit.tasks.base import OptimizerGroup, StepContext, Task
 from visionkit.tasks.generation.datasets import RepeatedDataset
 from visionkit.tasks.generation.diffusion import SAMPLERS
 from visionkit.tasks.generation.features import CheckpointClassifier, build_feature_net
@@ -42,7 +42,7 @@ class GenerationTask(Task):
             "repeat": 1,  # passes over the training set per epoch
         },
         "generation": {
-            "sampler": "ddim",  # ddim | ddpm (diffusion only)
+            "sampler": "ddpm",  # ddpm | ddim (diffusion only)
             "steps": 50,  # sampling steps for predict; validation uses eval_steps
             "eval_steps": 25,  # sampling steps for validation metrics and sample grids
             "eta": 0.0,  # DDIM stochasticity (0 = deterministic)
@@ -66,14 +66,7 @@ class GenerationTask(Task):
 
     def validate(self) -> None:
         """Check component specs, the generation section, the data range and the model/loss pairing."""
-        cfg = self.cfg
-        check_spec(MODELS, cfg.get("model"), "model", self.model_defaults(), self.scopes())
-        for split in ("train", "val"):
-            if cfg["data"].get(split) is not None:
-                check_spec(DATASETS, cfg["data"][split], f"data.{split}", self.dataset_defaults(split),
-                           self.dataset_scopes())
-        if cfg.get("loss") is not None:
-            check_spec(LOSSES, cfg["loss"], "loss", self.loss_defaults(), self.scopes())
+        super().validate()
         g, d = self.cfg["generation"], self.cfg["data"]
         if g["sampler"] not in SAMPLERS:
             raise ConfigError(f"generation.sampler is {g['sampler']!r}; accepted: {', '.join(SAMPLERS)}.")
@@ -120,8 +113,7 @@ class GenerationTask(Task):
     # -- builders -------------------------------------------------------------------------------
     def build_dataset(self, split: str) -> Dataset:
         """Build a dataset, record its classes and channels in the config, repeat the train split."""
-        dataset = DATASETS.build(self.cfg["data"][split], key=f"data.{split}", task=self.dataset_scopes(),
-                                 **self.dataset_defaults(split))
+        dataset = super().build_dataset(split)
         d = self.cfg["data"]
         classes = list(getattr(dataset, "classes", None) or [])
         if split == "train":
@@ -197,6 +189,8 @@ class GenerationTask(Task):
                 "eta": float(o.get("eta", g["eta"])), "guidance": float(o.get("guidance", g["guidance"]))}
         if opts["sampler"] not in SAMPLERS:
             raise ConfigError(f"sampler is {opts['sampler']!r}; accepted: {', '.join(SAMPLERS)}.")
+        if opts["sampler"] == "ddpm":
+            opts["eta"] = 1.0  # ancestral sampling: the posterior variance, whatever generation.eta says
         return opts
 
     def generate(self, model: nn.Module, n: int, labels: torch.Tensor | None, generator: torch.Generator,
