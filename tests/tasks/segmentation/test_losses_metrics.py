@@ -12,9 +12,9 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from visionkit.config import load_config
 from visionkit.errors import ConfigError
-from visionkit.registry import LOSSES, METRICS
 from visionkit.tasks.segmentation.metrics import SegmentationMetrics
 
+from .conftest import build_loss, build_metric
 from .dist_worker import reduce_worker
 
 
@@ -30,10 +30,10 @@ def _batch(seed: int = 0, classes: int = 4) -> tuple[torch.Tensor, torch.Tensor]
 def test_cross_entropy_matches_torch_with_weights_and_ignore() -> None:
     logits, target = _batch()
     weights = [0.5, 1.0, 2.0, 3.0]
-    loss = LOSSES.build({"name": "ce", "class_weights": weights}, num_classes=4, ignore_index=255)
+    loss = build_loss({"name": "ce", "class_weights": weights}, num_classes=4, ignore_index=255)
     expected = F.cross_entropy(logits, target, weight=torch.tensor(weights), ignore_index=255)
     assert torch.allclose(loss(logits, target), expected, atol=1e-6)
-    plain = LOSSES.build("ce", num_classes=4, ignore_index=255)
+    plain = build_loss("ce", num_classes=4, ignore_index=255)
     assert torch.allclose(plain(logits, target), F.cross_entropy(logits, target, ignore_index=255), atol=1e-6)
 
 
@@ -41,10 +41,10 @@ def test_losses_are_zero_not_nan_when_every_pixel_is_ignored() -> None:
     logits = torch.randn(1, 3, 4, 4, requires_grad=True)
     target = torch.full((1, 4, 4), 255)
     for name in ("ce", "focal", "ce_dice"):
-        value = LOSSES.build(name, num_classes=3, ignore_index=255)(logits, target)
+        value = build_loss(name, num_classes=3, ignore_index=255)(logits, target)
         assert torch.isfinite(value), name
         value.backward()
-    assert LOSSES.build("ce", num_classes=3, ignore_index=255)(logits, target).item() == 0.0
+    assert build_loss("ce", num_classes=3, ignore_index=255)(logits, target).item() == 0.0
 
 
 def test_dice_matches_a_hand_calculation() -> None:
@@ -58,39 +58,46 @@ def test_dice_matches_a_hand_calculation() -> None:
         p = probs[c][valid]
         t = onehot[c][valid]
         dices.append((2 * (p * t).sum() + 1.0) / (p.sum() + t.sum() + 1.0))
-    loss = LOSSES.build({"name": "dice", "smooth": 1.0}, num_classes=2, ignore_index=255)(logits, target)
+    loss = build_loss({"name": "dice", "smooth": 1.0}, num_classes=2, ignore_index=255)(logits, target)
     assert loss.item() == pytest.approx(1 - np.mean(dices), abs=1e-6)
-    no_bg = LOSSES.build({"name": "dice", "include_background": False}, num_classes=2, ignore_index=255)
+    no_bg = build_loss({"name": "dice", "include_background": False}, num_classes=2, ignore_index=255)
     assert no_bg(logits, target).item() == pytest.approx(1 - dices[1], abs=1e-6)
 
 
 def test_ce_dice_is_the_weighted_sum() -> None:
     logits, target = _batch(1)
-    both = LOSSES.build({"name": "ce_dice", "ce_weight": 0.7, "dice_weight": 2.0}, num_classes=4, ignore_index=255)
+    both = build_loss({"name": "ce_dice", "ce_weight": 0.7, "dice_weight": 2.0}, num_classes=4, ignore_index=255)
     ce = F.cross_entropy(logits, target, ignore_index=255)
-    dice = LOSSES.build("dice", num_classes=4, ignore_index=255)(logits, target)
+    dice = build_loss("dice", num_classes=4, ignore_index=255)(logits, target)
     assert both(logits, target).item() == pytest.approx(0.7 * ce.item() + 2.0 * dice.item(), abs=1e-6)
 
 
 def test_focal_loss_matches_hand_calculation_and_reduces_to_ce() -> None:
     logits, target = _batch(2)
-    focal0 = LOSSES.build({"name": "focal", "gamma": 0.0}, num_classes=4, ignore_index=255)
-    assert focal0(logits, target).item() == pytest.approx(F.cross_entropy(logits, target, ignore_index=255).item(),
-                                                          abs=1e-6)
+    focal0 = build_loss({"name": "focal", "gamma": 0.0}, num_classes=4, ignore_index=255)
+    assert focal0(logits, target).item() == pytest.approx(
+        F.cross_entropy(logits, target, ignore_index=255).item(), abs=1e-6
+    )
     alpha = [1.0, 0.5, 0.25, 2.0]
-    focal = LOSSES.build({"name": "focal", "gamma": 2.0, "class_weights": alpha}, num_classes=4, ignore_index=255)
+    focal = build_loss({"name": "focal", "gamma": 2.0, "class_weights": alpha}, num_classes=4, ignore_index=255)
     probs = logits.softmax(1).numpy()
     t = target.numpy()
     terms = [
         -alpha[t[b, y, x]] * (1 - probs[b, t[b, y, x], y, x]) ** 2 * math.log(probs[b, t[b, y, x], y, x])
-        for b in range(2) for y in range(5) for x in range(6) if t[b, y, x] != 255
+        for b in range(2)
+        for y in range(5)
+        for x in range(6)
+        if t[b, y, x] != 255
     ]
     assert focal(logits, target).item() == pytest.approx(float(np.mean(terms)), rel=1e-5)
 
 
 def test_class_weights_of_the_wrong_length_fail_at_config_load(tmp_path) -> None:
-    cfg = {"task": "seg", "data": {"train": {"name": "seg_folder", "root": str(tmp_path)}},
-           "loss": {"name": "ce", "class_weights": [1.0, 2.0]}}
+    cfg = {
+        "task": "seg",
+        "data": {"train": {"name": "seg_folder", "root": str(tmp_path)}},
+        "loss": {"name": "ce", "class_weights": [1.0, 2.0]},
+    }
     with pytest.raises(ConfigError, match=r"class_weights has 2 entries .* data.num_classes is 4"):
         load_config(cfg)
 
@@ -98,7 +105,7 @@ def test_class_weights_of_the_wrong_length_fail_at_config_load(tmp_path) -> None
 # -- metrics ---------------------------------------------------------------------------------------
 def test_metrics_accumulate_like_torchmetrics_over_batches() -> None:
     n, ignore = 5, 255
-    ours = METRICS.build("miou", num_classes=n, ignore_index=ignore)
+    ours = build_metric("miou", num_classes=n, ignore_index=ignore)
     iou_ref = MulticlassJaccardIndex(n, average=None, ignore_index=ignore)
     acc_ref = MulticlassAccuracy(n, average="micro", ignore_index=ignore)
     mean_acc_ref = MulticlassAccuracy(n, average="macro", ignore_index=ignore)
@@ -106,8 +113,9 @@ def test_metrics_accumulate_like_torchmetrics_over_batches() -> None:
     gen = torch.Generator().manual_seed(3)
     for _ in range(4):
         target = torch.randint(0, n, (3, 7, 9), generator=gen)
-        pred = torch.where(torch.rand(target.shape, generator=gen) < 0.6, target,
-                           torch.randint(0, n, target.shape, generator=gen))
+        pred = torch.where(
+            torch.rand(target.shape, generator=gen) < 0.6, target, torch.randint(0, n, target.shape, generator=gen)
+        )
         target[torch.rand(target.shape, generator=gen) < 0.1] = ignore
         ours.update(pred, target)
         for ref in (iou_ref, acc_ref, mean_acc_ref, cm_ref):
@@ -140,14 +148,20 @@ def test_metrics_are_reduced_across_ranks(tmp_path) -> None:
     targets = [torch.randint(0, 3, (2, 6, 6), generator=gen) for _ in range(2)]
     preds = [torch.randint(0, 3, (2, 6, 6), generator=gen) for _ in range(2)]
     targets[1][0] = 255
-    torch.multiprocessing.start_processes(reduce_worker, args=(2, str(tmp_path / "init"), preds, targets,
-                                          str(tmp_path / "out.pt")), nprocs=2, join=True, start_method="fork")
+    torch.multiprocessing.start_processes(
+        reduce_worker,
+        args=(2, str(tmp_path / "init"), preds, targets, str(tmp_path / "out.pt")),
+        nprocs=2,
+        join=True,
+        start_method="fork",
+    )
     reduced = torch.load(tmp_path / "out.pt")
     whole = SegmentationMetrics(3, ignore_index=255)
     whole.update(torch.cat(preds), torch.cat(targets))
     expected = whole.compute()
     assert reduced["mIoU"] == pytest.approx(expected["mIoU"]) and reduced["pixel_acc"] == pytest.approx(
-        expected["pixel_acc"])
+        expected["pixel_acc"]
+    )
     single = SegmentationMetrics(3, ignore_index=255)
     single.update(preds[0], targets[0])
     assert single.compute()["mIoU"] != pytest.approx(expected["mIoU"])  # the reduction mattered

@@ -9,45 +9,57 @@ import timm
 import torch
 
 from visionkit.errors import ConfigError
-from visionkit.registry import MODELS, TASKS
+from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext
 
+from .conftest import build_model
 
-def test_unet_gives_logits_at_any_input_size() -> None:
-    model = MODELS.build({"name": "unet", "encoder": "resnet10t", "decoder_channels": [32, 16, 16, 8, 8]},
-                         num_classes=5).eval()
+
+@pytest.mark.parametrize(
+    ("encoder", "decoder"),
+    [
+        ("resnet10t", [32, 16, 16, 8, 8]),  # five feature levels, strides 2..32
+        ("test_convnext", [16, 16, 8, 8]),  # four levels, strides 4..32
+    ],
+)
+def test_unet_gives_logits_at_any_input_size(encoder: str, decoder: list[int]) -> None:
+    model = build_model({"name": "unet", "encoder": encoder, "decoder_channels": decoder}, num_classes=5).eval()
     for size in ((64, 64), (50, 70)):
         assert model(torch.randn(2, 3, *size)).shape == (2, 5, *size)
-    assert "encoder" in dict(model.named_children())
+    model.train()(torch.randn(2, 3, 40, 40)).mean().backward()
+    assert model.encoder.feature_info.channels() and all(p.grad is not None for p in model.parameters())
 
 
 def test_unet_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"'resnet81' is not a timm model.* Did you mean"):
-        MODELS.build({"name": "unet", "encoder": "resnet81"}, num_classes=3)
+        build_model({"name": "unet", "encoder": "resnet81"}, num_classes=3)
     with pytest.raises(ConfigError, match=r"decoder_channels has 2 entries .* 5 feature levels"):
-        MODELS.build({"name": "unet", "encoder": "resnet10t", "decoder_channels": [8, 8]}, num_classes=3)
+        build_model({"name": "unet", "encoder": "resnet10t", "decoder_channels": [8, 8]}, num_classes=3)
     with pytest.raises(ConfigError, match="does not exist"):
-        MODELS.build({"name": "unet", "encoder": "resnet10t", "encoder_weights": "/nope.pth"}, num_classes=3)
+        build_model({"name": "unet", "encoder": "resnet10t", "encoder_weights": "/nope.pth"}, num_classes=3)
 
 
 def test_unet_loads_a_local_timm_encoder_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(1)
     reference = timm.create_model("resnet10t")
     torch.save(reference.state_dict(), tmp_path / "enc.pth")
-    model = MODELS.build({"name": "unet", "encoder": "resnet10t", "encoder_weights": str(tmp_path / "enc.pth")},
-                         num_classes=3)
+    model = build_model(
+        {"name": "unet", "encoder": "resnet10t", "encoder_weights": str(tmp_path / "enc.pth")}, num_classes=3
+    )
     assert torch.equal(model.encoder.conv1[0].weight, reference.conv1[0].weight)
     assert torch.equal(model.encoder.layer4[0].conv1.weight, reference.layer4[0].conv1.weight)
 
 
-@pytest.mark.parametrize(("name", "spec", "has_aux"), [
-    ("fcn", {"backbone": "resnet50"}, True),
-    ("deeplabv3", {"backbone": "mobilenet_v3_large"}, True),
-    ("deeplabv3", {"backbone": "mobilenet_v3_large", "aux_loss": False}, False),
-    ("lraspp", {}, False),
-])
+@pytest.mark.parametrize(
+    ("name", "spec", "has_aux"),
+    [
+        ("fcn", {"backbone": "resnet50", "aux_loss": False}, False),
+        ("deeplabv3", {"backbone": "mobilenet_v3_large"}, True),
+        ("lraspp", {}, False),
+    ],
+)
 def test_torchvision_models_train_with_aux_and_predict_plain_logits(name: str, spec: dict, has_aux: bool) -> None:
-    model = MODELS.build({"name": name, **spec}, num_classes=3).train()
+    model = build_model({"name": name, **spec}, num_classes=3).train()
     out = model(torch.randn(2, 3, 48, 40))
     if has_aux:
         assert set(out) == {"out", "aux"} and out["aux"].shape == (2, 3, 48, 40)
@@ -58,19 +70,19 @@ def test_torchvision_models_train_with_aux_and_predict_plain_logits(name: str, s
 
 def test_torchvision_weights_from_a_local_file(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    source = MODELS.build("lraspp", num_classes=3).eval()
+    source = build_model("lraspp", num_classes=3).eval()
     torch.save(source.net.state_dict(), tmp_path / "lraspp.pth")
-    copy = MODELS.build({"name": "lraspp", "weights": str(tmp_path / "lraspp.pth")}, num_classes=3).eval()
+    copy = build_model({"name": "lraspp", "weights": str(tmp_path / "lraspp.pth")}, num_classes=3).eval()
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(copy(x), source(x))
     # another class count: everything but the differently shaped classifier layers is loaded
-    other = MODELS.build({"name": "lraspp", "weights": str(tmp_path / "lraspp.pth")}, num_classes=5)
+    other = build_model({"name": "lraspp", "weights": str(tmp_path / "lraspp.pth")}, num_classes=5)
     assert torch.equal(other.net.backbone["0"][0].weight, source.net.backbone["0"][0].weight)
     assert other.net.classifier.low_classifier.weight.shape[0] == 5
     with pytest.raises(ConfigError, match="does not exist"):
-        MODELS.build({"name": "fcn", "weights": str(tmp_path / "missing.pth")}, num_classes=3)
+        build_model({"name": "fcn", "weights": str(tmp_path / "missing.pth")}, num_classes=3)
     with pytest.raises(ConfigError, match=r"'resnet34' is not available for fcn"):
-        MODELS.build({"name": "fcn", "backbone": "resnet34"}, num_classes=3)
+        build_model({"name": "fcn", "backbone": "resnet34"}, num_classes=3)
 
 
 def test_training_step_adds_the_weighted_auxiliary_loss() -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
 import visionkit
 from visionkit.registry import LOSSES, MODELS
-from tests.conftest import run_tool
 
 from .conftest import write_folder_dataset
 
@@ -68,8 +65,10 @@ def _config(tmp_path: Path, module: str, model: str, loss: str) -> dict:
     write_folder_dataset(tmp_path / "data", count=4, num_classes=3)
     data = {"name": "seg_folder", "root": str(tmp_path / "data")}
     return {
-        "task": "seg", "plugins": [module],
-        "model": {"name": model, "width": 4}, "loss": {"name": loss, "factor": 2.0},
+        "task": "seg",
+        "plugins": [module],
+        "model": {"name": model, "width": 4},
+        "loss": {"name": loss, "factor": 2.0},
         "data": {"train": data, "val": data, "num_classes": 3, "batch_size": 2, "num_workers": 0},
         "segmentation": {"num_samples": 1},
         "trainer": {"max_steps": 2, "epochs": 1, "progress": False, "log_every": 1},
@@ -88,17 +87,3 @@ def test_plugin_model_and_loss_used_from_config_in_process(tmp_path: Path, monke
     assert 0 <= result.metrics["val/mIoU"] <= 1
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("train/loss" in r for r in records)
-
-
-def test_plugin_model_and_loss_through_the_cli(tmp_path: Path) -> None:
-    module = "vk_seg_plugin_cli"
-    model, loss = _write_plugin(tmp_path, module)
-    config = tmp_path / "plugin.yaml"
-    config.write_text(yaml.safe_dump(_config(tmp_path, module, model, loss)))
-    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "plugins"), os.environ.get("PYTHONPATH", "")]),
-           "VISIONKIT_CACHE": str(tmp_path / "cache")}
-    proc = run_tool("train", "--config", str(config), "--work-dir", str(tmp_path / "run"), env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "val/mIoU" in proc.stdout
-    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["model"]["name"] == model and saved["loss"] == {"name": loss, "factor": 2.0}

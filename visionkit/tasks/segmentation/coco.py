@@ -44,7 +44,7 @@ def decode_segmentation(segmentation: Any, height: int, width: int, where: str) 
         raise DataError(f"{where}: the segmentation cannot be decoded: {exc}") from exc
 
 
-@DATASETS.register("seg_coco", task="segmentation", aliases=["coco_segmentation"])
+@DATASETS.register("coco", task="segmentation")
 class CocoSegmentationDataset(SegmentationDataset):
     """COCO instances JSON -> semantic masks: class 0 is background, categories follow in id order.
 
@@ -68,9 +68,11 @@ class CocoSegmentationDataset(SegmentationDataset):
     ) -> None:
         self.annotation_file, self.image_root = Path(annotations).expanduser(), Path(images).expanduser()
         if crowd not in ("ignore", "class", "skip"):
-            raise DataError(f"seg_coco option crowd is {crowd!r}; accepted: ignore, class, skip.")
+            raise DataError(f"The coco dataset's option crowd is {crowd!r}; accepted: ignore, class, skip.")
         if crowd == "ignore" and ignore_index is None:
-            raise DataError("seg_coco crowd='ignore' needs data.ignore_index; set it or use crowd: class|skip.")
+            raise DataError(
+                "The coco dataset's crowd='ignore' needs data.ignore_index; set it or use crowd: class|skip."
+            )
         self.crowd = crowd
         coco = self._read_json()
         cats = sorted(coco.get("categories") or [], key=lambda c: c["id"])
@@ -82,7 +84,7 @@ class CocoSegmentationDataset(SegmentationDataset):
             unknown = [n for n in categories if n not in by_name]
             if unknown:
                 raise DataError(
-                    f"seg_coco categories {unknown} are not in '{self.annotation_file}'; "
+                    f"The coco dataset's categories {unknown} are not in '{self.annotation_file}'; "
                     f"its categories are: {', '.join(names_by_id.values())}."
                 )
             chosen = [by_name[n] for n in categories]
@@ -116,19 +118,28 @@ class CocoSegmentationDataset(SegmentationDataset):
         self.annotations: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
         for ann in coco.get("annotations") or []:
             if ann.get("image_id") not in ids:
-                raise DataError(f"'{self.annotation_file}': annotation {ann.get('id')} refers to unknown image "
-                                f"id {ann.get('image_id')}.")
+                raise DataError(
+                    f"'{self.annotation_file}': annotation {ann.get('id')} refers to unknown image "
+                    f"id {ann.get('image_id')}."
+                )
             if ann.get("category_id") not in names_by_id:
-                raise DataError(f"'{self.annotation_file}': annotation {ann.get('id')} has category_id "
-                                f"{ann.get('category_id')}, which is not in 'categories'.")
+                raise DataError(
+                    f"'{self.annotation_file}': annotation {ann.get('id')} has category_id "
+                    f"{ann.get('category_id')}, which is not in 'categories'."
+                )
             if "segmentation" not in ann:
                 raise DataError(f"'{self.annotation_file}': annotation {ann.get('id')} has no 'segmentation'.")
             self.annotations[ann["image_id"]].append(ann)
-        missing = [str(self.image_root / im["file_name"]) for im in self.images
-                   if not (self.image_root / im["file_name"]).is_file()]
+        missing = [
+            str(self.image_root / im["file_name"])
+            for im in self.images
+            if not (self.image_root / im["file_name"]).is_file()
+        ]
         if missing:
-            raise DataError(f"{len(missing)} image file(s) listed in '{self.annotation_file}' do not exist under "
-                            f"'{self.image_root}', e.g. {missing[:3]}.")
+            raise DataError(
+                f"{len(missing)} image file(s) listed in '{self.annotation_file}' do not exist under "
+                f"'{self.image_root}', e.g. {missing[:3]}."
+            )
 
     def __len__(self) -> int:
         return len(self.images)

@@ -104,7 +104,9 @@ class SegmentationDataset(Dataset):
 
 
 def read_mask(
-    path: Path, palette: Sequence[Sequence[int]] | None = None, ignore_color: Sequence[int] | None = None,
+    path: Path,
+    palette: Sequence[Sequence[int]] | None = None,
+    ignore_color: Sequence[int] | None = None,
     ignore_index: int | None = 255,
 ) -> np.ndarray:
     """Read a mask PNG of class indices (mode L/P/I) or an RGB colour mask mapped through `palette`."""
@@ -142,7 +144,7 @@ def read_mask(
     return mask
 
 
-@DATASETS.register("seg_folder", task="segmentation", aliases=["segmentation_folder"])
+@DATASETS.register("seg_folder", task="segmentation", aliases=["mask_folder"])
 class FolderSegmentationDataset(SegmentationDataset):
     """Image/mask folder pairs: `root/<image_dir>/NAME.ext` with `root/<mask_dir>/NAME<mask_suffix>`."""
 
@@ -178,9 +180,7 @@ class FolderSegmentationDataset(SegmentationDataset):
                 )
         self.images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
         if not self.images:
-            raise DataError(
-                f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in '{self.image_dir}'."
-            )
+            raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in '{self.image_dir}'.")
         self.masks = [self.mask_dir / (p.stem + mask_suffix) for p in self.images]
         missing = [m for m in self.masks if not m.is_file()]
         if missing:

@@ -34,8 +34,13 @@ def _valid(target: torch.Tensor, ignore_index: int | None) -> tuple[torch.Tensor
 class CrossEntropyLoss(nn.Module):
     """Pixel-wise cross-entropy; the mean is weighted by class weights like `torch.nn.CrossEntropyLoss`."""
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255, class_weights: list[float] | None = None,
-                 label_smoothing: float = 0.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = 255,
+        class_weights: list[float] | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
         super().__init__()
         self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
         self.register_buffer("weight", _weights(class_weights, num_classes, "loss"), persistent=False)
@@ -43,8 +48,9 @@ class CrossEntropyLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean loss over the non-ignored pixels."""
         valid, safe = _valid(target, self.ignore_index)
-        per_pixel = F.cross_entropy(logits.float(), safe, weight=self.weight, reduction="none",
-                                    label_smoothing=self.label_smoothing)
+        per_pixel = F.cross_entropy(
+            logits.float(), safe, weight=self.weight, reduction="none", label_smoothing=self.label_smoothing
+        )
         pixel_weight = valid.float() if self.weight is None else self.weight[safe] * valid
         return (per_pixel * valid).sum() / pixel_weight.sum().clamp_min(1e-8)
 
@@ -52,8 +58,9 @@ class CrossEntropyLoss(nn.Module):
 class DiceLoss(nn.Module):
     """Soft Dice loss, 1 - mean over classes of (2|P∩T| + smooth) / (|P| + |T| + smooth), over the batch."""
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255, smooth: float = 1.0,
-                 include_background: bool = True) -> None:
+    def __init__(
+        self, num_classes: int, ignore_index: int | None = 255, smooth: float = 1.0, include_background: bool = True
+    ) -> None:
         super().__init__()
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.smooth, self.include_background = smooth, include_background
@@ -75,8 +82,15 @@ class DiceLoss(nn.Module):
 class CrossEntropyDiceLoss(nn.Module):
     """Weighted sum `ce_weight * cross-entropy + dice_weight * Dice`."""
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255, class_weights: list[float] | None = None,
-                 ce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = 255,
+        class_weights: list[float] | None = None,
+        ce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        smooth: float = 1.0,
+    ) -> None:
         super().__init__()
         self.ce = CrossEntropyLoss(num_classes, ignore_index, class_weights)
         self.dice = DiceLoss(num_classes, ignore_index, smooth)
@@ -90,8 +104,13 @@ class CrossEntropyDiceLoss(nn.Module):
 class FocalLoss(nn.Module):
     """Multi-class focal loss -alpha_t (1 - p_t)^gamma log p_t, averaged over non-ignored pixels."""
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255, gamma: float = 2.0,
-                 class_weights: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        ignore_index: int | None = 255,
+        gamma: float = 2.0,
+        class_weights: list[float] | None = None,
+    ) -> None:
         super().__init__()
         self.ignore_index, self.gamma = ignore_index, gamma
         self.register_buffer("alpha", _weights(class_weights, num_classes, "loss"), persistent=False)
@@ -106,29 +125,41 @@ class FocalLoss(nn.Module):
         return (loss * valid).sum() / valid.sum().clamp_min(1)
 
 
-@LOSSES.register("ce", task="segmentation")
-def build_cross_entropy(num_classes: int, ignore_index: int | None = 255, class_weights: list[float] | None = None,
-                        label_smoothing: float = 0.0) -> CrossEntropyLoss:
+@LOSSES.register("cross_entropy", task="segmentation", aliases=["ce"])
+def build_cross_entropy(
+    num_classes: int,
+    ignore_index: int | None = 255,
+    class_weights: list[float] | None = None,
+    label_smoothing: float = 0.0,
+) -> CrossEntropyLoss:
     """Cross-entropy with optional class weights and label smoothing."""
     return CrossEntropyLoss(num_classes, ignore_index, class_weights, label_smoothing)
 
 
 @LOSSES.register("dice", task="segmentation")
-def build_dice(num_classes: int, ignore_index: int | None = 255, smooth: float = 1.0,
-               include_background: bool = True) -> DiceLoss:
+def build_dice(
+    num_classes: int, ignore_index: int | None = 255, smooth: float = 1.0, include_background: bool = True
+) -> DiceLoss:
     """Soft Dice loss."""
     return DiceLoss(num_classes, ignore_index, smooth, include_background)
 
 
 @LOSSES.register("ce_dice", task="segmentation", aliases=["ce+dice"])
-def build_ce_dice(num_classes: int, ignore_index: int | None = 255, class_weights: list[float] | None = None,
-                  ce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0) -> CrossEntropyDiceLoss:
+def build_ce_dice(
+    num_classes: int,
+    ignore_index: int | None = 255,
+    class_weights: list[float] | None = None,
+    ce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+    smooth: float = 1.0,
+) -> CrossEntropyDiceLoss:
     """Cross-entropy plus Dice."""
     return CrossEntropyDiceLoss(num_classes, ignore_index, class_weights, ce_weight, dice_weight, smooth)
 
 
 @LOSSES.register("focal", task="segmentation")
-def build_focal(num_classes: int, ignore_index: int | None = 255, gamma: float = 2.0,
-                class_weights: list[float] | None = None) -> FocalLoss:
+def build_focal(
+    num_classes: int, ignore_index: int | None = 255, gamma: float = 2.0, class_weights: list[float] | None = None
+) -> FocalLoss:
     """Focal loss (class weights act as alpha)."""
     return FocalLoss(num_classes, ignore_index, gamma, class_weights)

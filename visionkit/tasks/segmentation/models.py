@@ -137,8 +137,9 @@ class TorchvisionSegmenter(nn.Module):
         return {"out": out, "aux": aux_out}
 
 
-def _torchvision(kind: str, backbones: dict[str, Any], backbone: str, num_classes: int, weights: str | None,
-                 **kwargs: Any) -> TorchvisionSegmenter:
+def _torchvision(
+    kind: str, backbones: dict[str, Any], backbone: str, num_classes: int, weights: str | None, **kwargs: Any
+) -> TorchvisionSegmenter:
     if backbone not in backbones:
         raise ConfigError(
             f"model.backbone '{backbone}' is not available for {kind}.{did_you_mean(backbone, backbones)} "
@@ -151,8 +152,9 @@ def _torchvision(kind: str, backbones: dict[str, Any], backbone: str, num_classe
 
 
 @MODELS.register("fcn", task="segmentation")
-def build_fcn(num_classes: int, backbone: str = "resnet50", aux_loss: bool = True,
-              weights: str | None = None) -> TorchvisionSegmenter:
+def build_fcn(
+    num_classes: int, backbone: str = "resnet50", aux_loss: bool = True, weights: str | None = None
+) -> TorchvisionSegmenter:
     """torchvision FCN; `weights` is an optional local state-dict file (never downloaded)."""
     from torchvision.models import segmentation as tvs
 
@@ -161,21 +163,25 @@ def build_fcn(num_classes: int, backbone: str = "resnet50", aux_loss: bool = Tru
 
 
 @MODELS.register("deeplabv3", task="segmentation")
-def build_deeplabv3(num_classes: int, backbone: str = "resnet50", aux_loss: bool = True,
-                    weights: str | None = None) -> TorchvisionSegmenter:
+def build_deeplabv3(
+    num_classes: int, backbone: str = "resnet50", aux_loss: bool = True, weights: str | None = None
+) -> TorchvisionSegmenter:
     """torchvision DeepLabV3 (resnet50, resnet101, mobilenet_v3_large); `weights` a local file."""
     from torchvision.models import segmentation as tvs
 
-    backbones = {"resnet50": tvs.deeplabv3_resnet50, "resnet101": tvs.deeplabv3_resnet101,
-                 "mobilenet_v3_large": tvs.deeplabv3_mobilenet_v3_large}
+    backbones = {
+        "resnet50": tvs.deeplabv3_resnet50,
+        "resnet101": tvs.deeplabv3_resnet101,
+        "mobilenet_v3_large": tvs.deeplabv3_mobilenet_v3_large,
+    }
     return _torchvision("deeplabv3", backbones, backbone, num_classes, weights, aux_loss=aux_loss)
 
 
 @MODELS.register("lraspp", task="segmentation")
-def build_lraspp(num_classes: int, backbone: str = "mobilenet_v3_large",
-                 weights: str | None = None) -> TorchvisionSegmenter:
+def build_lraspp(
+    num_classes: int, backbone: str = "mobilenet_v3_large", weights: str | None = None
+) -> TorchvisionSegmenter:
     """torchvision LR-ASPP (no auxiliary head); `weights` is an optional local state-dict file."""
     from torchvision.models import segmentation as tvs
 
-    return _torchvision("lraspp", {"mobilenet_v3_large": tvs.lraspp_mobilenet_v3_large}, backbone, num_classes,
-                        weights)
+    return _torchvision("lraspp", {"mobilenet_v3_large": tvs.lraspp_mobilenet_v3_large}, backbone, num_classes, weights)

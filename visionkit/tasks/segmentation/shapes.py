@@ -17,7 +17,7 @@ from visionkit.registry import DATASETS
 from visionkit.tasks.segmentation.datasets import IMAGENET_MEAN, IMAGENET_STD, FolderSegmentationDataset
 
 SHAPE_CLASSES = ("background", "circle", "square", "triangle")
-VERSION = 3
+VERSION = 4
 DEFAULT_SIZES = {"train": 800, "val": 100}
 
 
@@ -75,9 +75,9 @@ def render_sample(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.n
             x, y = rng.uniform(0, size, size=2)
             r = rng.uniform(1, 2.5) * scale
             draw_image.ellipse([x - r, y - r, x + r, y + r], fill=color)
-    for _ in range(int(rng.integers(1, 5))):
+    for _ in range(int(rng.integers(1, 4))):
         kind = int(rng.integers(1, len(SHAPE_CLASSES)))
-        radius = rng.uniform(8, 15) * scale
+        radius = rng.uniform(10, 16) * scale
         cx, cy = rng.uniform(radius * 0.5, size - radius * 0.5, size=2)
         x0, x1 = int(max(cx - radius, 0)), int(min(cx + radius, size))
         y0, y1 = int(max(cy - radius, 0)), int(min(cy + radius, size))
@@ -126,7 +126,7 @@ def shapes_folder(split: str, num_images: int, image_size: int, seed: int) -> Pa
     return folder
 
 
-@DATASETS.register("seg_shapes", task="segmentation")
+@DATASETS.register("shapes", task="segmentation")
 def shapes_dataset(
     split: str = "train",
     num_images: int | None = None,
@@ -152,6 +152,11 @@ def shapes_dataset(
         raise DataError(f"The shapes dataset needs num_images >= 1 and image_size >= 16, got {count}, {image_size}.")
     folder = shapes_folder(split, count, image_size, seed)
     return FolderSegmentationDataset(
-        str(folder), transforms=transforms, num_classes=num_classes, ignore_index=ignore_index,
-        class_names=class_names or list(SHAPE_CLASSES), mean=mean, std=std,
+        str(folder),
+        transforms=transforms,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        class_names=class_names or list(SHAPE_CLASSES),
+        mean=mean,
+        std=std,
     )

@@ -237,8 +237,13 @@ class SegmentationTask(Task):
                 pred = resize_to(logits.float(), sample["mask"].shape[-2:]).argmax(1)[0].cpu().numpy()
                 rows.append((to_uint8_image(sample["image"], mean, std), sample["mask"].numpy(), pred))
         net.train(was_training)
-        grid = sample_grid(rows, self.num_classes, self.ignore_index, float(self.cfg["segmentation"]["overlay_alpha"]),
-                           self.class_names)
+        grid = sample_grid(
+            rows,
+            self.num_classes,
+            self.ignore_index,
+            float(self.cfg["segmentation"]["overlay_alpha"]),
+            self.class_names,
+        )
         folder = Path(run_dir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         grid.save(folder / f"epoch_{epoch:03d}.png")
@@ -280,13 +285,15 @@ class SegmentationTask(Task):
             blended = overlay(image, pred, self.num_classes, None, alpha)
             Image.fromarray(blended).save(out_dir / "overlays" / f"{stem}.png")
             counts = np.bincount(pred.reshape(-1), minlength=self.num_classes)
-            results.append({
-                "input": str(path),
-                "mask": f"masks/{stem}.png",
-                "overlay": f"overlays/{stem}.png",
-                "size": [int(image.shape[1]), int(image.shape[0])],
-                "class_pixels": {names[i]: int(c) for i, c in enumerate(counts) if c},
-            })
+            results.append(
+                {
+                    "input": str(path),
+                    "mask": f"masks/{stem}.png",
+                    "overlay": f"overlays/{stem}.png",
+                    "size": [int(image.shape[1]), int(image.shape[0])],
+                    "class_pixels": {names[i]: int(c) for i, c in enumerate(counts) if c},
+                }
+            )
         result = {"task": self.name, "class_names": names, "predictions": results}
         (out_dir / "predictions.json").write_text(json.dumps(result, indent=2))
         return result

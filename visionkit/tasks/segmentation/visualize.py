@@ -70,22 +70,33 @@ def sample_grid(
         cells.append([image, truth, overlay(image, pred, num_classes, None, alpha)])
     height = max(c[0].shape[0] for c in cells)
     width = max(c[0].shape[1] for c in cells)
-    gap, header = 2, 14
-    legend_rows = 1 if class_names else 0
-    canvas = Image.new(
-        "RGB", (3 * width + 4 * gap, header + len(cells) * (height + gap) + gap + legend_rows * 14), (32, 32, 32)
-    )
+    gap, header, line = 2, 14, 14
+    canvas_width = 3 * width + 4 * gap
+    legend = _legend_layout(class_names or [], canvas_width - gap)
+    legend_height = (max(y for _, _, y in legend) + line) if legend else 0
+    grid_height = header + len(cells) * (height + gap)
+    canvas = Image.new("RGB", (canvas_width, grid_height + gap + legend_height), (32, 32, 32))
     draw = ImageDraw.Draw(canvas)
     for col, title in enumerate(("image", "target", "prediction")):
         draw.text((gap + col * (width + gap), 1), title, fill=(230, 230, 230))
     for row, triple in enumerate(cells):
         for col, cell in enumerate(triple):
             canvas.paste(Image.fromarray(cell), (gap + col * (width + gap), header + row * (height + gap)))
-    if class_names:
-        palette = class_palette(num_classes)
-        x, y = gap, header + len(cells) * (height + gap) + 1
-        for index, name in enumerate(class_names):
-            draw.rectangle([x, y + 2, x + 8, y + 10], fill=tuple(int(v) for v in palette[index]))
-            draw.text((x + 11, y), str(name), fill=(230, 230, 230))
-            x += 16 + 6 * len(str(name))
+    palette = class_palette(num_classes)
+    for index, (name, x, y) in enumerate(legend):
+        top = grid_height + gap + y
+        draw.rectangle([gap + x, top + 2, gap + x + 8, top + 10], fill=tuple(int(v) for v in palette[index]))
+        draw.text((gap + x + 11, top), name, fill=(230, 230, 230))
     return canvas
+
+
+def _legend_layout(names: Sequence[str], width: int, line: int = 14) -> list[tuple[str, int, int]]:
+    """(name, x, y) of each legend entry, wrapped onto new lines at `width` pixels."""
+    out, x, y = [], 0, 0
+    for name in map(str, names):
+        size = 16 + 6 * len(name)
+        if x and x + size > width:
+            x, y = 0, y + line
+        out.append((name, x, y))
+        x += size
+    return out
