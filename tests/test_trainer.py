@@ -67,9 +67,11 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_resume_mid_epoch_gives_identical_weights(tmp_path: Path) -> None:
-    full = visionkit.train(None, [*RESUME_CFG, "trainer.max_steps=8"], task="cls", work_dir=tmp_path / "full")
-    half = visionkit.train(None, [*RESUME_CFG, "trainer.max_steps=4"], task="cls", work_dir=tmp_path / "half")
+@pytest.mark.parametrize("workers", [2, 0])
+def test_resume_mid_epoch_gives_identical_weights(tmp_path: Path, workers: int) -> None:
+    cfg = [*RESUME_CFG, f"data.num_workers={workers}"]
+    full = visionkit.train(None, [*cfg, "trainer.max_steps=8"], task="cls", work_dir=tmp_path / "full")
+    half = visionkit.train(None, [*cfg, "trainer.max_steps=4"], task="cls", work_dir=tmp_path / "half")
     mid = load_checkpoint(half.run_dir / "checkpoints" / "last.pt")
     assert mid["step"] == 4 and 0 < mid["batch_in_epoch"] < 6  # stopped inside epoch 2 (6 batches per epoch)
     resumed = visionkit.train(None, ["trainer.max_steps=8"], resume="auto", work_dir=tmp_path / "half")
