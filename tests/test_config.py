@@ -85,3 +85,22 @@ def test_resolved_config_is_written(tmp_path) -> None:
     assert saved["task"] == "classification"
     assert saved["trainer"]["max_steps"] == 1
     assert saved["data"]["num_classes"] == 10 and saved["data"]["class_names"][3] == "3"
+
+
+def test_errors_raised_in_loader_workers_print_only_their_message() -> None:
+    from torch.utils.data import DataLoader, Dataset
+
+    from visionkit.cli import user_message
+    from visionkit.errors import DataError
+
+    class Broken(Dataset):
+        def __len__(self) -> int:
+            return 2
+
+        def __getitem__(self, i: int) -> int:
+            raise DataError("Mask file 'x.png' is 10x10 but its image is 12x12.")
+
+    with pytest.raises(DataError) as info:
+        next(iter(DataLoader(Broken(), num_workers=1)))
+    assert "Original Traceback" in str(info.value)
+    assert user_message(info.value) == "Mask file 'x.png' is 10x10 but its image is 12x12."

@@ -17,12 +17,22 @@ def _run(fn: Callable[[], Any]) -> int:
     try:
         fn()
     except VisionkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with --resume auto", file=sys.stderr)
         return 130
     return 0
+
+
+def user_message(exc: BaseException) -> str:
+    """The error's own message, without the worker traceback torch adds when a DataLoader worker raised it."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
+        return last[len(prefix) :] if last.startswith(prefix) else last
+    return text
 
 
 def _plugins(names: Sequence[str]) -> None:

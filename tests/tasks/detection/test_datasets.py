@@ -23,7 +23,9 @@ def by_id(ds, image_id):
 # -- COCO -------------------------------------------------------------------------------------------
 def test_coco_loads_boxes_labels_and_maps_category_ids(tmp_path) -> None:
     ann, images = write_coco(tmp_path)
-    ds = DATASETS.build({"name": "coco", "ann_file": str(ann), "image_dir": str(images)}, task="detection", split="train")
+    ds = DATASETS.build(
+        {"name": "coco", "ann_file": str(ann), "image_dir": str(images)}, task="detection", split="train"
+    )
     assert len(ds) == 3
     assert ds.class_names == ["cat", "dog", "bird"] and ds.category_ids == [3, 7, 11]
     image, target = ds[by_id(ds, 10)]
