@@ -132,16 +132,17 @@ class Registry:
                     f"{self.kind} '{name}' exists for several tasks ({'; '.join(','.join(e.tasks) for e in found)}); "
                     "say which task it is for."
                 )
+        spaces = {p: ns for p, ns in self._namespaces.items() if task is None or not ns.tasks or task in ns.tasks}
         prefix, _, rest = str(name).partition("/")
-        if rest and prefix in self._namespaces:
-            ns = self._namespaces[prefix]
+        if rest and prefix in spaces:
+            ns = spaces[prefix]
             return Entry(name, _bind_first(ns.obj, rest), ns.tasks, (), ns.module)
         known = self.names(task) + [a for a, k in self._aliases.items() if k in self.names(task)]
         where = f" for task '{task}'" if task else ""
         raise ConfigError(
             f"Unknown {self.kind} '{name}'{where}.{did_you_mean(name, known)} "
             f"Known: {', '.join(sorted(self.names(task))) or '(none)'}"
-            + (f"; or a prefix {', '.join(p + '/' for p in self._namespaces)}" if self._namespaces else "")
+            + (f"; or a prefix {', '.join(p + '/' for p in spaces)}" if spaces else "")
             + ". Run `python tools/list.py` to see every component and where it comes from."
         )
 
