@@ -11,7 +11,8 @@ from torch import nn
 
 from visionkit.config import get, load_config
 from visionkit.engine.checkpoint import inference_weights, load_checkpoint
-from visionkit.engine.trainer import RunResult, Trainer, run_validation
+from visionkit.engine.evaluation import run_validation
+from visionkit.engine.trainer import RunResult, Trainer
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task

@@ -4,8 +4,32 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    metrics: dict[str, float]
+    best: dict[str, float]
+    best_checkpoint: Path | None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def default_run_dir(cfg: dict[str, Any]) -> Path:
+    """`work_dir` from the config, else runs/<task>/<timestamp> (made unique)."""
+    if cfg.get("work_dir"):
+        return Path(cfg["work_dir"])
+    base = Path("runs") / cfg["task"] / datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
 
 
 class RunReport:

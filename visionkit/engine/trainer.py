@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,11 @@ from torch.optim.swa_utils import AveragedModel
 from visionkit.config import dump_config
 from visionkit.engine import distributed as dist
 from visionkit.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from visionkit.engine.evaluation import ema_with_warmup, run_validation
 from visionkit.engine.loader import build_loader
 from visionkit.engine.optim import build_optimizer, build_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
-from visionkit.engine.report import RunReport, epoch_line
+from visionkit.engine.report import RunReport, RunResult, default_run_dir, epoch_line
 from visionkit.errors import VisionkitError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
@@ -31,28 +31,6 @@ from visionkit.tasks.base import StepContext, Task
 
 class TrainingError(VisionkitError):
     """Training cannot go on (e.g. repeated non-finite losses); the message says what to try."""
-
-
-@dataclass
-class RunResult:
-    """What a finished run produced."""
-
-    run_dir: Path
-    metrics: dict[str, float]
-    best: dict[str, float]
-    best_checkpoint: Path | None
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-def default_run_dir(cfg: dict[str, Any]) -> Path:
-    """`work_dir` from the config, else runs/<task>/<timestamp> (made unique)."""
-    if cfg.get("work_dir"):
-        return Path(cfg["work_dir"])
-    base = Path("runs") / cfg["task"] / datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
 
 
 class Trainer:
@@ -252,7 +230,7 @@ class Trainer:
                 ctx.optimizer = name
                 if multi:
                     self._toggle(name)
-                sync = self.ddp.no_sync() if self.ddp is not None and not is_update else _null()
+                sync = self.ddp.no_sync() if self.ddp is not None and not is_update else contextlib.nullcontext()
                 with sync:
                     with self.autocast():
                         out = self.task.training_step(batch, ctx)
@@ -465,48 +443,3 @@ class Trainer:
         self.report.close()
         self._print(f"done in {seconds:.1f}s; results in {self.run_dir}")
         return RunResult(self.run_dir, self.last_metrics, self.best_metrics, best_ckpt, summary)
-
-
-def run_validation(
-    task: Task, model: nn.Module, loader: Any, device: torch.device, autocast: Any, ctx: StepContext
-) -> dict[str, float]:
-    """Run the task's validation over a whole loader and return its reduced metrics."""
-    was_training = model.training
-    model.eval()
-    task.reset_metrics()
-    with torch.no_grad():
-        for batch in loader:
-            batch = task.move_to_device(batch, device)
-            with autocast():
-                task.validation_step(batch, ctx)
-    metrics = {k: float(v) for k, v in task.compute_metrics().items()}
-    model.train(was_training)
-    return metrics
-
-
-def ema_with_warmup(decay: float) -> Any:
-    """EMA update whose decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates.
-
-    Without the ramp the average keeps decay**n of the random initial weights (0.41 after 900
-    updates at 0.999), which ruins samples and validation of short runs.
-    """
-
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        n = float(num_averaged)
-        weight = 1.0 - min(decay, (1.0 + n) / (10.0 + n))
-        floats = [(a, c) for a, c in zip(averaged, current) if a.is_floating_point()]
-        if floats:
-            torch._foreach_lerp_([a for a, _ in floats], [c for _, c in floats], weight)
-        for a, c in zip(averaged, current):
-            if not a.is_floating_point():
-                a.copy_(c)
-
-    return update
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
