@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from visionkit.data import IMAGE_SUFFIXES
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
 
 TASK = "classification"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 class ClassificationDataset(Dataset):

@@ -10,11 +10,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionkit.data import expand_images
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import DataError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
-from visionkit.tasks.classification.datasets import IMAGE_SUFFIXES, read_image, to_tensor
+from visionkit.tasks.classification.datasets import read_image, to_tensor
 from visionkit.tasks.classification.metrics import ClassificationMetrics
 from visionkit.tasks.classification.visualize import confusion_matrix_image, prediction_grid
 
@@ -162,18 +163,3 @@ class ClassificationTask(Task):
             "json": str(out_dir / "predictions.json"),
             "grid": str(out_dir / "predictions.png"),
         }
-
-
-def expand_images(inputs: list[Path]) -> list[Path]:
-    """Image files from a list of files and folders (folders searched recursively, sorted)."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DataError(f"Input '{item}' does not exist; pass image files or folders of images.")
-    if not files:
-        raise DataError(f"No image files found in {[str(i) for i in inputs]}.")
-    return files

@@ -11,33 +11,17 @@ import torch
 from PIL import Image
 from torch import nn
 
+from visionkit.data import expand_images
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import ConfigError, DataError
 from visionkit.tasks.detection.coco import read_coco_json
 from visionkit.tasks.detection.evaluation import to_coco_results
 from visionkit.tasks.detection.visualize import draw_boxes
-from visionkit.tasks.detection.yolo import IMAGE_EXTENSIONS
 
 if TYPE_CHECKING:
     from visionkit.tasks.detection.task import DetectionTask
 
 OPTIONS = {"score_threshold": 0.3, "ann_file": None, "draw": True}
-
-
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders replaced by the images inside them (sorted)."""
-    files: list[Path] = []
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DataError(f"Input '{item}' does not exist.")
-    if not files:
-        raise DataError(f"No images found in {[str(i) for i in inputs]} (extensions {', '.join(IMAGE_EXTENSIONS)}).")
-    return files
 
 
 def _ids_from_annotations(ann_file: str, files: list[Path], num_classes: int) -> tuple[dict[str, int], list[int]]:
@@ -61,7 +45,7 @@ def predict_images(
     if unknown:
         raise ConfigError(f"Unknown predict option(s) {unknown}; detection accepts {', '.join(OPTIONS)}.")
     opts = {**OPTIONS, **options}
-    files = expand_inputs(inputs)
+    files = expand_images(inputs)
     names = task.class_names
     category_ids = task.category_ids
     image_ids = {f.name: i + 1 for i, f in enumerate(files)}

@@ -77,8 +77,16 @@ class GenerationImageFolder(Dataset):
     """Images under `root`, searched recursively; `root/<split>/` is used when it exists, else a
     deterministic `val_fraction` hold-out. Class subfolders give labels (`labels: auto|folders|none`)."""
 
-    def __init__(self, root: str, split: str = "train", image_size: int = 32, channels: int | None = None,
-                 val_fraction: float = 0.1, labels: str = "auto", transforms: list | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        image_size: int = 32,
+        channels: int | None = None,
+        val_fraction: float = 0.1,
+        labels: str = "auto",
+        transforms: list | None = None,
+    ) -> None:
         if split not in SPLITS:
             raise ConfigError(f"gen_folder: split is {split!r}; accepted: {', '.join(SPLITS)}.")
         if labels not in ("auto", "folders", "none"):

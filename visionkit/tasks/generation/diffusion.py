@@ -105,7 +105,13 @@ class DiffusionModel(nn.Module):
         return uncond + guidance * (cond - uncond)
 
     def _step(
-        self, x: torch.Tensor, t: int, t_prev: int, labels: torch.Tensor | None, guidance: float, eta: float,
+        self,
+        x: torch.Tensor,
+        t: int,
+        t_prev: int,
+        labels: torch.Tensor | None,
+        guidance: float,
+        eta: float,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
         """One reverse step from `t` to `t_prev` (-1 = clean image); eta=1 is DDPM, eta=0 is DDIM."""

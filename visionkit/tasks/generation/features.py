@@ -58,8 +58,9 @@ class TimmFeatures(nn.Module):
         if weights:
             if not Path(weights).is_file():
                 raise ConfigError(f"generation.feature_weights '{weights}' does not exist; give a local weights file.")
-            self.net = timm.create_model(arch, pretrained=True, num_classes=0,
-                                         pretrained_cfg_overlay={"file": str(weights)})
+            self.net = timm.create_model(
+                arch, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(weights)}
+            )
         else:
             self.net = timm.create_model(arch, pretrained=False, num_classes=0)
         cfg = self.net.pretrained_cfg
@@ -86,8 +87,10 @@ class CheckpointClassifier(nn.Module):
 
         path = Path(checkpoint)
         if not path.is_file():
-            raise ConfigError(f"Classifier checkpoint '{checkpoint}' does not exist; train one with "
-                              "`python tools/train.py --task cls` and pass runs/.../checkpoints/best.pt.")
+            raise ConfigError(
+                f"Classifier checkpoint '{checkpoint}' does not exist; train one with "
+                "`python tools/train.py --task cls` and pass runs/.../checkpoints/best.pt."
+            )
         _, model, cfg = load_model(path, device=str(device))
         if cfg["task"] != "classification":
             raise ConfigError(f"'{checkpoint}' is a {cfg['task']} checkpoint; a classification checkpoint is needed.")
@@ -130,8 +133,9 @@ class ClassifierFeatures(nn.Module):
         return self.classifier(images)[1]
 
 
-def build_feature_net(spec: str | None, weights: str | None = None, device: torch.device | str = "cpu",
-                      image_size: int | None = None) -> nn.Module:
+def build_feature_net(
+    spec: str | None, weights: str | None = None, device: torch.device | str = "cpu", image_size: int | None = None
+) -> nn.Module:
     """`pixels`, `timm/<arch>` (optional local `weights`; `image_size` overrides the input size) or a path
     to a visionkit classification checkpoint (`.pt`)."""
     spec = spec or "pixels"
@@ -147,4 +151,3 @@ def build_feature_net(spec: str | None, weights: str | None = None, device: torc
             "generation.feature_weights=<local file> for pretrained weights) or a classification checkpoint path."
         )
     return net.to(device).eval()
-

@@ -23,8 +23,9 @@ class DCGANGenerator(nn.Module):
         self.start = width * 2 ** (ups - 1) if ups > 0 else width
         self.label_emb = nn.Embedding(num_classes, z_dim) if num_classes else None
         in_dim = z_dim * (2 if num_classes else 1)
-        self.project = nn.Sequential(nn.Linear(in_dim, self.start * 16, bias=False), nn.BatchNorm1d(self.start * 16),
-                                     nn.ReLU(inplace=True))
+        self.project = nn.Sequential(
+            nn.Linear(in_dim, self.start * 16, bias=False), nn.BatchNorm1d(self.start * 16), nn.ReLU(inplace=True)
+        )
         layers: list[nn.Module] = []
         ch = self.start
         for _ in range(ups):
@@ -72,8 +73,15 @@ class GAN(nn.Module):
 
     kind = "gan"
 
-    def __init__(self, generator: DCGANGenerator, discriminator: DCGANDiscriminator, z_dim: int, image_size: int,
-                 channels: int, num_classes: int = 0) -> None:
+    def __init__(
+        self,
+        generator: DCGANGenerator,
+        discriminator: DCGANDiscriminator,
+        z_dim: int,
+        image_size: int,
+        channels: int,
+        num_classes: int = 0,
+    ) -> None:
         super().__init__()
         self.generator = generator
         self.discriminator = discriminator
@@ -87,8 +95,14 @@ class GAN(nn.Module):
         """True when both networks take class labels."""
         return self.num_classes > 0
 
-    def forward(self, mode: str, images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                n: int | None = None, r1: bool = False) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        mode: str,
+        images: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        n: int | None = None,
+        r1: bool = False,
+    ) -> dict[str, torch.Tensor]:
         """'discriminator': logits for real `images` and fresh fakes (+ 'r1' penalty when asked);
         'generator': logits for fresh fakes; 'sample': {'images': fakes}. Noise comes from torch's RNG."""
         if mode not in MODES:
@@ -140,8 +154,15 @@ class GAN(nn.Module):
 
 
 @MODELS.register("dcgan", task="generation")
-def build_dcgan(image_size: int = 32, channels: int = 1, num_classes: int = 0, conditional: bool = False,
-                z_dim: int = 64, width: int = 64, d_width: int | None = None) -> GAN:
+def build_dcgan(
+    image_size: int = 32,
+    channels: int = 1,
+    num_classes: int = 0,
+    conditional: bool = False,
+    z_dim: int = 64,
+    width: int = 64,
+    d_width: int | None = None,
+) -> GAN:
     """DCGAN generator/discriminator pair; `conditional: true` uses labels (embedding + projection D)."""
     if image_size < 8 or image_size & (image_size - 1):
         raise ConfigError(f"dcgan needs data.image_size to be a power of two >= 8, got {image_size}.")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from visionkit.data import expand_images
 from visionkit.errors import ConfigError, DataError
 from visionkit.tasks.generation.datasets import IMAGE_SUFFIXES, load_image, to_model_range
 from visionkit.tasks.generation.visualize import save_grid, save_images
@@ -66,8 +67,11 @@ def sample_files(task: GenerationTask, model: nn.Module, out_dir: Path, options:
         nrow = model.num_classes
     grid = save_grid(samples, out_dir / "grid.png", int(nrow) if nrow else None)
     preds = [{"file": str(p), **({"label": int(labels[i])} if labels is not None else {})} for i, p in enumerate(paths)]
-    result = {"predictions": preds, "grid": str(grid), "options": {**task.sampling_options(model, _sampling(options)),
-                                                                   "seed": int(options.get("seed", 0))}}
+    result = {
+        "predictions": preds,
+        "grid": str(grid),
+        "options": {**task.sampling_options(model, _sampling(options)), "seed": int(options.get("seed", 0))},
+    }
     (out_dir / "samples.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -98,22 +102,15 @@ def read_mask(path: Path, size: int) -> np.ndarray:
 
 def find_inputs(inputs: list[Path]) -> list[Path]:
     """Image files from files and folders (recursive), leaving out `*_mask.*` files."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DataError(f"Input '{item}' does not exist; pass image files or folders of images.")
-    files = [f for f in files if not f.stem.endswith("_mask")]
+    files = [f for f in expand_images(inputs) if not f.stem.endswith("_mask")]
     if not files:
         raise DataError(f"No image files found in {[str(i) for i in inputs]}.")
     return files
 
 
-def inpaint_files(task: GenerationTask, model: nn.Module, inputs: list[Path], out_dir: Path,
-                  options: dict[str, Any]) -> dict[str, Any]:
+def inpaint_files(
+    task: GenerationTask, model: nn.Module, inputs: list[Path], out_dir: Path, options: dict[str, Any]
+) -> dict[str, Any]:
     """Fill the masked region of each input (resized and centre-cropped to the model's size).
 
     The mask is `<name>_mask.<ext>` next to an image when present, else option `mask` (an image path
@@ -141,8 +138,13 @@ def inpaint_files(task: GenerationTask, model: nn.Module, inputs: list[Path], ou
     for start in range(0, len(files), batch):
         sl = slice(start, start + batch)
         chunk = None if labels is None else labels[sl]
-        results.append(model.inpaint(x[sl], m[sl], labels=chunk, generator=generator,
-                                     resample=int(options.get("resample", 1)), **sampling).float().cpu())
+        results.append(
+            model.inpaint(
+                x[sl], m[sl], labels=chunk, generator=generator, resample=int(options.get("resample", 1)), **sampling
+            )
+            .float()
+            .cpu()
+        )
     filled = torch.cat(results)
     masked = x * (1 - m) + m * -1  # the hidden region shown black
     folder = out_dir / "inpaint"

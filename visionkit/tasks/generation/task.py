@@ -83,8 +83,10 @@ class GenerationTask(Task):
         for split in ("train", "val"):
             spec = d.get(split)
             if isinstance(spec, dict) and ({"mean", "std"} & set(spec)):
-                raise ConfigError(f"data.{split} sets mean/std; generation always scales images to [-1, 1] "
-                                  "(mean=std=0.5). Remove them.")
+                raise ConfigError(
+                    f"data.{split} sets mean/std; generation always scales images to [-1, 1] "
+                    "(mean=std=0.5). Remove them."
+                )
         kind = self.model_kind()
         if kind == "diffusion" and self.cfg.get("loss") is not None:
             raise ConfigError("The diffusion model computes its own loss; remove 'loss' from the config (loss=null).")
@@ -107,8 +109,14 @@ class GenerationTask(Task):
     def dataset_defaults(self, split: str) -> dict[str, Any]:
         """Offer split, transforms, image size, channels and [-1, 1] scaling to every dataset builder."""
         d = self.cfg["data"]
-        return {"split": split, "transforms": d[f"{split}_transforms"], "image_size": d["image_size"],
-                "channels": d["channels"], "mean": [0.5], "std": [0.5]}
+        return {
+            "split": split,
+            "transforms": d[f"{split}_transforms"],
+            "image_size": d["image_size"],
+            "channels": d["channels"],
+            "mean": [0.5],
+            "std": [0.5],
+        }
 
     # -- builders -------------------------------------------------------------------------------
     def build_dataset(self, split: str) -> Dataset:
@@ -135,8 +143,10 @@ class GenerationTask(Task):
                 raise ConfigError(f"generation.{key} '{g[key]}' does not exist; give a local file.")
         spec = str(g["feature_net"] or "pixels")
         if spec != "pixels" and not spec.startswith("timm/") and not Path(spec).is_file():
-            raise ConfigError(f"generation.feature_net '{spec}' is neither 'pixels', 'timm/<arch>' nor an existing "
-                              "classification checkpoint file.")
+            raise ConfigError(
+                f"generation.feature_net '{spec}' is neither 'pixels', 'timm/<arch>' nor an existing "
+                "classification checkpoint file."
+            )
 
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Build the GAN loss (non-saturating unless configured); metric networks are built lazily."""
@@ -178,28 +188,41 @@ class GenerationTask(Task):
         return {"loss": loss, **logs}
 
     # -- sampling -------------------------------------------------------------------------------
-    def sampling_options(self, model: nn.Module, overrides: dict[str, Any] | None = None,
-                         evaluation: bool = False) -> dict[str, Any]:
+    def sampling_options(
+        self, model: nn.Module, overrides: dict[str, Any] | None = None, evaluation: bool = False
+    ) -> dict[str, Any]:
         """Keyword arguments for `model.generate` / `model.inpaint` from the config and `overrides`."""
         if getattr(model, "kind", None) != "diffusion":
             return {}
         g, o = self.cfg["generation"], dict(overrides or {})
         steps = g["eval_steps"] if evaluation else g["steps"]
-        opts = {"sampler": o.get("sampler", g["sampler"]), "steps": int(o.get("steps", steps)),
-                "eta": float(o.get("eta", g["eta"])), "guidance": float(o.get("guidance", g["guidance"]))}
+        opts = {
+            "sampler": o.get("sampler", g["sampler"]),
+            "steps": int(o.get("steps", steps)),
+            "eta": float(o.get("eta", g["eta"])),
+            "guidance": float(o.get("guidance", g["guidance"])),
+        }
         if opts["sampler"] not in SAMPLERS:
             raise ConfigError(f"sampler is {opts['sampler']!r}; accepted: {', '.join(SAMPLERS)}.")
         if opts["sampler"] == "ddpm":
             opts["eta"] = 1.0  # ancestral sampling: the posterior variance, whatever generation.eta says
         return opts
 
-    def generate(self, model: nn.Module, n: int, labels: torch.Tensor | None, generator: torch.Generator,
-                 evaluation: bool = False, **overrides: Any) -> torch.Tensor:
+    def generate(
+        self,
+        model: nn.Module,
+        n: int,
+        labels: torch.Tensor | None,
+        generator: torch.Generator,
+        evaluation: bool = False,
+        **overrides: Any,
+    ) -> torch.Tensor:
         """Sample `n` images in [-1, 1] (labels are ignored by unconditional models)."""
         if not getattr(model, "conditional", False):
             labels = None
-        return model.generate(n, labels=labels, generator=generator,
-                              **self.sampling_options(model, overrides, evaluation)).float()
+        return model.generate(
+            n, labels=labels, generator=generator, **self.sampling_options(model, overrides, evaluation)
+        ).float()
 
     # -- validation -----------------------------------------------------------------------------
     def _nets(self, device: torch.device) -> dict[str, Any]:
@@ -279,8 +302,15 @@ class GenerationTask(Task):
     def summary_extras(self) -> dict[str, Any]:
         """How the metrics were measured."""
         g = self.cfg["generation"]
-        return {"generation": {"feature_net": g["feature_net"], "classifier": g["classifier"],
-                               "eval_steps": g["eval_steps"], "sampler": g["sampler"], "guidance": g["guidance"]}}
+        return {
+            "generation": {
+                "feature_net": g["feature_net"],
+                "classifier": g["classifier"],
+                "eval_steps": g["eval_steps"],
+                "sampler": g["sampler"],
+                "guidance": g["guidance"],
+            }
+        }
 
     # -- inference ------------------------------------------------------------------------------
     def predict_files(

@@ -15,13 +15,13 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionkit.data import expand_images
 from visionkit.data.transforms import build_pipeline
 from visionkit.engine.distributed import all_reduce_sum
-from visionkit.errors import ConfigError, DataError
+from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
 from visionkit.tasks.segmentation.datasets import (
-    IMAGE_EXTENSIONS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     read_image,
@@ -265,7 +265,7 @@ class SegmentationTask(Task):
         if unknown:
             raise ConfigError(f"Unknown segmentation predict option(s) {sorted(unknown)}; accepted: alpha.")
         alpha = float(options.get("alpha", self.cfg["segmentation"]["overlay_alpha"]))
-        files = expand_inputs(inputs)
+        files = expand_images(inputs)
         out_dir = Path(out_dir)
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
         (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
@@ -297,18 +297,3 @@ class SegmentationTask(Task):
         result = {"task": self.name, "class_names": names, "predictions": results}
         (out_dir / "predictions.json").write_text(json.dumps(result, indent=2))
         return result
-
-
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Image files from a list of files and folders (folders: their images, sorted, not recursive)."""
-    files: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS))
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DataError(f"Input '{item}' does not exist; pass image files or folders of images.")
-    if not files:
-        raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {[str(i) for i in inputs]}.")
-    return files
