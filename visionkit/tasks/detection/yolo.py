@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from visionkit.data import IMAGE_SUFFIXES
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
 from visionkit.tasks.detection.datasets import (
@@ -22,7 +23,6 @@ from visionkit.tasks.detection.datasets import (
 )
 
 TASK = "detection"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def read_data_yaml(path: str | Path) -> tuple[dict[str, Any], Path, list[str]]:
@@ -58,7 +58,7 @@ def split_images(entry: Any, root: Path, source: str) -> list[Path]:
         p = Path(item)
         p = p if p.is_absolute() else root / p
         if p.is_dir():
-            images += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS)
+            images += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
         elif p.suffix == ".txt" and p.is_file():
             for line in p.read_text().splitlines():
                 if line.strip():

@@ -15,11 +15,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from visionkit.data import IMAGE_SUFFIXES
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import ConfigError, DataError
 from visionkit.registry import DATASETS
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val")
 
 

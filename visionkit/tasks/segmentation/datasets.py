@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from visionkit.data import IMAGE_SUFFIXES
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -178,9 +178,9 @@ class FolderSegmentationDataset(SegmentationDataset):
                     f"Segmentation folder dataset: {what} '{folder}' does not exist. Expected the layout "
                     f"root/{image_dir}/NAME.jpg|png with root/{mask_dir}/NAME{mask_suffix} (root='{self.root}')."
                 )
-        self.images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        self.images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.images:
-            raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in '{self.image_dir}'.")
+            raise DataError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found in '{self.image_dir}'.")
         self.masks = [self.mask_dir / (p.stem + mask_suffix) for p in self.images]
         missing = [m for m in self.masks if not m.is_file()]
         if missing:

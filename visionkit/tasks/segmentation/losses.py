@@ -31,6 +31,7 @@ def _valid(target: torch.Tensor, ignore_index: int | None) -> tuple[torch.Tensor
     return valid, torch.where(valid, target, torch.zeros_like(target))
 
 
+@LOSSES.register("cross_entropy", task="segmentation", aliases=["ce"])
 class CrossEntropyLoss(nn.Module):
     """Pixel-wise cross-entropy; the mean is weighted by class weights like `torch.nn.CrossEntropyLoss`."""
 
@@ -55,6 +56,7 @@ class CrossEntropyLoss(nn.Module):
         return (per_pixel * valid).sum() / pixel_weight.sum().clamp_min(1e-8)
 
 
+@LOSSES.register("dice", task="segmentation")
 class DiceLoss(nn.Module):
     """Soft Dice loss, 1 - mean over classes of (2|P∩T| + smooth) / (|P| + |T| + smooth), over the batch."""
 
@@ -79,6 +81,7 @@ class DiceLoss(nn.Module):
         return 1 - dice.mean()
 
 
+@LOSSES.register("ce_dice", task="segmentation", aliases=["ce+dice"])
 class CrossEntropyDiceLoss(nn.Module):
     """Weighted sum `ce_weight * cross-entropy + dice_weight * Dice`."""
 
@@ -101,6 +104,7 @@ class CrossEntropyDiceLoss(nn.Module):
         return self.ce_weight * self.ce(logits, target) + self.dice_weight * self.dice(logits, target)
 
 
+@LOSSES.register("focal", task="segmentation")
 class FocalLoss(nn.Module):
     """Multi-class focal loss -alpha_t (1 - p_t)^gamma log p_t, averaged over non-ignored pixels."""
 
@@ -123,43 +127,3 @@ class FocalLoss(nn.Module):
         if self.alpha is not None:
             loss = loss * self.alpha[safe]
         return (loss * valid).sum() / valid.sum().clamp_min(1)
-
-
-@LOSSES.register("cross_entropy", task="segmentation", aliases=["ce"])
-def build_cross_entropy(
-    num_classes: int,
-    ignore_index: int | None = 255,
-    class_weights: list[float] | None = None,
-    label_smoothing: float = 0.0,
-) -> CrossEntropyLoss:
-    """Cross-entropy with optional class weights and label smoothing."""
-    return CrossEntropyLoss(num_classes, ignore_index, class_weights, label_smoothing)
-
-
-@LOSSES.register("dice", task="segmentation")
-def build_dice(
-    num_classes: int, ignore_index: int | None = 255, smooth: float = 1.0, include_background: bool = True
-) -> DiceLoss:
-    """Soft Dice loss."""
-    return DiceLoss(num_classes, ignore_index, smooth, include_background)
-
-
-@LOSSES.register("ce_dice", task="segmentation", aliases=["ce+dice"])
-def build_ce_dice(
-    num_classes: int,
-    ignore_index: int | None = 255,
-    class_weights: list[float] | None = None,
-    ce_weight: float = 1.0,
-    dice_weight: float = 1.0,
-    smooth: float = 1.0,
-) -> CrossEntropyDiceLoss:
-    """Cross-entropy plus Dice."""
-    return CrossEntropyDiceLoss(num_classes, ignore_index, class_weights, ce_weight, dice_weight, smooth)
-
-
-@LOSSES.register("focal", task="segmentation")
-def build_focal(
-    num_classes: int, ignore_index: int | None = 255, gamma: float = 2.0, class_weights: list[float] | None = None
-) -> FocalLoss:
-    """Focal loss (class weights act as alpha)."""
-    return FocalLoss(num_classes, ignore_index, gamma, class_weights)
