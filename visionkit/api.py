@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from visionkit.config import get, load_config
+from visionkit.data.facts import DataFacts, declared_facts
 from visionkit.engine.checkpoint import inference_weights, load_checkpoint
 from visionkit.engine.evaluation import run_validation
+from visionkit.engine.metrics import Evaluator
 from visionkit.engine.trainer import RunResult, Trainer
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
@@ -105,30 +107,45 @@ def _leaf_keys(cfg: Mapping[str, Any], prefix: str = "") -> set[str]:
 def load_model(
     checkpoint: str | Path, overrides: Sequence[str] = (), device: str | None = None
 ) -> tuple[Task, nn.Module, dict[str, Any]]:
-    """Rebuild the task and model of a checkpoint (EMA weights when kept), on a device, in eval mode."""
+    """Rebuild the task and model of a checkpoint (EMA weights when kept), on a device, in eval mode.
+
+    The task's `facts` are the data facts saved with the checkpoint; thread counts are left alone.
+    """
     from visionkit.engine.precision import select_device
 
     ckpt = load_checkpoint(checkpoint)
     cfg = load_config(ckpt["config"], list(overrides))
-    if cfg["trainer"]["num_threads"]:
-        torch.set_num_threads(cfg["trainer"]["num_threads"])
     task = TASKS.get(cfg["task"])(cfg)
+    # Checkpoints before format 2 kept the data facts in their config's data section.
+    task.facts = DataFacts.from_dict(ckpt.get("facts") or declared_facts(ckpt["config"].get("data", {})).to_dict())
     dev = select_device(device or cfg["trainer"]["device"])
-    model = task.build_model()
+    model = task.build_model(task.facts)
     model.load_state_dict(inference_weights(ckpt))
     model.to(dev).eval()
     task.setup(model, dev)
     return task, model, cfg
 
 
-def evaluate(checkpoint: str | Path, overrides: Sequence[str] = (), device: str | None = None) -> dict[str, float]:
-    """Metrics of a checkpoint on its validation set (or `data.val` given in overrides)."""
-    from visionkit.engine.loader import build_loader
+def _autocast(cfg: Mapping[str, Any], dev: torch.device) -> Any:
     from visionkit.engine.precision import autocast_factory, resolve_precision
+
+    return autocast_factory(resolve_precision(cfg["trainer"]["precision"], dev), dev)
+
+
+def evaluate(checkpoint: str | Path, overrides: Sequence[str] = (), device: str | None = None) -> dict[str, Any]:
+    """Metrics of a checkpoint on its validation set (or `data.val` given in overrides), plus their tables."""
+    from visionkit.data.facts import facts_of
+    from visionkit.engine.loader import build_loader
 
     task, model, cfg = load_model(checkpoint, overrides, device)
     dev = next(model.parameters()).device
     dataset = task.build_dataset("val")
+    found = facts_of(dataset)
+    if found.class_names and task.facts.class_names and found.class_names != task.facts.class_names:
+        raise ConfigError(
+            f"data.val has classes {found.class_names[:10]} but the checkpoint was trained on "
+            f"{task.facts.class_names[:10]}; evaluate on data with the same classes in the same order."
+        )
     loader, _ = build_loader(
         dataset,
         batch_size=cfg["data"]["batch_size"],
@@ -138,10 +155,11 @@ def evaluate(checkpoint: str | Path, overrides: Sequence[str] = (), device: str 
         num_workers=cfg["data"]["num_workers"],
         train=False,
     )
-    autocast = autocast_factory(resolve_precision(cfg["trainer"]["precision"], dev), dev)
+    autocast = _autocast(cfg, dev)
     ctx = StepContext(model, model, dev, autocast=autocast)
-    metrics = run_validation(task, model, loader, dev, autocast, ctx)
-    return {**metrics, **task.summary_extras()}
+    evaluator = Evaluator(task.build_metrics(task.facts), dev)
+    metrics, extras = run_validation(task, model, loader, dev, autocast, ctx, evaluator)
+    return {**metrics, **extras}
 
 
 def predict(
@@ -152,9 +170,9 @@ def predict(
     device: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Run a checkpoint on image files or folders (or sample, for generation); write results to out_dir."""
-    task, model, _ = load_model(checkpoint, overrides, device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
-        return task.predict_files(model, [Path(i) for i in inputs], out, dict(options))
+    """Run a checkpoint on image files, folders or globs (or sample, for generation); write results to out_dir."""
+    from visionkit.engine.predictor import Predictor
+
+    task, model, cfg = load_model(checkpoint, overrides, device)
+    dev = next(model.parameters()).device
+    return Predictor(task, model, _autocast(cfg, dev)).run([str(i) for i in inputs], out_dir, options)

@@ -34,12 +34,13 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_process_group(device: torch.device) -> None:
-    """Join the torchrun process group: NCCL on CUDA, gloo on CPU."""
+def init_process_group(device: torch.device) -> bool:
+    """Join the torchrun process group (NCCL on CUDA, gloo on CPU); True when this call opened it."""
     if is_distributed() or not launched_by_torchrun():
-        return
+        return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend=backend, init_method="env://")
+    return True
 
 
 def destroy_process_group() -> None:

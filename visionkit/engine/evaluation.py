@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionkit.engine.metrics import Evaluator
 from visionkit.tasks.base import StepContext, Task
 
 
@@ -31,17 +32,24 @@ def ema_with_warmup(decay: float) -> Any:
 
 
 def run_validation(
-    task: Task, model: nn.Module, loader: Any, device: torch.device, autocast: Any, ctx: StepContext
-) -> dict[str, float]:
-    """Run the task's validation over a whole loader and return its reduced metrics."""
+    task: Task,
+    model: nn.Module,
+    loader: Any,
+    device: torch.device,
+    autocast: Any,
+    ctx: StepContext,
+    evaluator: Evaluator,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Run the task's validation steps over a whole loader; return the evaluator's (scalars, extras)."""
     was_training = model.training
     model.eval()
-    task.reset_metrics()
+    evaluator.reset()
     with torch.no_grad():
         for batch in loader:
             batch = task.move_to_device(batch, device)
             with autocast():
-                task.validation_step(batch, ctx)
-    metrics = {k: float(v) for k, v in task.compute_metrics().items()}
+                outputs = task.validation_step(batch, ctx)
+            evaluator.update(outputs, task.batch_size(batch))
+    scalars, extras = evaluator.compute()
     model.train(was_training)
-    return metrics
+    return scalars, extras

@@ -21,6 +21,7 @@ from visionkit.engine import distributed as dist
 from visionkit.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from visionkit.engine.evaluation import ema_with_warmup, run_validation
 from visionkit.engine.loader import build_loader
+from visionkit.engine.metrics import Evaluator
 from visionkit.engine.optim import build_optimizer, build_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
 from visionkit.engine.report import RunReport, RunResult, default_run_dir, epoch_line
@@ -42,7 +43,7 @@ class Trainer:
         self.device = select_device(t["device"])
         if t["num_threads"] and self.device.type == "cpu":
             torch.set_num_threads(t["num_threads"])
-        dist.init_process_group(self.device)
+        self.owns_process_group = dist.init_process_group(self.device)
         self.precision = resolve_precision(t["precision"], self.device)
         self.autocast = autocast_factory(self.precision, self.device)
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -66,13 +67,21 @@ class Trainer:
         run_dir = default_run_dir(cfg) if dist.is_main() else None
         self.run_dir = Path(dist.all_gather_objects(str(run_dir))[0])
         self.task: Task = TASKS.get(cfg["task"])(cfg)
-        # Datasets first: a task may record what they tell (classes, channels) in the config for the model.
         self.train_set = self.task.build_dataset("train")
         self.val_set = self.task.build_dataset("val") if cfg["data"].get("val") is not None else None
-        self.module = self.task.build_model().to(self.device)
+        # What the data tells (classes, channels, ...) is a value handed to the builders and saved with checkpoints.
+        self.facts = self.task.facts = self.task.data_facts(self.train_set, self.val_set)
+        self.module = self.task.build_model(self.facts).to(self.device)
         if t["channels_last"]:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.task.setup(self.module, self.device)
+        self.evaluator = Evaluator(self.task.build_metrics(self.facts), self.device)
+        self.monitor = t["monitor"] or self.task.monitor
+        guess = (
+            self.task.monitor_mode if self.monitor == self.task.monitor else "min" if "loss" in self.monitor else "max"
+        )
+        self.monitor_mode = t["monitor_mode"] or guess
+        self.last_extras: dict[str, Any] = {}
         self._build_loaders()
         if dist.is_main():
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -100,7 +109,7 @@ class Trainer:
             )
         if t["compile"]:
             self.model = torch.compile(self.model)
-        self.report = RunReport(self.run_dir, self.task.monitor, enabled=dist.is_main())
+        self.report = RunReport(self.run_dir, self.monitor, enabled=dist.is_main())
 
     def _build_loaders(self) -> None:
         d, t = self.cfg["data"], self.cfg["trainer"]
@@ -139,7 +148,8 @@ class Trainer:
             "task": self.task.state_dict(),
             "rng": rng_state(),
             "config": self.cfg,
-            "format": 1,
+            "facts": self.facts.to_dict(),
+            "format": 2,
         }
 
     def _save(self, best: bool = False) -> None:
@@ -199,7 +209,8 @@ class Trainer:
                     self._save()
             return self._finish(time.perf_counter() - start)
         finally:
-            dist.destroy_process_group()
+            if self.owns_process_group:  # leave a process group the caller opened alone
+                dist.destroy_process_group()
 
     def _done(self) -> bool:
         t = self.cfg["trainer"]
@@ -216,6 +227,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         count = 0
         finite = torch.ones((), dtype=torch.bool, device=self.device)
+        skipped: set[str] = set()  # optimizers whose training_step returned None in this update
         tick, seen = time.perf_counter(), 0
         ctx = StepContext(self.model, self.module, self.device, autocast=self.autocast)
         multi = len(self.groups) > 1
@@ -235,6 +247,7 @@ class Trainer:
                     with self.autocast():
                         out = self.task.training_step(batch, ctx)
                     if out is None:
+                        skipped.add(name)
                         continue
                     loss = out["loss"]
                     self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
@@ -243,7 +256,7 @@ class Trainer:
                     value = value.detach().float()
                     prefix = f"{name}/" if multi and key == "loss" else ""
                     sums[prefix + key] = sums[prefix + key] + value if prefix + key in sums else value
-                if multi and is_update:
+                if multi and is_update and name not in skipped:
                     if not bool(finite):
                         break
                     self._step_optimizer(name)  # alternate: the next group trains against these new weights
@@ -256,6 +269,13 @@ class Trainer:
                 continue
             if multi:
                 self._toggle(None)
+            if skipped and (not multi or skipped >= set(self.groups)):
+                for opt in self.optimizers.values():  # a skipped step leaves weights, state, schedule and step alone
+                    opt.zero_grad(set_to_none=True)
+                skipped = set()
+                finite = torch.ones((), dtype=torch.bool, device=self.device)
+                continue
+            skipped = set()
             if not bool(finite):
                 self._skip_update()
                 finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -326,17 +346,23 @@ class Trainer:
                 for buffer in module.buffers() if module is not None else ():
                     torch.distributed.broadcast(buffer, 0)
         eval_model = self.ema.module if self.ema is not None else self.module
-        metrics = run_validation(
+        metrics, self.last_extras = run_validation(
             self.task,
             eval_model,
             self.val_loader,
             self.device,
             self.autocast,
             StepContext(eval_model, eval_model, self.device, step=self.step, epoch=self.epoch, autocast=self.autocast),
+            self.evaluator,
         )
         set_rng_state(saved_rng)
         self.last_metrics = metrics
-        monitor, mode = self.task.monitor, self.task.monitor_mode
+        monitor, mode = self.monitor, self.monitor_mode
+        if monitor not in metrics:
+            raise VisionkitError(
+                f"The monitored metric '{monitor}' is not among this run's validation metrics "
+                f"({', '.join(metrics) or 'none'}). Set trainer.monitor to one of them, or add the metric to 'metrics'."
+            )
         value = metrics.get(monitor)
         improved = value is not None and (
             self.best_value is None or (value > self.best_value if mode == "max" else value < self.best_value)
@@ -353,7 +379,7 @@ class Trainer:
                 eval_model, eval_model, self.device, step=self.step, epoch=self.epoch, autocast=self.autocast
             )
             saved_rng = rng_state()
-            self.task.on_validation_end(ctx, self.val_set, self.run_dir, self.epoch)
+            self.task.on_validation_end(ctx, self.val_set, self.run_dir, self.epoch, {**metrics, **self.last_extras})
             set_rng_state(saved_rng)
             self.report.curves()
             self._print(
@@ -422,8 +448,8 @@ class Trainer:
             shutil.copyfile(ckpt_dir / "last.pt", best_ckpt)  # no validation ran: last is the best we have
         summary = {
             "task": self.cfg["task"],
-            "monitor": self.task.monitor,
-            "monitor_mode": self.task.monitor_mode,
+            "monitor": self.monitor,
+            "monitor_mode": self.monitor_mode,
             "final": self.last_metrics,
             "best": self.best_metrics,
             "best_value": self.best_value,
@@ -436,7 +462,8 @@ class Trainer:
             "precision": self.precision,
             "world_size": dist.world_size(),
             "ranks": ranks,
-            **self.task.summary_extras(),
+            "data": self.facts.to_dict(),
+            **self.last_extras,
         }
         self.report.summary(summary)
         self.report.curves()

@@ -7,9 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset, default_collate
+
+from visionkit.data.facts import DataFacts
 
 
 @dataclass
@@ -38,18 +41,23 @@ class OptimizerGroup:
 class Task:
     """Base class for tasks; subclasses register with `@TASKS.register("name", aliases=[...])`.
 
-    Override the builders and steps; the trainer owns devices, precision, scaling, accumulation,
-    clipping, EMA, checkpoints, distributed reduction of gradients and all file output.
+    A task says what is special about its problem: builders, the training step, what a validation step
+    hands to the metrics, and prediction's pre/post-processing and drawing. The core owns the loop,
+    devices, precision, data facts, metric reduction, validation-loss averaging, checkpoints, callbacks,
+    input walking and every file the run or a prediction writes.
     """
 
     name: ClassVar[str] = ""
-    monitor: ClassVar[str] = "val/loss"  # metric used for best checkpoint and early stopping
-    monitor_mode: ClassVar[str] = "min"  # "min" or "max"
-    defaults: ClassVar[dict[str, Any]] = {}  # task config defaults; their keys extend the schema
+    monitor: ClassVar[str] = "val/loss"  # default metric for best checkpoint and early stopping
+    monitor_mode: ClassVar[str] = "min"  # "min" or "max"; `trainer.monitor(_mode)` override both
+    defaults: ClassVar[dict[str, Any]] = {}  # task config defaults (incl. `metrics:`); their keys extend the schema
     find_unused_parameters: ClassVar[bool] = False  # DDP flag for tasks that skip parameters
+    predict_options: ClassVar[dict[str, Any]] = {}  # accepted predict options and their defaults
+    predict_stack: ClassVar[bool] = True  # False: `predict_batch` gets lists of any-size inputs
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
+        self.facts = DataFacts()  # set by the core: from the data when training, from the checkpoint after
 
     def scopes(self) -> list[str]:
         """Task names whose registered components this task uses: its own, then its base tasks'."""
@@ -62,11 +70,13 @@ class Task:
 
     # -- config ---------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Check component specs (model, datasets, loss) before anything is built; raise ConfigError."""
-        from visionkit.registry import DATASETS, LOSSES, MODELS
+        """Check component specs (model, datasets, loss, metrics) before anything is built; raise ConfigError."""
+        from visionkit.registry import DATASETS, LOSSES, METRICS, MODELS
 
         cfg = self.cfg
-        check_spec(MODELS, cfg.get("model"), "model", self.model_defaults(), self.scopes())
+        # Facts are known only once the data is read: stand-ins let builders that require them pass the check.
+        known = {k: v if v is not None else "<from the data>" for k, v in self.model_defaults(self.facts).items()}
+        check_spec(MODELS, cfg.get("model"), "model", known, self.scopes())
         for split in ("train", "val"):
             if cfg["data"].get(split) is not None:
                 check_spec(
@@ -74,32 +84,48 @@ class Task:
                 )
         if cfg.get("loss") is not None:
             check_spec(LOSSES, cfg["loss"], "loss", self.loss_defaults(), self.scopes())
+        for i, spec in enumerate(cfg.get("metrics") or []):
+            offered = {
+                k: v if v is not None else "<from the data>" for k, v in self.metric_defaults(self.facts).items()
+            }
+            check_spec(METRICS, spec, f"metrics[{i}]", offered, self.scopes())
 
-    def model_defaults(self) -> dict[str, Any]:
-        """Keyword arguments offered to every model builder of this task (e.g. num_classes)."""
-        return {}
+    def model_defaults(self, facts: DataFacts) -> dict[str, Any]:
+        """Keyword arguments offered to every model builder: the data facts (override to add or rename)."""
+        from visionkit.engine.metrics import facts_kwargs
+
+        return facts_kwargs(facts)
 
     def dataset_defaults(self, split: str) -> dict[str, Any]:
         """Keyword arguments offered to every dataset builder (e.g. split, transforms)."""
-        return {}
+        return {"split": split}
 
     def loss_defaults(self) -> dict[str, Any]:
         """Keyword arguments offered to every loss builder."""
         return {}
 
+    def metric_defaults(self, facts: DataFacts) -> dict[str, Any]:
+        """Keyword arguments offered to every metric builder: the data facts."""
+        from visionkit.engine.metrics import facts_kwargs
+
+        return facts_kwargs(facts)
+
+    # -- data facts -----------------------------------------------------------------------------
+    def data_facts(self, train: Dataset | None, val: Dataset | None) -> DataFacts:
+        """Facts for the model and the tools: declared `data:` keys win, the training data fills the rest."""
+        from visionkit.data.facts import declared_facts, facts_of, resolve_facts
+
+        return resolve_facts(declared_facts(self.cfg["data"]), facts_of(train), facts_of(val) if val else None)
+
     # -- builders -------------------------------------------------------------------------------
-    def build_model(self) -> nn.Module:
-        """Build the model from `cfg.model`."""
+    def build_model(self, facts: DataFacts) -> nn.Module:
+        """Build the model from `cfg.model`, offering the data facts as defaults."""
         from visionkit.registry import MODELS
 
-        return MODELS.build(self.cfg["model"], key="model", task=self.scopes(), **self.model_defaults())
+        return MODELS.build(self.cfg["model"], key="model", task=self.scopes(), **self.model_defaults(facts))
 
     def build_dataset(self, split: str) -> Dataset:
-        """Build the `train` or `val` dataset from `cfg.data.<split>` (called before `build_model`).
-
-        A task may record what the data tells (class names, channels) in `self.cfg` here: the trainer
-        writes the config after building the datasets, so checkpoints carry it for eval and predict.
-        """
+        """Build the `train` or `val` dataset from `cfg.data.<split>`."""
         from visionkit.registry import DATASETS
 
         return DATASETS.build(
@@ -113,8 +139,14 @@ class Task:
         spec = self.cfg.get("loss")
         return None if spec is None else LOSSES.build(spec, key="loss", task=self.scopes(), **self.loss_defaults())
 
+    def build_metrics(self, facts: DataFacts) -> list[Any]:
+        """Build the `metrics:` list from the METRICS registry, offering the data facts."""
+        from visionkit.engine.metrics import build_metrics
+
+        return build_metrics(self.cfg.get("metrics"), self.scopes(), self.metric_defaults(facts))
+
     def setup(self, model: nn.Module, device: torch.device) -> None:
-        """Called once the model is on its device; build losses and metrics here."""
+        """Called once the model is on its device (after `self.facts` is set); build losses here."""
         self.loss_fn = self.build_loss()
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(device)
@@ -129,26 +161,23 @@ class Task:
 
     # -- steps ----------------------------------------------------------------------------------
     def training_step(self, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor] | None:
-        """Return named losses for `ctx.optimizer`; the trainer backpropagates `"loss"`. None skips."""
+        """Return named losses for `ctx.optimizer`; the trainer backpropagates `"loss"`. None skips the update."""
         raise NotImplementedError
 
-    def reset_metrics(self) -> None:
-        """Start a fresh validation pass."""
-
-    def validation_step(self, batch: Any, ctx: StepContext) -> None:
-        """Update the task's metric state with one batch."""
+    def validation_step(self, batch: Any, ctx: StepContext) -> dict[str, Any] | None:
+        """Outputs of one validation batch for the metrics (and `loss`, the batch mean, for val/loss)."""
         raise NotImplementedError
 
-    def compute_metrics(self) -> dict[str, float]:
-        """Metrics over the whole validation set, reduced across ranks (see engine.distributed)."""
-        return {}
+    def batch_size(self, batch: Any) -> int:
+        """Samples in a batch (weights the validation loss); the first tensor's dim 0 by default."""
+        from visionkit.engine.metrics import batch_size_of
 
-    def on_validation_end(self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int) -> None:
-        """Write visual samples and reports into `run_dir` (called on rank 0 only)."""
+        return batch_size_of(batch)
 
-    def summary_extras(self) -> dict[str, Any]:
-        """Extra entries for summary.json (e.g. per-class tables) from the last validation."""
-        return {}
+    def on_validation_end(
+        self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int, results: dict[str, Any]
+    ) -> None:
+        """Write visual samples and reports into `run_dir` (rank 0 only); `results` holds metrics and extras."""
 
     def state_dict(self) -> dict[str, Any]:
         """Task state to checkpoint besides the model (e.g. a private RNG); tensors and plain types only."""
@@ -161,12 +190,36 @@ class Task:
         """Move a batch to the device (tensors anywhere inside lists, tuples and dicts)."""
         return to_device(batch, device)
 
-    # -- inference ------------------------------------------------------------------------------
-    def predict_files(
-        self, model: nn.Module, inputs: list[Path], out_dir: Path, options: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Run the model on files (or, for generation, sample), write results into out_dir, return them."""
-        raise NotImplementedError(f"task {self.name!r} does not implement predict")
+    # -- prediction (the core predictor walks, reads, batches and writes; see engine/predictor.py) ----
+    def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> Any:
+        """An HWC uint8 image -> the model's input: `data.val_transforms`, then normalisation by the facts."""
+        from visionkit.data.images import to_tensor
+        from visionkit.data.transforms import build_pipeline
+
+        if not hasattr(self, "_val_pipeline"):
+            self._val_pipeline = build_pipeline(self.cfg["data"].get("val_transforms"), key="data.val_transforms")
+        image = self._val_pipeline(image=image)["image"]
+        return to_tensor(image, self.facts.mean, self.facts.std)
+
+    def predict_batch(self, model: nn.Module, inputs: list[Any], options: dict[str, Any]) -> list[Any]:
+        """Run the model on a batch of preprocessed inputs; one output per input."""
+        return list(model(torch.stack(inputs).to(next(model.parameters()).device)))
+
+    def postprocess(self, output: Any, image: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
+        """One input's JSON record for predictions.json (plain types). Tasks that predict implement this."""
+        raise NotImplementedError
+
+    def draw(self, image: np.ndarray, output: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """Pictures of one prediction, by kind (e.g. {"overlays": image}); saved as <kind>/<input path>.png."""
+        return {}
+
+    def finish_predictions(self, records: list[dict[str, Any]], out_dir: Path, options: dict[str, Any]) -> dict:
+        """Write task-wide prediction files (e.g. COCO results) once every input is done; return extra info."""
+        return {}
+
+    def sample(self, model: nn.Module, out_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+        """Predict without inputs (generative tasks): write samples into out_dir and return what was written."""
+        raise NotImplementedError
 
 
 def check_spec(registry: Any, spec: Any, key: str, defaults: Mapping[str, Any], task: Any = None) -> None:

@@ -1,0 +1,87 @@
+"""Core services on a task written only against the Task interface: facts, evaluation, prediction, skips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import visionkit
+from tests.engine.toy_task import register, register_nopredict
+from visionkit.engine.checkpoint import load_checkpoint
+from visionkit.errors import ConfigError
+
+FAST = ["data.batch_size=16", "data.num_workers=0", "trainer.epochs=2", "trainer.progress=false", "optimizer.lr=0.1"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> visionkit.engine.report.RunResult:
+    register()
+    return visionkit.train({"task": "toy"}, FAST, work_dir=tmp_path_factory.mktemp("toy") / "run")
+
+
+def test_facts_travel_with_the_checkpoint_not_the_config(run) -> None:
+    ckpt = load_checkpoint(run.best_checkpoint)
+    assert ckpt["facts"]["class_names"] == ["red", "green", "blue"]
+    assert ckpt["facts"]["num_classes"] == 3 and ckpt["facts"]["channels"] == 3
+    assert ckpt["config"]["data"].get("class_names") is None  # nothing written into the config
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["data"]["class_names"] == ["red", "green", "blue"]
+    assert summary["table"] == [summary["final"]["val/acc"] * summary["final"]["val/count"]]
+
+
+def test_validation_loss_is_a_per_sample_mean(run) -> None:
+    task, model, _ = visionkit.load_model(run.best_checkpoint)
+    metrics = visionkit.evaluate(run.best_checkpoint, ["data.batch_size=7"])  # 48 = 6 * 7 + 6: unequal batches
+    from tests.engine.toy_task import ColourSet
+
+    data = ColourSet("val")
+    with torch.no_grad():
+        x = torch.stack([data[i][0] for i in range(len(data))])
+        y = torch.tensor([data[i][1] for i in range(len(data))])
+        expected = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert metrics["val/loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["val/count"] == 48
+
+
+def test_predict_mirrors_input_paths(run, tmp_path: Path) -> None:
+    for folder, colour in (("a", (220, 30, 30)), ("b", (30, 40, 220))):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8, 3), colour, np.uint8)).save(tmp_path / "in" / folder / "x.png")
+    out = visionkit.predict(run.best_checkpoint, [tmp_path / "in"], tmp_path / "out")
+    records = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
+    assert [r["images"] for r in records] == ["images/a/x.png", "images/b/x.png"]
+    assert [r["name"] for r in records] == ["red", "blue"]
+    assert (tmp_path / "out" / "images" / "a" / "x.png").is_file() and (tmp_path / "out" / "images/b/x.png").is_file()
+    assert out["data"]["class_names"] == ["red", "green", "blue"]
+    with pytest.raises(ConfigError, match="topkk.*Did you mean 'topk'"):
+        visionkit.predict(run.best_checkpoint, [tmp_path / "in"], tmp_path / "out2", topkk=2)
+
+
+def test_task_without_predict_gets_a_clear_error(run, tmp_path: Path) -> None:
+    register_nopredict()
+    ckpt = load_checkpoint(run.best_checkpoint)
+    ckpt["config"]["task"] = "toy_nopredict"
+    torch.save(ckpt, tmp_path / "np.pt")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "i.png")
+    with pytest.raises(ConfigError, match="does not implement prediction"):
+        visionkit.predict(tmp_path / "np.pt", [tmp_path / "i.png"], tmp_path / "out")
+
+
+def test_skipped_step_changes_nothing(tmp_path: Path) -> None:
+    register()
+    cfg = [*FAST, "trainer.epochs=1", "trainer.log_every=1", "scheduler.warmup_steps=2"]
+    one = visionkit.train({"task": "toy"}, [*cfg, "trainer.max_steps=1"], work_dir=tmp_path / "one")
+    # From step 1 on every training_step returns None: batches 2 and 3 of the epoch must change nothing.
+    skip = visionkit.train({"task": "toy", "toy": {"skip_from": 1}}, cfg, work_dir=tmp_path / "skip")
+    a, b = (load_checkpoint(r.run_dir / "checkpoints" / "last.pt") for r in (one, skip))
+    assert a["step"] == b["step"] == 1 and b["epoch"] == 1
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert b["schedulers"]["main"]["last_epoch"] == a["schedulers"]["main"]["last_epoch"] == 1
+    sa, sb = a["optimizers"]["main"]["state"], b["optimizers"]["main"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) and int(sb[i]["step"]) == 1 for i in sa)

@@ -1,0 +1,108 @@
+"""Data facts: what the data tells the model and the tools (classes, channels, size, normalisation)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from visionkit.errors import DataError
+
+# Config keys under `data:` that declare a fact (a user may set them; the data fills what is left).
+FACT_KEYS = ("class_names", "num_classes", "channels", "image_size", "category_ids", "mean", "std")
+
+
+@dataclass
+class DataFacts:
+    """A typed record of data facts, offered to model builders and saved in checkpoints beside the config."""
+
+    class_names: list[str] | None = None
+    num_classes: int | None = None
+    channels: int | None = None
+    image_size: int | None = None
+    category_ids: list[int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # task-specific facts (plain JSON-able values)
+
+    def __post_init__(self) -> None:
+        if self.class_names is not None:
+            self.class_names = [str(n) for n in self.class_names]
+            if self.num_classes is None:
+                self.num_classes = len(self.class_names)
+        if self.category_ids is not None:
+            self.category_ids = [int(i) for i in self.category_ids]
+        for key in ("mean", "std"):
+            value = getattr(self, key)
+            if value is not None:
+                setattr(self, key, [float(v) for v in value])
+
+    @property
+    def names(self) -> list[str]:
+        """Class names, or class_<i> for each of num_classes when the data names none."""
+        if self.class_names:
+            return list(self.class_names)
+        return [f"class_{i}" for i in range(self.num_classes or 0)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (safe for `torch.load(weights_only=True)` and JSON)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> DataFacts:
+        """Rebuild from `to_dict` output (or from a `data:` config section: unknown keys are ignored)."""
+        data = data or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known and v is not None})
+
+    def merged(self, other: DataFacts) -> DataFacts:
+        """A copy with every unset fact of self taken from `other` (extra mappings merged, self first)."""
+        values = {f: getattr(self, f) if getattr(self, f) is not None else getattr(other, f) for f in FACT_KEYS}
+        return DataFacts(**values, extra={**other.extra, **self.extra})
+
+    def replace(self, **changes: Any) -> DataFacts:
+        """A copy with some facts changed."""
+        return dataclasses.replace(self, **changes)
+
+
+def facts_of(dataset: Any) -> DataFacts:
+    """Facts a dataset tells: its `facts()` method, else its classes/class_names, channels, image_size, ids."""
+    if dataset is None:
+        return DataFacts()
+    if callable(getattr(dataset, "facts", None)):
+        return dataset.facts()
+    names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
+    ids = getattr(dataset, "category_ids", None)
+    size = getattr(dataset, "image_size", None)
+    return DataFacts(
+        class_names=list(names) if names else None,
+        channels=getattr(dataset, "channels", None),
+        image_size=size if isinstance(size, int) else None,
+        category_ids=list(ids) if ids is not None else None,
+    )
+
+
+def declared_facts(data_cfg: Mapping[str, Any]) -> DataFacts:
+    """Facts the user declared under `data:` (keys that are set)."""
+    return DataFacts.from_dict({k: data_cfg.get(k) for k in FACT_KEYS})
+
+
+def resolve_facts(declared: DataFacts, train: DataFacts, val: DataFacts | None = None) -> DataFacts:
+    """Declared facts win; the training data fills the rest; disagreements are errors naming the key."""
+    if declared.num_classes is not None and train.num_classes is not None and declared.num_classes != train.num_classes:
+        raise DataError(
+            f"data.num_classes is {declared.num_classes} but data.train has {train.num_classes} classes "
+            f"{(train.class_names or [])[:10]}. Set data.num_classes: {train.num_classes} or null."
+        )
+    if declared.class_names and train.class_names and declared.class_names != train.class_names:
+        raise DataError(
+            f"data.class_names {declared.class_names} differ from the classes of data.train: {train.class_names}."
+        )
+    facts = declared.merged(train)
+    if val is not None and val.class_names and facts.class_names and val.class_names != facts.class_names:
+        raise DataError(
+            f"data.val classes {val.class_names[:10]} differ from data.train classes {facts.class_names[:10]}; "
+            "both splits must define the same classes in the same order."
+        )
+    return facts

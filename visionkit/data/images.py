@@ -1,0 +1,69 @@
+"""Image files in and out: reading any common format as uint8 HWC, tensors for models, and back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from visionkit.errors import DataError
+
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
+    """Read an image file as HWC uint8: grey with channels=1, RGB with 3, as stored (grey or RGB) otherwise.
+
+    16-bit and 32-bit integer images are scaled to 8 bits by their bit depth (not clipped).
+    """
+    try:
+        with Image.open(path) as im:
+            if im.mode in _SIXTEEN_BIT:
+                wide = np.asarray(im).astype(np.float64)
+                bits = 16 if im.mode.startswith("I;16") or wide.max(initial=0) <= 65535 else 32
+                grey = np.round(wide * (255.0 / (2**bits - 1))).clip(0, 255).astype(np.uint8)
+                array = grey if channels != 3 else np.repeat(grey[:, :, None], 3, axis=2)
+            else:
+                grey = im.mode in ("L", "1", "LA")
+                mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if grey else "RGB")
+                array = np.asarray(im.convert(mode))
+    except FileNotFoundError as exc:
+        raise DataError(f"Image file '{path}' does not exist.") from exc
+    except OSError as exc:
+        raise DataError(f"Image file '{path}' could not be read as an image ({exc}).") from exc
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def to_tensor(
+    image: np.ndarray, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> torch.Tensor:
+    """HWC uint8 (or float in [0, 255]) -> CHW float tensor in [0, 1], normalised with mean/std when given."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1).div_(255.0)
+    if mean is not None and std is not None:
+        x = x.sub_(torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1))
+        x = x.div_(torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1))
+    return x
+
+
+def to_uint8_image(
+    tensor: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> np.ndarray:
+    """Undo `to_tensor`: a CHW float tensor -> HWC uint8 (HxW for one channel)."""
+    x = tensor.detach().float().cpu()
+    if mean is not None and std is not None:
+        x = x * torch.tensor(list(std)).view(-1, 1, 1) + torch.tensor(list(mean)).view(-1, 1, 1)
+    array = x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return array[:, :, 0] if array.shape[2] == 1 else array
+
+
+def save_image(image: np.ndarray | Image.Image, path: str | Path) -> None:
+    """Write an HWC/HW uint8 array or a PIL image, creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(np.squeeze(np.asarray(image)))
+    picture.save(path)

@@ -1,0 +1,134 @@
+"""Prediction in the core: inputs -> batches -> outputs, the same for every task.
+
+The predictor walks files, folders (recursively) and globs, reads images, batches them, runs the model
+on its device and precision, and writes pictures under paths that mirror the inputs' relative paths plus
+one `predictions.json` with a record per input. A task supplies only `preprocess`, `postprocess`, `draw`
+and, when it writes more (e.g. COCO results), `finish_predictions`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionkit.data import walk_inputs
+from visionkit.data.images import read_image, save_image
+from visionkit.errors import ConfigError, did_you_mean
+
+CORE_OPTIONS = {"batch_size": 16, "progress": True}
+
+
+def check_options(task: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The task's predict options with the user's values; unknown ones are an error naming the accepted."""
+    accepted = {**CORE_OPTIONS, **task.predict_options}
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        hint = did_you_mean(unknown[0], accepted)
+        raise ConfigError(
+            f"Unknown predict option '{unknown[0]}' for task '{task.name}'.{hint} "
+            f"Accepted: {', '.join(f'{k} (default {v!r})' for k, v in accepted.items())}."
+        )
+    return {**accepted, **options}
+
+
+def supports_predict(task: Any) -> bool:
+    """True when the task implements `postprocess` (prediction on files) or `sample` (generation)."""
+    from visionkit.tasks.base import Task
+
+    cls = type(task)
+    return cls.postprocess is not Task.postprocess or cls.sample is not Task.sample
+
+
+class Predictor:
+    """Runs a trained model of any task on image files and writes its outputs."""
+
+    def __init__(self, task: Any, model: nn.Module, autocast: Any = None) -> None:
+        self.task, self.model, self.autocast = task, model, autocast
+        self.device = next(model.parameters()).device
+
+    def run(self, inputs: Sequence[str | Path], out_dir: str | Path, options: Mapping[str, Any] | None = None) -> dict:
+        """Predict every input (or sample, for a task that generates from nothing); return what was written."""
+        task, out = self.task, Path(out_dir)
+        if not supports_predict(task):
+            raise ConfigError(
+                f"Task '{task.name}' does not implement prediction: it needs a `postprocess` method (and usually "
+                "`preprocess` and `draw`) on its Task class. See docs/plugins.md, 'Write a new task'."
+            )
+        from visionkit.tasks.base import Task
+
+        opts = check_options(task, options or {})
+        out.mkdir(parents=True, exist_ok=True)
+        if not inputs and type(task).sample is Task.sample:
+            raise ConfigError(f"Task '{task.name}' needs input images: pass files, folders or glob patterns.")
+        if inputs and type(task).postprocess is Task.postprocess:
+            raise ConfigError(f"Task '{task.name}' predicts without inputs (it samples); remove the input paths.")
+        if not inputs:
+            with torch.no_grad(), self._autocast():
+                return task.sample(self.model, out, opts)
+        files = walk_inputs(inputs)
+        records: list[dict[str, Any]] = []
+        bar = _progress(len(files), opts["progress"])
+        batch: list[tuple[Path, Path, Any, Any]] = []
+        for path, rel in files:
+            image = read_image(path, task.facts.channels)
+            item = (path, rel, image, task.preprocess(image, opts))
+            if batch and (len(batch) >= opts["batch_size"] or not _stackable(batch[0][3], item[3], task)):
+                records += self._flush(batch, out, opts, bar)
+                batch = []
+            batch.append(item)
+        if batch:
+            records += self._flush(batch, out, opts, bar)
+        if bar is not None:
+            bar.close()
+        result = {"task": task.name, "data": task.facts.to_dict(), "predictions": records}
+        (out / "predictions.json").write_text(json.dumps(result, indent=2, default=_plain) + "\n")
+        extra = task.finish_predictions(records, out, opts) or {}
+        return {**result, "json": str(out / "predictions.json"), **extra}
+
+    def _flush(self, batch: list[tuple[Path, Path, Any, Any]], out: Path, opts: dict[str, Any], bar: Any) -> list:
+        task = self.task
+        with torch.no_grad(), self._autocast():
+            outputs = task.predict_batch(self.model, [item[3] for item in batch], opts)
+        records = []
+        for (path, rel, image, _), output in zip(batch, outputs, strict=True):
+            record = {"input": str(path), **task.postprocess(output, image, opts)}
+            for kind, picture in (task.draw(image, output, opts) or {}).items():
+                name = Path(kind) / rel.with_name(rel.name + ".png")
+                save_image(picture, out / name)
+                record[kind] = name.as_posix()
+            records.append(record)
+            if bar is not None:
+                bar.update(1)
+        return records
+
+    def _autocast(self) -> Any:
+        import contextlib
+
+        return self.autocast() if self.autocast is not None else contextlib.nullcontext()
+
+
+def _stackable(a: Any, b: Any, task: Any) -> bool:
+    """Whether two preprocessed inputs may share a batch (same shape, unless the task takes lists)."""
+    if not task.predict_stack:
+        return True
+    return not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.shape == b.shape
+
+
+def _progress(total: int, wanted: Any) -> Any:
+    if not wanted or total < 2 or (wanted is True and not sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="predict", unit="img", leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
