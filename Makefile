@@ -11,6 +11,8 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
 install: $(STAMP)
 
+# Only the metadata is a prerequisite: the default configs are package data in visionkit/configs/,
+# which the editable install reads in place (a regular install or wheel copies them in).
 $(STAMP): pyproject.toml $(PLUGINS)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)

@@ -12,7 +12,8 @@ import yaml
 
 from visionkit.errors import ConfigError, did_you_mean
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+# The default configs ship inside the package (package data), so they are found from any install.
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 
 # The schema of every task: a default for each key. A mapping with a `name` key is a component spec
 # whose other keys are checked against the builder's signature; other mappings are closed.
@@ -112,7 +113,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file and resolve its `_base_` chain (paths relative to the file)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"Config file '{path}' does not exist. Pass a YAML file, e.g. configs/cls/default.yaml.")
+        raise ConfigError(
+            f"Config file '{path}' does not exist. Pass a YAML file, e.g. visionkit/configs/cls/default.yaml "
+            f"or cls/default.yaml (relative paths are also looked up in the packaged configs, {CONFIG_ROOT})."
+        )
     try:
         data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -147,8 +151,18 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def find_config(path: str | Path) -> Path:
+    """The config file a user named: the path itself, or, when it is relative and no such file exists from
+    the working directory, the file of that name under the packaged configs (`cls/default.yaml`)."""
+    path = Path(path)
+    if not path.is_file() and not path.is_absolute() and (CONFIG_ROOT / path).is_file():
+        return CONFIG_ROOT / path
+    return path
+
+
 def task_config_path(task: str) -> Path:
-    """Default config of a task: configs/<short alias>/default.yaml (or configs/<name>/default.yaml)."""
+    """Default config of a task, shipped in the package: visionkit/configs/<short alias>/default.yaml
+    (or visionkit/configs/<name>/default.yaml), else the task class's `default_config` file."""
     from visionkit.registry import TASKS
 
     entry = TASKS.entry(task)
@@ -179,7 +193,7 @@ def load_config(
         if not name:
             raise ConfigError("Give a task (--task cls|seg|det|gen) or a config file (--config FILE).")
         config = task_config_path(name)
-    user = dict(config) if isinstance(config, Mapping) else read_yaml(config)
+    user = dict(config) if isinstance(config, Mapping) else read_yaml(find_config(config))
     user = deep_merge(user, over)
     if task is not None:
         if user.get("task") and TASKS.canonical(user["task"]) != TASKS.canonical(task):

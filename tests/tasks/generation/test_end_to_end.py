@@ -25,7 +25,7 @@ TINY_GAN = [
     "model.z_dim=8", "trainer.max_steps=3", "trainer.log_every=1", "trainer.progress=false",
     "generation.eval_samples=8", "generation.grid_samples=10",
 ]
-DCGAN = ROOT / "configs" / "gen" / "dcgan.yaml"
+DCGAN = ROOT / "visionkit" / "configs" / "gen" / "dcgan.yaml"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
