@@ -31,6 +31,8 @@ BASE_DEFAULTS: dict[str, Any] = {
         "val_transforms": [],
     },
     "loss": None,
+    "metrics": [],
+    "callbacks": [],
     "optimizer": {"name": "adamw", "lr": 1e-3},
     "scheduler": {"name": "cosine", "warmup_steps": 0},
     "trainer": {
@@ -51,6 +53,8 @@ BASE_DEFAULTS: dict[str, Any] = {
         "progress": True,
         "max_bad_steps": 5,
         "num_threads": None,
+        "monitor": None,
+        "monitor_mode": None,
     },
 }
 
@@ -293,6 +297,16 @@ def check_values(cfg: Mapping[str, Any]) -> None:
         value = get(cfg, key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"Config key '{key}' must be a positive integer or null, got {value!r}.")
+    if get(cfg, "trainer.monitor_mode") not in (None, "min", "max"):
+        raise ConfigError(
+            f"Config key 'trainer.monitor_mode' is {get(cfg, 'trainer.monitor_mode')!r}; accepted: min, max, or null "
+            "(the task's default)."
+        )
+    monitor = get(cfg, "trainer.monitor")
+    if monitor is not None and (not isinstance(monitor, str) or not monitor.startswith("val/")):
+        raise ConfigError(
+            f"Config key 'trainer.monitor' must name a validation metric such as val/loss, got {monitor!r}."
+        )
     ema = get(cfg, "trainer.ema")
     if ema is not None and (isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 < ema < 1):
         raise ConfigError(f"Config key 'trainer.ema' must be a decay in (0, 1) such as 0.999, or null; got {ema!r}.")

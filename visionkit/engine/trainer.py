@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,17 +13,26 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel
 
 from visionkit.config import dump_config
 from visionkit.engine import distributed as dist
+from visionkit.engine.callbacks import (
+    EMA,
+    CallbackList,
+    Checkpointer,
+    EarlyStopping,
+    LoopState,
+    ProgressBar,
+    RunFiles,
+    Validator,
+)
 from visionkit.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from visionkit.engine.evaluation import ema_with_warmup, run_validation
+from visionkit.engine.evaluation import run_validation
 from visionkit.engine.loader import build_loader
 from visionkit.engine.metrics import Evaluator
 from visionkit.engine.optim import build_optimizer, build_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
-from visionkit.engine.report import RunReport, RunResult, default_run_dir, epoch_line
+from visionkit.engine.report import RunResult, default_run_dir
 from visionkit.errors import VisionkitError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
@@ -50,7 +58,6 @@ class Trainer:
         self.best_value: float | None = None
         self.best_metrics: dict[str, float] = {}
         self.last_metrics: dict[str, float] = {}
-        self.rounds_without_gain = 0
         self.bad_steps = 0
         self.batches_seen = 0  # this rank's training batches in this process (reported per rank)
 
@@ -95,11 +102,13 @@ class Trainer:
         self.horizon = t["epochs"] * self.updates_per_epoch
         self.schedulers = {n: build_scheduler(cfg["scheduler"], o, self.horizon) for n, o in self.optimizers.items()}
         self.scaler = make_scaler(self.precision, self.device)
-        self.ema = None
-        if t["ema"]:
-            self.ema = AveragedModel(self.module, multi_avg_fn=ema_with_warmup(t["ema"]), use_buffers=True)
+        self.ema = EMA(self.module, t["ema"]) if t["ema"] else None
+        self.state = LoopState(cfg, self.run_dir, dist.is_main(), t["epochs"], self.monitor, self.monitor_mode)
+        self.state.batches_per_epoch = len(self.sampler)
+        self.hooks = self._build_callbacks()
         if self.resume:
             self._restore(load_checkpoint(self.resume))
+        self._sync_state()
         self.model: nn.Module = self.module
         self.ddp: DistributedDataParallel | None = None
         if dist.is_distributed():
@@ -109,7 +118,20 @@ class Trainer:
             )
         if t["compile"]:
             self.model = torch.compile(self.model)
-        self.report = RunReport(self.run_dir, self.monitor, enabled=dist.is_main())
+
+    def _build_callbacks(self) -> CallbackList:
+        """The built-in hooks, then `callbacks:` from the config (CALLBACKS registry), then the API's."""
+        from visionkit.registry import CALLBACKS
+
+        t = self.cfg["trainer"]
+        hooks: list[Any] = [Validator(self._validate, t["val_every"], self._done)] if self.val_loader else []
+        hooks.append(Checkpointer(self._save, t["checkpoint_every"], self._emit))
+        if t["early_stop_patience"]:
+            hooks.append(EarlyStopping(t["early_stop_patience"]))
+        hooks += [RunFiles(), ProgressBar(t["progress"])] + ([self.ema] if self.ema else [])
+        specs = self.cfg["callbacks"] or []
+        hooks += [CALLBACKS.build(spec, key=f"callbacks[{i}]", task=self.task.scopes()) for i, spec in enumerate(specs)]
+        return CallbackList([*hooks, *self.callbacks])
 
     def _build_loaders(self) -> None:
         d, t = self.cfg["data"], self.cfg["trainer"]
@@ -138,13 +160,13 @@ class Trainer:
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "horizon": self.horizon,
             "scaler": self.scaler.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema": self.ema.model.state_dict() if self.ema is not None else None,
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "best_value": self.best_value,
             "best_metrics": self.best_metrics,
-            "rounds_without_gain": self.rounds_without_gain,
+            "callbacks": self.hooks.state_dict(),
             "task": self.task.state_dict(),
             "rng": rng_state(),
             "config": self.cfg,
@@ -152,13 +174,17 @@ class Trainer:
             "format": 2,
         }
 
-    def _save(self, best: bool = False) -> None:
+    def _save(self, best: bool = False) -> list[Path]:
+        """Write last.pt (and best.pt) on rank 0; return the paths written."""
         if not dist.is_main():
-            return
+            return []
         state = self._state()
-        save_atomic(state, self.run_dir / "checkpoints" / "last.pt")
-        if best:
-            save_atomic(state, self.run_dir / "checkpoints" / "best.pt")
+        paths = [self.run_dir / "checkpoints" / "last.pt"] + (
+            [self.run_dir / "checkpoints" / "best.pt"] if best else []
+        )
+        for path in paths:
+            save_atomic(state, path)
+        return paths
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.module.load_state_dict(ckpt["model"])
@@ -176,41 +202,48 @@ class Trainer:
                     self.schedulers[name].step()
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and ckpt.get("ema"):
-            self.ema.load_state_dict(ckpt["ema"])
+            self.ema.model.load_state_dict(ckpt["ema"])
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         self.best_value, self.best_metrics = ckpt["best_value"], ckpt["best_metrics"]
-        self.rounds_without_gain = ckpt["rounds_without_gain"]
+        self.hooks.load_state_dict(ckpt.get("callbacks") or {})
         self.task.load_state_dict(ckpt.get("task") or {})
         set_rng_state(ckpt["rng"])
         self._print(f"resumed from {self.resume} at epoch {self.epoch}, step {self.step}")
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> RunResult:
-        """Train until `trainer.epochs`, `trainer.max_steps` or early stopping; return the result."""
+        """Train until `trainer.epochs`, `trainer.max_steps` or a callback stops the run; return the result."""
         start = time.perf_counter()
         try:
             self._setup()
             self._print(f"run dir: {self.run_dir}  device: {self.device}  precision: {self.precision}")
-            t = self.cfg["trainer"]
-            stop = self._done()
-            while not stop:
-                finished_epoch = self._train_epoch()
-                if not finished_epoch:  # max_steps reached part-way through an epoch
-                    self._save()
-                    if self.val_loader is not None:
-                        self._validate_and_track()
-                    break
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                stop = self._done()
-                if self.val_loader is not None and (self.epoch % t["val_every"] == 0 or stop):
-                    stop = self._validate_and_track() or stop
-                else:
-                    self._save()
+            self._emit("on_fit_start", self.state)
+            while not self._done() and not self.state.stop:
+                self._emit("on_epoch_start", self.state)
+                if self._train_epoch():
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                self._sync_state()
+                self._emit("on_epoch_end", self.state)  # validation and checkpoints are callbacks here
+            if self.state.stop_reason:
+                self._print(self.state.stop_reason)
             return self._finish(time.perf_counter() - start)
+        except BaseException as error:
+            if hasattr(self, "hooks"):
+                self._emit("on_exception", self.state, error)
+            raise
         finally:
             if self.owns_process_group:  # leave a process group the caller opened alone
                 dist.destroy_process_group()
+
+    def _emit(self, event: str, *args: Any) -> None:
+        self.hooks.emit(event, *args)
+
+    def _sync_state(self) -> None:
+        """Copy the loop counters into the state callbacks see."""
+        s = self.state
+        s.step, s.epoch, s.batch_in_epoch = self.step, self.epoch, self.batch_in_epoch
+        s.best_value, s.best_metrics = self.best_value, self.best_metrics
 
     def _done(self) -> bool:
         t = self.cfg["trainer"]
@@ -223,14 +256,12 @@ class Trainer:
         n_batches = len(self.sampler)
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
         self.module.train()
-        bar = self._progress(n_batches)
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count, self.tick, self.seen = 0, time.perf_counter(), 0
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         skipped: set[str] = set()  # optimizers whose training_step returned None in this update
-        tick, seen = time.perf_counter(), 0
         ctx = StepContext(self.model, self.module, self.device, autocast=self.autocast)
-        multi = len(self.groups) > 1
+        multi, state = len(self.groups) > 1, self.state
         for batch in self.train_loader:
             self.batch_in_epoch += 1
             is_update = self.batch_in_epoch % accumulate == 0 or self.batch_in_epoch == n_batches
@@ -252,54 +283,52 @@ class Trainer:
                     loss = out["loss"]
                     self.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
                 finite &= torch.isfinite(loss.detach())
-                for key, value in out.items():
-                    value = value.detach().float()
-                    prefix = f"{name}/" if multi and key == "loss" else ""
-                    sums[prefix + key] = sums[prefix + key] + value if prefix + key in sums else value
+                self._accumulate_logs(out, name if multi else None)
                 if multi and is_update and name not in skipped:
                     if not bool(finite):
                         break
                     self._step_optimizer(name)  # alternate: the next group trains against these new weights
-            count += 1
-            seen += 1
+            self.count += 1
+            self.seen += 1
             self.batches_seen += 1
-            if bar is not None:
-                bar.update(1)
-            if not is_update:
-                continue
-            if multi:
-                self._toggle(None)
-            if skipped and (not multi or skipped >= set(self.groups)):
-                for opt in self.optimizers.values():  # a skipped step leaves weights, state, schedule and step alone
-                    opt.zero_grad(set_to_none=True)
-                skipped = set()
-                finite = torch.ones((), dtype=torch.bool, device=self.device)
-                continue
-            skipped = set()
-            if not bool(finite):
-                self._skip_update()
-                finite = torch.ones((), dtype=torch.bool, device=self.device)
-                continue
-            self.bad_steps = 0
-            if not multi:
-                self._step_optimizer("main" if "main" in self.optimizers else next(iter(self.optimizers)))
-            self._finish_update()
-            if self.step % t["log_every"] == 0 or (max_steps is not None and self.step >= max_steps):
-                now = time.perf_counter()
-                rate = seen * self.cfg["data"]["batch_size"] * dist.world_size() / max(now - tick, 1e-9)
-                self._log_train(sums, count, rate, bar)
-                sums, count, tick, seen = {}, 0, now, 0
-            if t["checkpoint_every"] and self.step % t["checkpoint_every"] == 0:
-                self._save()
-            if max_steps is not None and self.step >= max_steps:
-                if bar is not None:
-                    bar.close()
+            updated = False
+            if is_update:
+                if multi:
+                    self._toggle(None)
+                updated = self._update(skipped, finite, multi)
+                skipped, finite = set(), torch.ones((), dtype=torch.bool, device=self.device)
+            state.step, state.batch_in_epoch, state.updated = self.step, self.batch_in_epoch, updated
+            if updated and (self.step % t["log_every"] == 0 or (max_steps is not None and self.step >= max_steps)):
+                self._log_train(rate=True)
+            self._emit("on_batch_end", state)
+            if updated and max_steps is not None and self.step >= max_steps:
                 return self.batch_in_epoch >= n_batches
-        if bar is not None:
-            bar.close()
-        if count:
-            self._log_train(sums, count, None, None)
+        if self.count:
+            self._log_train(rate=False)
         return True
+
+    def _update(self, skipped: set[str], finite: torch.Tensor, multi: bool) -> bool:
+        """End an update: step the optimizer(s) unless every step was skipped or the loss was not finite."""
+        if skipped and (not multi or skipped >= set(self.groups)):
+            for opt in self.optimizers.values():  # a skipped step leaves weights, state, schedule and step alone
+                opt.zero_grad(set_to_none=True)
+            return False
+        if not bool(finite):
+            self._skip_update()
+            return False
+        self.bad_steps = 0
+        if not multi:
+            self._step_optimizer("main" if "main" in self.optimizers else next(iter(self.optimizers)))
+        self.scaler.update()
+        self.step += 1
+        return True
+
+    def _accumulate_logs(self, out: dict[str, torch.Tensor], optimizer: str | None) -> None:
+        """Add a step's named losses to the sums averaged at the next log (no host sync)."""
+        for key, value in out.items():
+            key = f"{optimizer}/{key}" if optimizer and key == "loss" else key
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
 
     def _step_optimizer(self, name: str) -> None:
         """Unscale, clip and step one optimizer and its schedule, then clear its gradients."""
@@ -310,13 +339,6 @@ class Trainer:
         self.scaler.step(opt)
         self.schedulers[name].step()
         opt.zero_grad(set_to_none=True)
-
-    def _finish_update(self) -> None:
-        """After every optimizer of this update stepped: scaler, EMA and the step counter."""
-        self.scaler.update()
-        if self.ema is not None:
-            self.ema.update_parameters(self.module)
-        self.step += 1
 
     def _skip_update(self) -> None:
         for opt in self.optimizers.values():
@@ -337,104 +359,52 @@ class Trainer:
                 p.requires_grad_(flag)
 
     # -- validation -----------------------------------------------------------------------------
-    def _validate_and_track(self) -> bool:
-        """Validate, keep best/last checkpoints, and return True when early stopping triggers."""
+    def _validate(self) -> None:
+        """Validate (EMA weights when kept), track the best value, draw the task's pictures, emit the event."""
         t0 = time.perf_counter()
         saved_rng = rng_state()  # validation must not change the training trajectory
+        eval_model = self.ema.model.module if self.ema is not None else self.module
         if dist.is_distributed():  # every rank validates with rank 0's buffers (BatchNorm statistics)
-            for module in (self.module, self.ema.module if self.ema is not None else None):
-                for buffer in module.buffers() if module is not None else ():
+            for module in {id(m): m for m in (self.module, eval_model)}.values():
+                for buffer in module.buffers():
                     torch.distributed.broadcast(buffer, 0)
-        eval_model = self.ema.module if self.ema is not None else self.module
+        ctx = StepContext(eval_model, eval_model, self.device, step=self.step, epoch=self.epoch, autocast=self.autocast)
         metrics, self.last_extras = run_validation(
-            self.task,
-            eval_model,
-            self.val_loader,
-            self.device,
-            self.autocast,
-            StepContext(eval_model, eval_model, self.device, step=self.step, epoch=self.epoch, autocast=self.autocast),
-            self.evaluator,
+            self.task, eval_model, self.val_loader, self.device, self.autocast, ctx, self.evaluator
         )
-        set_rng_state(saved_rng)
-        self.last_metrics = metrics
-        monitor, mode = self.monitor, self.monitor_mode
-        if monitor not in metrics:
+        if self.monitor not in metrics:
             raise VisionkitError(
-                f"The monitored metric '{monitor}' is not among this run's validation metrics "
+                f"The monitored metric '{self.monitor}' is not among this run's validation metrics "
                 f"({', '.join(metrics) or 'none'}). Set trainer.monitor to one of them, or add the metric to 'metrics'."
             )
-        value = metrics.get(monitor)
-        improved = value is not None and (
-            self.best_value is None or (value > self.best_value if mode == "max" else value < self.best_value)
-        )
+        value = metrics[self.monitor]
+        best = self.best_value
+        improved = best is None or (value > best if self.monitor_mode == "max" else value < best)
         if improved:
-            self.best_value, self.best_metrics, self.rounds_without_gain = value, dict(metrics), 0
-        else:
-            self.rounds_without_gain += 1
-        self._save(best=improved)
-        record = {"step": self.step, "epoch": self.epoch, **metrics}
-        self.report.log(record)
+            self.best_value, self.best_metrics = value, dict(metrics)
+        self.last_metrics = metrics
         if dist.is_main():
-            ctx = StepContext(
-                eval_model, eval_model, self.device, step=self.step, epoch=self.epoch, autocast=self.autocast
-            )
-            saved_rng = rng_state()
             self.task.on_validation_end(ctx, self.val_set, self.run_dir, self.epoch, {**metrics, **self.last_extras})
-            set_rng_state(saved_rng)
-            self.report.curves()
-            self._print(
-                epoch_line(
-                    self.epoch,
-                    self.cfg["trainer"]["epochs"],
-                    self.step,
-                    self._last_loss,
-                    metrics,
-                    self.best_value,
-                    time.perf_counter() - t0,
-                )
-            )
-        for cb in self.callbacks:
-            if hasattr(cb, "on_validation_end"):
-                cb.on_validation_end(record)
-        patience = self.cfg["trainer"]["early_stop_patience"]
-        if patience and self.rounds_without_gain >= patience:
-            self._print(f"early stop: {monitor} has not improved for {patience} validation rounds")
-            return True
-        return False
+        set_rng_state(saved_rng)
+        self._sync_state()
+        self.state.metrics, self.state.improved = metrics, improved
+        self.validation_seconds = time.perf_counter() - t0
+        self._emit("on_validation_end", self.state, {"step": self.step, "epoch": self.epoch, **metrics})
 
     # -- output ---------------------------------------------------------------------------------
-    _last_loss: dict[str, float] = {}
-
-    def _log_train(self, sums: dict[str, torch.Tensor], count: int, rate: float | None, bar: Any) -> None:
-        values = {f"train/{k}": float(v) / max(count, 1) for k, v in sums.items()}
+    def _log_train(self, rate: bool) -> None:
+        """Average the summed losses since the last log into a record for the `on_log` callbacks."""
+        values = {f"train/{k}": float(v) / max(self.count, 1) for k, v in self.sums.items()}
         lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]
-        self._last_loss = {k: v for k, v in values.items() if k.endswith("loss")}
+        self.state.last_loss = {k: v for k, v in values.items() if k.endswith("loss")}
         record = {"step": self.step, "epoch": self.epoch, **values, "lr": lr}
-        if rate is not None:
-            record["images_per_s"] = round(rate, 1)
-        self.report.log(record)
-        if bar is not None:
-            shown = {k.removeprefix("train/").replace("/", "_"): f"{v:.4f}" for k, v in self._last_loss.items()}
-            bar.set_postfix(**shown, lr=f"{lr:.2e}", img_s=f"{rate:.0f}" if rate else "-", refresh=False)
-        for cb in self.callbacks:
-            if hasattr(cb, "on_log"):
-                cb.on_log(record)
-
-    def _progress(self, total: int) -> Any:
-        progress = self.cfg["trainer"]["progress"]
-        if not dist.is_main() or not progress or (progress is True and not sys.stderr.isatty()):
-            return None  # logs and pipes get the per-epoch summary lines only
-        from tqdm import tqdm
-
-        return tqdm(
-            total=total,
-            initial=self.batch_in_epoch,
-            desc=f"epoch {self.epoch + 1}",
-            leave=False,
-            mininterval=0.5,
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
+        if rate:
+            now = time.perf_counter()
+            images = self.seen * self.cfg["data"]["batch_size"] * dist.world_size()
+            record["images_per_s"] = round(images / max(now - self.tick, 1e-9), 1)
+            self.tick = now
+        self.sums, self.count, self.seen = {}, 0, 0
+        self._emit("on_log", self.state, record)
 
     def _print(self, message: str) -> None:
         if dist.is_main():
@@ -444,6 +414,7 @@ class Trainer:
         ranks = dist.all_gather_objects({"rank": dist.rank(), "batches": self.batches_seen})
         ckpt_dir = self.run_dir / "checkpoints"
         best_ckpt = ckpt_dir / "best.pt"
+        self._sync_state()
         if dist.is_main() and not best_ckpt.exists() and (ckpt_dir / "last.pt").exists():
             shutil.copyfile(ckpt_dir / "last.pt", best_ckpt)  # no validation ran: last is the best we have
         summary = {
@@ -465,8 +436,6 @@ class Trainer:
             "data": self.facts.to_dict(),
             **self.last_extras,
         }
-        self.report.summary(summary)
-        self.report.curves()
-        self.report.close()
+        self._emit("on_fit_end", self.state, summary)
         self._print(f"done in {seconds:.1f}s; results in {self.run_dir}")
         return RunResult(self.run_dir, self.last_metrics, self.best_metrics, best_ckpt, summary)

@@ -70,8 +70,9 @@ class Task:
 
     # -- config ---------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Check component specs (model, datasets, loss, metrics) before anything is built; raise ConfigError."""
-        from visionkit.registry import DATASETS, LOSSES, METRICS, MODELS
+        """Check component specs (model, datasets, loss, metrics, callbacks) before anything is built."""
+        from visionkit.errors import ConfigError
+        from visionkit.registry import CALLBACKS, DATASETS, LOSSES, METRICS, MODELS
 
         cfg = self.cfg
         # Facts are known only once the data is read: stand-ins let builders that require them pass the check.
@@ -89,6 +90,10 @@ class Task:
                 k: v if v is not None else "<from the data>" for k, v in self.metric_defaults(self.facts).items()
             }
             check_spec(METRICS, spec, f"metrics[{i}]", offered, self.scopes())
+        if not isinstance(cfg.get("callbacks") or [], list):
+            raise ConfigError(f"'callbacks' must be a list of {{name: ...}} entries, got {cfg['callbacks']!r}.")
+        for i, spec in enumerate(cfg.get("callbacks") or []):
+            check_spec(CALLBACKS, spec, f"callbacks[{i}]", {}, self.scopes())
 
     def model_defaults(self, facts: DataFacts) -> dict[str, Any]:
         """Keyword arguments offered to every model builder: the data facts (override to add or rename)."""
