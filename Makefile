@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check visionkit tools tests plugins benchmarks
 
 bench: $(STAMP)
+	$(PY) -c "import lightning" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/trainer_overhead.py
 
 clean:

@@ -1,8 +1,9 @@
-"""Time the visionkit trainer against a hand-written PyTorch loop on the same model and data.
+"""Time the visionkit trainer against a hand-written PyTorch loop (and Lightning) on the same model and data.
 
 Each side runs N1 and N2 optimizer steps in this process; the per-step time is
 (T(N2) - T(N1)) / (N2 - N1), which cancels set-up costs (building data, model, workers).
-The trainer runs with its progress bar forced on and logging every 20 steps.
+The trainer runs with its progress bar forced on and logging every 20 steps. When `lightning` is
+installed it is timed too, two ways: barebones, and with its progress bar, logger and checkpointing.
 Usage: python benchmarks/trainer_overhead.py [--repeats 3] [--out FILE.json]
 """
 
@@ -63,15 +64,20 @@ def time_trainer(model: dict, size: int, batch: int, steps: int) -> float:
         return time.perf_counter() - start
 
 
-def time_hand_loop(model_spec: dict, size: int, batch: int, steps: int) -> float:
-    """Wall time of a plain PyTorch loop: same dataset class, model, optimizer and loss."""
-    start = time.perf_counter()
+def _parts(model_spec: dict, size: int, batch: int) -> tuple:
+    """The same dataset loader, model and loss the trainer builds."""
     torch.manual_seed(0)
     dataset = DATASETS.build({"name": "digits"}, task="cls", split="train", image_size=size, transforms=[])
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0)
     model: nn.Module = MODELS.build(model_spec, task="cls", num_classes=10, in_chans=1, image_size=size)
+    return loader, model, LOSSES.build("cross_entropy", task="cls")
+
+
+def time_hand_loop(model_spec: dict, size: int, batch: int, steps: int) -> float:
+    """Wall time of a plain PyTorch loop: same dataset class, model, optimizer and loss."""
+    start = time.perf_counter()
+    loader, model, loss_fn = _parts(model_spec, size, batch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss_fn = LOSSES.build("cross_entropy", task="cls")
     model.train()
     done = 0
     while done < steps:
@@ -84,6 +90,38 @@ def time_hand_loop(model_spec: dict, size: int, batch: int, steps: int) -> float
             if done == steps:
                 break
     return time.perf_counter() - start
+
+
+def time_lightning(model_spec: dict, size: int, batch: int, steps: int, full: bool = False) -> float:
+    """Wall time of lightning.Trainer.fit: barebones, or (full) with progress bar, CSV logger and checkpoints."""
+    import lightning as L
+
+    class Module(L.LightningModule):
+        def __init__(self, net: nn.Module, loss_fn: nn.Module) -> None:
+            super().__init__()
+            self.net, self.loss_fn = net, loss_fn
+
+        def training_step(self, batch: tuple, index: int) -> torch.Tensor:
+            images, labels = batch
+            loss = self.loss_fn(self.net(images), labels)
+            if full:
+                self.log("train/loss", loss, prog_bar=True)
+            return loss
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = io.StringIO()
+        start = time.perf_counter()
+        with redirect_stdout(sink), redirect_stderr(sink):
+            loader, model, loss_fn = _parts(model_spec, size, batch)
+            options = dict(barebones=True) if not full else dict(log_every_n_steps=20, enable_model_summary=False)
+            trainer = L.Trainer(
+                accelerator="cpu", devices=1, max_steps=steps, default_root_dir=tmp, num_sanity_val_steps=0, **options
+            )
+            trainer.fit(Module(model, loss_fn), loader)
+        return time.perf_counter() - start
 
 
 def per_step(fn, spec: tuple, repeats: int) -> list[float]:  # noqa: ANN001
@@ -108,26 +146,30 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cases": {},
     }
+    try:
+        import lightning  # noqa: F401
+
+        sides = {"hand": time_hand_loop, "trainer": time_trainer, "lightning": time_lightning}
+        sides["lightning_full"] = lambda *a: time_lightning(*a, full=True)
+    except ImportError:
+        sides = {"hand": time_hand_loop, "trainer": time_trainer}
+        print("lightning is not installed: timing the hand loop and the trainer only", flush=True)
     for name in args.cases:
         spec = CASES[name]
-        hand, trainer = [], []
-        for _ in range(args.repeats):  # interleave so drifting machine load hits both sides alike
-            hand += per_step(time_hand_loop, spec, 1)
-            trainer += per_step(time_trainer, spec, 1)
-        h, t = statistics.median(hand), statistics.median(trainer)
+        runs: dict[str, list[float]] = {side: [] for side in sides}
+        for _ in range(args.repeats):  # interleave so drifting machine load hits every side alike
+            for side, fn in sides.items():
+                runs[side] += per_step(fn, spec, 1)
+        med = {side: statistics.median(values) for side, values in runs.items()}
+        h = med["hand"]
         results["cases"][name] = {
-            "hand_ms_per_step": round(h * 1e3, 3),
-            "trainer_ms_per_step": round(t * 1e3, 3),
-            "added_ms_per_step": round((t - h) * 1e3, 3),
-            "added_percent": round((t - h) / h * 100, 2),
-            "runs_hand_ms": [round(x * 1e3, 3) for x in hand],
-            "runs_trainer_ms": [round(x * 1e3, 3) for x in trainer],
+            **{f"{side}_ms_per_step": round(m * 1e3, 3) for side, m in med.items()},
+            **{f"{side}_added_ms_per_step": round((m - h) * 1e3, 3) for side, m in med.items() if side != "hand"},
+            "trainer_added_percent": round((med["trainer"] - h) / h * 100, 2),
+            **{f"runs_{side}_ms": [round(x * 1e3, 3) for x in values] for side, values in runs.items()},
         }
-        print(
-            f"{name:10s} hand {h * 1e3:8.3f} ms/step   trainer {t * 1e3:8.3f} ms/step   "
-            f"added {(t - h) * 1e3:+.3f} ms ({(t - h) / h * 100:+.2f}%)",
-            flush=True,
-        )
+        shown = "   ".join(f"{side} {m * 1e3:8.3f} ms ({(m - h) * 1e3:+.3f})" for side, m in med.items())
+        print(f"{name:10s} {shown}", flush=True)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -57,12 +57,13 @@ class RunReport:
         """Draw training loss and the monitored validation metric against optimizer steps."""
         if not self.enabled or not (self.train or self.val):
             return
-        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        # A figure with its own Agg canvas: no pyplot state, the process's backend is left alone.
+        fig = Figure(figsize=(10, 3.6))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, 2)
         for key, points in self.train.items():
             axes[0].plot(*zip(*points), lw=1, label=key)
         if len(self.train) > 1:
@@ -75,7 +76,6 @@ class RunReport:
             ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(self.run_dir / "curves.png", dpi=90)
-        plt.close(fig)
 
     def summary(self, data: dict[str, Any]) -> None:
         """Write summary.json."""
