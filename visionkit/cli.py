@@ -46,7 +46,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     """`tools/train.py`: train a task from its default config or a YAML file, with key=value overrides."""
     p = argparse.ArgumentParser(prog="train.py", description="Train a visionkit model.")
     p.add_argument("--task", help="task name or alias (cls, seg, det, gen, or a plugin's task)")
-    p.add_argument("--config", help="YAML config (default: configs/<task>/default.yaml)")
+    p.add_argument("--config", help="YAML config (default: the task's packaged visionkit/configs/<task>/default.yaml)")
     p.add_argument("--work-dir", help="run directory (default: runs/<task>/<timestamp>)")
     p.add_argument("--resume", help="'auto' (latest last.pt of the run dir/task) or a checkpoint path")
     p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")

@@ -85,3 +85,27 @@ def test_skipped_step_changes_nothing(tmp_path: Path) -> None:
     assert b["schedulers"]["main"]["last_epoch"] == a["schedulers"]["main"]["last_epoch"] == 1
     sa, sb = a["optimizers"]["main"]["state"], b["optimizers"]["main"]["state"]
     assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) and int(sb[i]["step"]) == 1 for i in sa)
+
+
+def test_compute_twice_under_torchrun_gives_the_same_numbers(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "scores.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    done = subprocess.run(
+        [*cmd, str(ROOT / "tests/engine/dist_evaluator.py"), str(out)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    scores = json.loads(out.read_text())
+    assert scores["first"] == scores["again"]
+    torch.manual_seed(0)
+    logits, target, losses = torch.randn(10, 3), torch.randint(0, 3, (10,)), torch.rand(10)
+    scalars, extras = scores["first"]
+    assert scalars["val/count"] == 10  # both ranks' samples, counted once
+    assert scalars["val/acc"] == pytest.approx(float((logits.argmax(1) == target).float().mean()))
+    assert scalars["val/loss"] == pytest.approx(float(losses.mean()), rel=1e-6)  # per-sample mean across ranks
