@@ -205,7 +205,8 @@ class Trainer:
             self.ema.model.load_state_dict(ckpt["ema"])
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         self.best_value, self.best_metrics = ckpt["best_value"], ckpt["best_metrics"]
-        self.hooks.load_state_dict(ckpt.get("callbacks") or {})
+        legacy = {"EarlyStopping": {"rounds_without_gain": ckpt.get("rounds_without_gain", 0)}}  # format 1
+        self.hooks.load_state_dict(ckpt.get("callbacks", legacy))
         self.task.load_state_dict(ckpt.get("task") or {})
         set_rng_state(ckpt["rng"])
         self._print(f"resumed from {self.resume} at epoch {self.epoch}, step {self.step}")
