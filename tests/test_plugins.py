@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import TINY_DATA, run_tool
-from visionkit.registry import DATASETS, MODELS
+from visionkit import plugins
+from visionkit.errors import PluginError
+from visionkit.registry import DATASETS, LOSSES, MODELS, TASKS
+from visionkit.tasks.segmentation.losses import CrossEntropyLoss
 
 
 def test_installed_example_plugin_is_discovered_with_its_origin() -> None:
@@ -57,3 +64,60 @@ def test_broken_installed_plugin_names_distribution_entry_point_and_error(tmp_pa
     for part in ("broken-vk-plugin", "'broken'", "broken_vk", "RuntimeError: boom at import"):
         assert part in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+HALF_BROKEN = textwrap.dedent("""
+    from visionkit.registry import DATASETS, LOSSES, MODELS, TASKS
+
+    @MODELS.register("{prefix}_model", task="classification", aliases=["{prefix}_alias"])
+    def model(num_classes: int) -> None:
+        return None
+
+    LOSSES.register("ce_override", lambda: None, task="segmentation", aliases=["ce"], override=True)
+    MODELS.register_namespace("{prefix}", lambda name: None)
+    TASKS.register("{prefix}_task", object)
+
+    def setup() -> None:
+        DATASETS.register("{prefix}_data", lambda: None, task="classification")
+        raise RuntimeError("boom in setup")
+
+    if {fail_at_import}:
+        raise RuntimeError("boom at import")
+""")
+
+
+def _half_broken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, fail_at_import: bool) -> None:
+    MODELS.names()  # built-ins and installed plugins first, so only the broken module's import is measured
+    source = HALF_BROKEN.replace("{prefix}", module).replace("{fail_at_import}", str(fail_at_import))
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def _assert_nothing_left(module: str) -> None:
+    assert f"{module}_model" not in MODELS and f"{module}_alias" not in MODELS
+    assert f"{module}_data" not in DATASETS
+    assert not any(e.name == f"{module}/*" for e in MODELS.entries()) and f"{module}_task" not in TASKS
+    assert LOSSES.get("ce", "segmentation") is CrossEntropyLoss  # the override was undone
+    assert module not in sys.modules
+
+
+@pytest.mark.parametrize(
+    ("spec_suffix", "fail_at_import", "message"), [("", True, "boom at import"), (":setup", False, "boom in setup")]
+)
+def test_plugin_failing_half_way_leaves_no_registrations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec_suffix: str, fail_at_import: bool, message: str
+) -> None:
+    module = f"vk_half_broken_{'import' if fail_at_import else 'setup'}"
+    _half_broken(tmp_path, monkeypatch, module, fail_at_import)
+    with pytest.raises(PluginError, match=rf"Plugin '{module}{spec_suffix}' failed to load: RuntimeError: {message}"):
+        plugins.import_plugin(module + spec_suffix)
+    _assert_nothing_left(module)
+
+
+def test_entry_point_failing_half_way_leaves_no_registrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = "vk_half_broken_ep"
+    _half_broken(tmp_path, monkeypatch, module, fail_at_import=False)
+    ep = EntryPoint("halfway", f"{module}:setup", plugins.GROUP)
+    with pytest.raises(PluginError, match=rf"Plugin 'halfway' = '{module}:setup' .*RuntimeError: boom in setup"):
+        plugins._load_entry_point(ep)
+    _assert_nothing_left(module)

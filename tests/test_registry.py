@@ -82,3 +82,27 @@ def test_timm_namespace_builds_any_timm_model() -> None:
     assert model.eval()(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
     with pytest.raises(ConfigError, match="timm has no model 'resnet181'"):
         MODELS.build({"name": "timm/resnet181"}, task="classification", num_classes=3)
+
+
+def test_register_rejects_unknown_keywords_naming_them() -> None:
+    reg = Registry("model")
+    with pytest.raises(ConfigError, match=r"unknown keyword 'tasks'.*Did you mean 'task'.*task=.*metadata="):
+        reg.register("x", lambda: 1, tasks="classification")
+    with pytest.raises(ConfigError, match=r"unknown keyword 'family'"):
+        reg.register("y", family="gan")  # decorator form: caught before anything is decorated
+    with pytest.raises(ConfigError, match=r"metadata= must be a mapping"):
+        reg.register("z", lambda: 1, metadata=["gan"])  # type: ignore[arg-type]
+    assert reg.names() == []
+
+
+def test_metadata_is_stored_per_entry_and_read_by_task() -> None:
+    reg = Registry("model")
+    reg.register("net", lambda: "g", task="generation", metadata={"family": "gan"}, aliases=["n"])
+    reg.register("net", lambda: "c", task="classification", metadata={"normalize": "imagenet"})
+    reg.register("plain", lambda: 1)
+    assert reg.entry("net", "generation").metadata == {"family": "gan"}
+    assert reg.metadata("n", "gen") == {"family": "gan"}
+    assert reg.metadata("net", "classification") == {"normalize": "imagenet"}
+    assert reg.metadata("plain") == {}
+    reg.metadata("net", "generation")["family"] = "diffusion"  # a copy: the registry is unchanged
+    assert reg.metadata("net", "generation") == {"family": "gan"}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
 
 from visionkit.errors import PluginError
@@ -19,6 +22,32 @@ BUILTIN_TASKS = (
 
 _state = {"loaded": False, "loading": False}
 _imported: list[str] = []
+
+
+def loading() -> bool:
+    """True while `load_plugins` is importing the built-in tasks and entry-point plugins."""
+    return _state["loading"]
+
+
+@contextmanager
+def _all_or_nothing(module_name: str) -> Iterator[None]:
+    """Import a plugin as a whole: if it raises, remove what it registered and forget the module.
+
+    The plugin module itself leaves `sys.modules` when this import added it (so a retry runs its
+    registrations again); modules it imported on the way stay, as Python leaves them.
+    """
+    from visionkit.registry import rollback_on_error
+
+    fresh = module_name not in sys.modules
+    imported = len(_imported)
+    try:
+        with rollback_on_error():
+            yield
+    except BaseException:
+        del _imported[imported:]  # plugins imported by the failing one lost their registrations too
+        if fresh:
+            sys.modules.pop(module_name, None)
+        raise
 
 
 def load_plugins() -> None:
@@ -40,9 +69,10 @@ def load_plugins() -> None:
 def _load_entry_point(ep: EntryPoint) -> None:
     dist = ep.dist.name if ep.dist is not None else "an unknown distribution"
     try:
-        target = ep.load()
-        if ":" in ep.value and callable(target):
-            target()
+        with _all_or_nothing(ep.module):
+            target = ep.load()
+            if ":" in ep.value and callable(target):
+                target()
     except Exception as exc:  # noqa: BLE001 - re-raised with the plugin named
         raise PluginError(
             f"Plugin '{ep.name}' = '{ep.value}' from distribution '{dist}' (entry-point group "
@@ -59,9 +89,10 @@ def import_plugin(spec: str) -> None:
         return
     module_name, _, func = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
-        if func:
-            getattr(module, func)()
+        with _all_or_nothing(module_name):
+            module = importlib.import_module(module_name)
+            if func:
+                getattr(module, func)()
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise PluginError(

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,14 +13,14 @@ from visionkit.errors import ConfigError, did_you_mean
 
 @dataclass
 class Entry:
-    """One registered component: the object, the tasks it serves and where it came from."""
+    """One registered component: the object, the tasks it serves, where it came from and its metadata."""
 
     name: str
     obj: Callable[..., Any]
     tasks: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
     module: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # per-component facts, e.g. {"family": "gan"}
 
     @property
     def origin(self) -> str:
@@ -28,6 +29,9 @@ class Entry:
         if top == "visionkit":
             return "built-in"
         return _distribution_of(top) or self.module
+
+
+_Tables = tuple[dict[str, list[Entry]], dict[str, list[Entry]], dict[str, Entry]]  # names, aliases, prefixes
 
 
 def _distribution_of(top_module: str) -> str | None:
@@ -40,14 +44,15 @@ def _distribution_of(top_module: str) -> str | None:
 class Registry:
     """A named table of builders with aliases, task filters, origins and checked keyword arguments.
 
-    One name may be registered once per task (e.g. a `cross_entropy` loss for classification and
-    another for segmentation); lookups then pass `task=` to choose. Entries without a task serve all.
+    One name or alias may be registered once per task (e.g. a `cross_entropy` loss with alias `ce` for
+    classification and another for segmentation); lookups then pass `task=` to choose. Entries without
+    a task serve all.
     """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, list[Entry]] = {}
-        self._aliases: dict[str, str] = {}
+        self._aliases: dict[str, list[Entry]] = {}  # an alias belongs to its entries, so it is task-scoped
         self._namespaces: dict[str, Entry] = {}
 
     # -- registration -------------------------------------------------------------------------
@@ -59,30 +64,45 @@ class Registry:
         task: str | Iterable[str] | None = None,
         aliases: Iterable[str] = (),
         override: bool = False,
-        **extra: Any,
+        metadata: Mapping[str, Any] | None = None,
+        **unexpected: Any,
     ) -> Any:
         """Register `obj` under `name`; without `obj`, return a decorator."""
+        if unexpected:
+            bad = next(iter(unexpected))
+            accepted = ["task", "aliases", "override", "metadata"]
+            raise ConfigError(
+                f"{self.kind} register({name!r}) got an unknown keyword '{bad}'.{did_you_mean(bad, accepted)} "
+                f"Accepted keywords: {', '.join(a + '=' for a in accepted)} (put per-component facts in metadata=)."
+            )
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise ConfigError(f"{self.kind} register({name!r}): metadata= must be a mapping, got {metadata!r}.")
 
         def add(target: Callable[..., Any]) -> Callable[..., Any]:
             key = name or getattr(target, "__name__", None)
             if not key:
                 raise ValueError(f"{self.kind}: a name is needed to register {target!r}")
             tasks = (task,) if isinstance(task, str) else tuple(task or ())
-            entry = Entry(key, target, tasks, tuple(aliases), getattr(target, "__module__", ""), extra)
-            clashes = [e for label in (key, *entry.aliases) for e in self._lookup(label) if _overlap(e, entry)]
-            clashes = [e for e in clashes if e.obj is not entry.obj]
-            if clashes and not override:
-                other = clashes[0]
+            module = getattr(target, "__module__", "")
+            entry = Entry(key, target, tasks, tuple(aliases), module, dict(metadata or {}))
+            clashes: list[tuple[str, Entry]] = []
+            for label in (key, *entry.aliases):
+                seen = [e for _, e in clashes]
+                clashes += [(label, e) for e in self._lookup(label) if _overlap(e, entry) and _absent(e, seen)]
+            others = [(label, e) for label, e in clashes if e.obj is not entry.obj]
+            if others and not override:
+                label, other = others[0]
                 raise ConfigError(
-                    f"{self.kind} name '{key}' is already registered by {other.module} ({other.origin}) for "
-                    f"task(s) {', '.join(other.tasks) or 'all'}; {entry.module} tried to register it again. "
+                    f"{self.kind} {'name' if label == key else 'alias'} '{label}' is already registered by "
+                    f"{other.module} ({other.origin}) for task(s) {', '.join(other.tasks) or 'all'}; "
+                    f"{entry.module} tried to register it again. "
                     "Pick another name, or pass override=True to replace it on purpose."
                 )
-            for old in clashes + [e for e in self._entries.get(key, []) if e.obj is entry.obj]:
+            for old in [e for _, e in clashes] + [e for e in self._entries.get(key, []) if e.obj is entry.obj]:
                 self._remove(old)
             self._entries.setdefault(key, []).append(entry)
             for alias in entry.aliases:
-                self._aliases[alias] = key
+                self._aliases.setdefault(alias, []).append(entry)
             return target
 
         return add(obj) if obj is not None else add
@@ -92,16 +112,33 @@ class Registry:
         self._namespaces[prefix] = Entry(prefix + "/*", builder, (task,) if task else (), (), builder.__module__)
 
     def _lookup(self, label: str) -> list[Entry]:
-        return list(self._entries.get(self._aliases.get(label, label), []))
+        """Entries named `label` and entries with the alias `label`, for every task."""
+        found = list(self._entries.get(label, []))
+        return found + [e for e in self._aliases.get(label, []) if _absent(e, found)]
 
     def _remove(self, entry: Entry) -> None:
-        group = self._entries.get(entry.name, [])
-        if entry in group:
-            group.remove(entry)
-        if not group:
-            self._entries.pop(entry.name, None)
-            for alias in entry.aliases:
-                self._aliases.pop(alias, None)
+        """Remove one entry with its own aliases (other entries sharing a name or alias stay)."""
+        for table, label in ((self._entries, entry.name), *((self._aliases, a) for a in entry.aliases)):
+            group = [e for e in table.get(label, []) if e is not entry]
+            if group:
+                table[label] = group
+            else:
+                table.pop(label, None)
+
+    def _save(self) -> _Tables:
+        """A copy of the tables, for `_restore`."""
+        return (
+            {k: list(v) for k, v in self._entries.items()},
+            {k: list(v) for k, v in self._aliases.items()},
+            dict(self._namespaces),
+        )
+
+    def _restore(self, saved: _Tables) -> None:
+        """Put back the tables copied by `_save`."""
+        entries, aliases, namespaces = saved
+        self._entries = {k: list(v) for k, v in entries.items()}
+        self._aliases = {k: list(v) for k, v in aliases.items()}
+        self._namespaces = dict(namespaces)
 
     # -- lookup -------------------------------------------------------------------------------
     def entry(self, name: str, task: str | Sequence[str] | None = None) -> Entry:
@@ -115,13 +152,13 @@ class Registry:
         if task is not None and not isinstance(task, str):
             scopes = [self._task_name(t) for t in task]
             for scope in scopes:
-                if any(not e.tasks or scope in e.tasks for e in self._lookup(name)):
+                if any(_serves(e, scope) for e in self._lookup(name)):
                     return self.entry(name, scope)
             task = scopes[0] if scopes else None
         task = self._task_name(task)
         found = self._lookup(name)
         if found:
-            fitting = [e for e in found if task is None or not e.tasks or task in e.tasks]
+            fitting = [e for e in found if _serves(e, task)]
             if len(fitting) == 1:
                 return fitting[0]
             if len(fitting) > 1:
@@ -137,7 +174,7 @@ class Registry:
         if rest and prefix in spaces:
             ns = spaces[prefix]
             return Entry(name, _bind_first(ns.obj, rest), ns.tasks, (), ns.module)
-        known = self.names(task) + [a for a, k in self._aliases.items() if k in self.names(task)]
+        known = self.names(task) + [a for a, group in self._aliases.items() if any(_serves(e, task) for e in group)]
         where = f" for task '{task}'" if task else ""
         raise ConfigError(
             f"Unknown {self.kind} '{name}'{where}.{did_you_mean(name, known)} "
@@ -147,14 +184,23 @@ class Registry:
         )
 
     def _task_name(self, task: str | None) -> str | None:
-        if task is None:
-            return None
-        if self is TASKS:
+        """The canonical task name for a task name or alias; a ConfigError for an unknown task."""
+        if task is None or self is TASKS:
             return task
-        try:
-            return TASKS.canonical(task)
-        except ConfigError:
-            return task
+        if not isinstance(task, str):
+            raise ConfigError(f"A {self.kind} lookup got task={task!r}; give a task name such as 'classification'.")
+        found = TASKS._lookup(task)
+        if found:
+            return found[0].name
+        from visionkit.plugins import loading
+
+        if loading():
+            return task  # a plugin imported during discovery may name a task registered later in the order
+        known = TASKS.names() + list(TASKS._aliases)
+        raise ConfigError(
+            f"Unknown task '{task}' in a {self.kind} lookup.{did_you_mean(task, known)} "
+            f"Known tasks: {', '.join(TASKS.names()) or '(none)'}."
+        )
 
     def get(self, name: str, task: str | Sequence[str] | None = None) -> Callable[..., Any]:
         """Return the registered object for a name or alias (choosing by task when names are shared)."""
@@ -176,11 +222,11 @@ class Registry:
 
         load_plugins()
         task = self._task_name(task)
-        return sorted(
-            n
-            for n, group in self._entries.items()
-            if any(task is None or not e.tasks or task in e.tasks for e in group)
-        )
+        return sorted(n for n, group in self._entries.items() if any(_serves(e, task) for e in group))
+
+    def metadata(self, name: str, task: str | Sequence[str] | None = None) -> dict[str, Any]:
+        """Return a copy of the metadata registered with a name or alias (an empty dict when none)."""
+        return dict(self.entry(name, task).metadata)
 
     def entries(self) -> list[Entry]:
         """Every entry, sorted by name (namespaces last)."""
@@ -208,6 +254,28 @@ class Registry:
 def _overlap(a: Entry, b: Entry) -> bool:
     """Two entries clash when they could serve the same task."""
     return not a.tasks or not b.tasks or bool(set(a.tasks) & set(b.tasks))
+
+
+def _serves(entry: Entry, task: str | None) -> bool:
+    """True when `entry` is usable for `task` (None: any task); entries without tasks serve every task."""
+    return task is None or not entry.tasks or task in entry.tasks
+
+
+def _absent(entry: Entry, entries: list[Entry]) -> bool:
+    """True when this very entry object is not in `entries` (entries compare by identity here)."""
+    return all(e is not entry for e in entries)
+
+
+@contextmanager
+def rollback_on_error() -> Iterator[None]:
+    """Undo every registration made inside the block when it raises (e.g. a plugin failing half-way)."""
+    saved = {kind: registry._save() for kind, registry in ALL.items()}
+    try:
+        yield
+    except BaseException:
+        for kind, registry in ALL.items():
+            registry._restore(saved[kind])
+        raise
 
 
 def _bind_first(fn: Callable[..., Any], first: str) -> Callable[..., Any]:
