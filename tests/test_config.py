@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -84,7 +86,10 @@ def test_resolved_config_is_written(tmp_path) -> None:
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
     assert saved["task"] == "classification"
     assert saved["trainer"]["max_steps"] == 1
-    assert saved["data"]["num_classes"] == 10 and saved["data"]["class_names"][3] == "3"
+    # The config is written as resolved from the user's files: data facts travel beside it, not inside it.
+    assert saved["data"]["num_classes"] is None and saved["data"]["class_names"] is None
+    facts = json.loads((result.run_dir / "summary.json").read_text())["data"]
+    assert facts["num_classes"] == 10 and facts["class_names"][3] == "3"
 
 
 def test_errors_raised_in_loader_workers_print_only_their_message() -> None:
