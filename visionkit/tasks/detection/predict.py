@@ -1,109 +1,94 @@
-"""Detection on image files: COCO results JSON, an image index JSON and pictures with drawn boxes."""
+"""Detection prediction helpers: COCO ids from an annotation file and the task-wide result files."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
-from torch import nn
-
-from visionkit.data import expand_images
-from visionkit.data.transforms import build_pipeline
-from visionkit.errors import ConfigError, DataError
+from visionkit.errors import DataError
 from visionkit.tasks.detection.coco import read_coco_json
-from visionkit.tasks.detection.evaluation import to_coco_results
-from visionkit.tasks.detection.visualize import draw_boxes
-
-if TYPE_CHECKING:
-    from visionkit.tasks.detection.task import DetectionTask
 
 OPTIONS = {"score_threshold": 0.3, "ann_file": None, "draw": True}
 
 
-def _ids_from_annotations(ann_file: str, files: list[Path], num_classes: int) -> tuple[dict[str, int], list[int]]:
-    """Image ids by file name and category ids (sorted, one per class) from a COCO annotation file."""
-    data = read_coco_json(ann_file, "predict option ann_file")
-    by_name = {Path(im["file_name"]).name: int(im["id"]) for im in data["images"]}
-    missing = [f.name for f in files if f.name not in by_name]
-    if missing:
-        raise DataError(f"ann_file '{ann_file}' has no image named {missing[:3]} ({len(missing)} input(s) unmatched).")
-    cats = sorted(int(c["id"]) for c in data["categories"])
-    if len(cats) != num_classes:
-        raise DataError(f"ann_file '{ann_file}' defines {len(cats)} categories but the model predicts {num_classes}.")
-    return by_name, cats
+class AnnotationIds:
+    """Image and category ids from a COCO annotation file: images by path, categories by class name."""
+
+    def __init__(self, ann_file: str, class_names: Sequence[str]) -> None:
+        self.ann_file = ann_file
+        data = read_coco_json(ann_file, "predict option ann_file")
+        by_name: dict[str, list[int]] = {}
+        for c in data["categories"]:
+            by_name.setdefault(str(c.get("name", c["id"])), []).append(int(c["id"]))
+        names = list(class_names)
+        if sorted(by_name) != sorted(names) or any(len(ids) > 1 for ids in by_name.values()):
+            listed = [str(c.get("name", c["id"])) for c in sorted(data["categories"], key=lambda c: int(c["id"]))]
+            raise DataError(
+                f"ann_file '{ann_file}' has categories {listed} but the model predicts the classes {names}; "
+                "categories are matched by name, so the two lists must hold the same names."
+            )
+        self.category_ids = [by_name[n][0] for n in names]  # label i -> the file's id of class name i
+        self.suffixes: dict[tuple[str, ...], list[int]] = {}
+        for im in data["images"]:
+            parts = tuple(p for p in PurePosixPath(str(im["file_name"]).replace("\\", "/")).parts if p not in ("", "."))
+            for k in range(1, len(parts) + 1):
+                self.suffixes.setdefault(parts[-k:], []).append(int(im["id"]))
+
+    def image_ids(self, inputs: Sequence[str]) -> list[int]:
+        """The id of each input: the annotation image whose file_name is the longest tail of its path."""
+        ids, owner = [], {}
+        for raw in inputs:
+            parts = Path(os.path.abspath(raw)).parts
+            found: list[int] = []
+            for k in range(len(parts), 0, -1):
+                found = sorted(set(self.suffixes.get(tuple(parts[-k:]), [])))
+                if found:
+                    break
+            if not found:
+                raise DataError(f"ann_file '{self.ann_file}' has no image matching '{raw}' (by path or file name).")
+            if len(found) > 1:
+                raise DataError(
+                    f"ann_file '{self.ann_file}': input '{raw}' matches {len(found)} images ({found[:5]}) by its "
+                    "file name; give the images' folder so their paths match the file_name entries."
+                )
+            if found[0] in owner:
+                raise DataError(
+                    f"ann_file '{self.ann_file}': inputs '{owner[found[0]]}' and '{raw}' both match image id "
+                    f"{found[0]}; predict them separately or use paths that match the file_name entries."
+                )
+            owner[found[0]] = raw
+            ids.append(found[0])
+        return ids
 
 
-def predict_images(
-    task: DetectionTask, model: nn.Module, inputs: list[Path], out_dir: Path, options: dict[str, Any]
+def write_results(
+    records: Sequence[dict[str, Any]],
+    detections: Sequence[list[tuple[int, float, list[float]]]],
+    image_ids: Sequence[int],
+    category_ids: Sequence[int],
+    class_names: Sequence[str],
+    out_dir: Path,
 ) -> dict[str, Any]:
-    """Run the detector on each file; write results.json, images.json and images/<name>.png; return a summary."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"Unknown predict option(s) {unknown}; detection accepts {', '.join(OPTIONS)}.")
-    opts = {**OPTIONS, **options}
-    files = expand_images(inputs)
-    names = task.class_names
-    category_ids = task.category_ids
-    image_ids = {f.name: i + 1 for i, f in enumerate(files)}
-    if opts["ann_file"]:
-        image_ids, category_ids = _ids_from_annotations(str(opts["ann_file"]), files, len(names))
-    transform = build_pipeline(task.cfg["data"]["val_transforms"], key="data.val_transforms")
-    device = next(model.parameters()).device
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "images").mkdir(exist_ok=True)
-    results: list[dict[str, Any]] = []
-    images, per_image = [], []
-    thresh = float(opts["score_threshold"])
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                pixels = np.array(im.convert("RGB"))
-        except OSError as exc:
-            raise DataError(f"Cannot read image '{path}': {exc}") from exc
-        height, width = pixels.shape[:2]
-        transformed = transform(image=pixels)["image"]
-        tensor = torch.as_tensor(np.ascontiguousarray(transformed)).permute(2, 0, 1)
-        tensor = tensor.float().div(255) if tensor.dtype == torch.uint8 else tensor.float()
-        with torch.no_grad():
-            output = model([tensor.to(device)])[0]
-        scale = (width / tensor.shape[-1], height / tensor.shape[-2])
-        image_id = image_ids[path.name]
-        found = to_coco_results(output, image_id, category_ids, scale)
-        results += found
-        images.append({"id": image_id, "file_name": str(path), "width": width, "height": height})
-        shown = [r for r in found if r["score"] >= thresh]
-        labels = [category_ids.index(r["category_id"]) for r in shown]
-        per_image.append(
-            {
-                "file": str(path),
-                "image_id": image_id,
-                "detections": [
-                    {
-                        "class": names[lab],
-                        "category_id": r["category_id"],
-                        "score": round(r["score"], 4),
-                        "bbox": [round(v, 2) for v in r["bbox"]],
-                    }
-                    for r, lab in zip(shown, labels, strict=True)
-                ],
-            }
+    """results.json (every detection, COCO results) and images.json (images and categories); return a summary."""
+    results, images = [], []
+    for record, found, image_id in zip(records, detections, image_ids, strict=True):
+        images.append(
+            {"id": image_id, "file_name": record["input"], "width": record["width"], "height": record["height"]}
         )
-        if opts["draw"]:
-            boxes = [[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in shown)]
-            drawn = draw_boxes(pixels, boxes, labels, [r["score"] for r in shown], names, min_side=0)
-            drawn.save(out_dir / "images" / f"{path.stem}.png")
+        results += [
+            {"image_id": image_id, "category_id": int(category_ids[label]), "bbox": bbox, "score": score}
+            for label, score, bbox in found
+        ]
     (out_dir / "results.json").write_text(json.dumps(results))
-    categories = [{"id": c, "name": n} for c, n in zip(category_ids, names, strict=True)]
+    categories = [{"id": int(c), "name": n} for c, n in zip(category_ids, class_names, strict=True)]
     (out_dir / "images.json").write_text(json.dumps({"images": images, "categories": categories}, indent=1))
     return {
         "results_file": str(out_dir / "results.json"),
         "images_file": str(out_dir / "images.json"),
-        "num_images": len(files),
+        "num_images": len(images),
         "num_detections": len(results),
-        "score_threshold": thresh,
-        "predictions": per_image,
+        "image_ids": {r["input"]: i for r, i in zip(records, image_ids, strict=True)},
     }

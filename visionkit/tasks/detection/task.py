@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
+from pycocotools.coco import COCO
 from torch import nn
 from torch.utils.data import Dataset
 
-from visionkit.engine.distributed import all_gather_objects
+from visionkit.data.facts import DataFacts, declared_facts, facts_of, resolve_facts
+from visionkit.engine.metrics import facts_kwargs
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
-from visionkit.tasks.detection.evaluation import STAT_NAMES, coco_evaluate, to_coco_results
+from visionkit.tasks.detection.metrics import coco_rows
+from visionkit.tasks.detection.predict import OPTIONS, AnnotationIds, write_results
 from visionkit.tasks.detection.visualize import draw_boxes, grid
 
 
@@ -48,15 +51,17 @@ class DetectionTask(Task):
             "category_ids": None,
             "min_visibility": 0.3,
         },
+        "metrics": ["coco_map"],
         "detection": {"num_samples": 8, "sample_score_thresh": 0.3},
     }
+    predict_options: ClassVar[dict[str, Any]] = dict(OPTIONS)
+    predict_stack = False  # detectors take lists of images of any size
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
         self._datasets: dict[str, Dataset] = {}
-        self._results: dict[int, list[dict[str, Any]]] = {}
-        self.last_stats: dict[str, float] = {}
-        self.last_per_class: dict[str, float | None] = {}
+        self._annotations: dict[str, AnnotationIds] = {}
+        self._found: list[list[tuple[int, float, list[float]]]] = []  # every detection of each predicted image
 
     # -- config ---------------------------------------------------------------------------------
     def validate(self) -> None:
@@ -85,24 +90,35 @@ class DetectionTask(Task):
             raise ConfigError(f"detection.sample_score_thresh must lie in [0, 1], got {opts['sample_score_thresh']!r}.")
         super().validate()
 
-    @property
-    def class_names(self) -> list[str]:
-        """Class names (config, else recorded from the data, else class_<i>)."""
-        names = self.cfg["data"]["class_names"]
-        n = self.cfg["data"]["num_classes"] or 0
-        return list(names) if names else [f"class_{i}" for i in range(n)]
-
-    @property
-    def category_ids(self) -> list[int]:
-        """Category id of each contiguous label (recorded from the data; 1..N by default)."""
-        ids = self.cfg["data"]["category_ids"]
-        return [int(i) for i in ids] if ids else list(range(1, len(self.class_names) + 1))
-
-    def model_defaults(self) -> dict[str, Any]:
-        """Model builders are offered num_classes (object classes, no background) and image_size."""
+    # -- data facts -----------------------------------------------------------------------------
+    def data_facts(self, train: Dataset | None, val: Dataset | None) -> DataFacts:
+        """Classes and category ids from the data (checked against data.num_classes / class_names), RGB input."""
         data = self.cfg["data"]
-        n = data["num_classes"] or (len(data["class_names"]) if data["class_names"] else None)
-        return {"num_classes": n, "image_size": data["image_size"]}
+        for split, dataset in (("train", train), ("val", val)):
+            names = list(getattr(dataset, "class_names", None) or [])
+            if data["num_classes"] is not None and names and len(names) != data["num_classes"]:
+                raise ConfigError(
+                    f"data.num_classes is {data['num_classes']} but data.{split} defines {len(names)} classes "
+                    f"({names[:10]}). Set data.num_classes: {len(names)} or null (null takes it from the data)."
+                )
+            if data["class_names"] is not None and names and list(data["class_names"]) != names:
+                raise ConfigError(
+                    f"data.class_names {data['class_names']} differ from the classes of data.{split}: {names}."
+                )
+        declared, found = declared_facts(data), facts_of(train)
+        if found.class_names:  # the data's own category ids, so predictions carry them
+            declared = declared.replace(category_ids=None)
+        facts = resolve_facts(declared, found, facts_of(val) if val is not None else None)
+        ids = facts.category_ids or (list(range(1, facts.num_classes + 1)) if facts.num_classes else None)
+        return facts.replace(category_ids=ids, channels=3, image_size=data["image_size"])
+
+    def category_ids(self) -> list[int]:
+        """Category id of each contiguous label (from the facts; 1..N when the data names none)."""
+        return list(self.facts.category_ids or range(1, len(self.facts.names) + 1))
+
+    def model_defaults(self, facts: DataFacts) -> dict[str, Any]:
+        """Model builders are offered the facts (num_classes: object classes, no background) and data.image_size."""
+        return {**facts_kwargs(facts), "image_size": self.cfg["data"]["image_size"]}
 
     def dataset_defaults(self, split: str) -> dict[str, Any]:
         """Dataset builders are offered the split, its transform list, min_visibility, classes and image size."""
@@ -118,35 +134,24 @@ class DetectionTask(Task):
             out["num_classes"] = data["num_classes"]
         return out
 
+    def metric_defaults(self, facts: DataFacts) -> dict[str, Any]:
+        """Metric builders are offered the facts and `ground_truth`: the validation data's COCO object, lazily."""
+        return {**facts_kwargs(facts), "ground_truth": self.ground_truth}
+
+    def ground_truth(self) -> COCO:
+        """The validation dataset's ground truth as a pycocotools COCO object."""
+        return self._val_dataset().coco
+
     # -- builders -------------------------------------------------------------------------------
     def build_dataset(self, split: str) -> Dataset:
-        """Build a split once; classes the data defines are recorded in the config (saved with checkpoints)."""
-        if split in self._datasets:
-            return self._datasets[split]
-        dataset = super().build_dataset(split)
-        data = self.cfg["data"]
-        names = list(getattr(dataset, "class_names", []) or [])
-        if data["num_classes"] is not None and names and len(names) != data["num_classes"]:
-            raise ConfigError(
-                f"data.num_classes is {data['num_classes']} but data.{split} defines {len(names)} classes "
-                f"({names[:10]}). Set data.num_classes: {len(names)} or null (null takes it from the data)."
-            )
-        if data["class_names"] is not None and names and list(data["class_names"]) != names:
-            raise ConfigError(
-                f"data.class_names {data['class_names']} differ from the classes of data.{split}: {names}."
-            )
-        if names:
-            data["num_classes"], data["class_names"] = len(names), names
-            data["category_ids"] = [int(c) for c in dataset.category_ids]  # so predictions carry the data's ids
-        self._datasets[split] = dataset
-        return dataset
+        """Build a split once (the metrics read the validation split's ground truth)."""
+        if split not in self._datasets:
+            self._datasets[split] = super().build_dataset(split)
+        return self._datasets[split]
 
-    def build_model(self) -> nn.Module:
-        """Build the detector; without data.num_classes the training data is read first to count classes."""
-        data = self.cfg["data"]
-        if data["num_classes"] is None and data["class_names"] is None and data.get("train") is not None:
-            self.build_dataset("train")
-        return super().build_model()
+    def _val_dataset(self) -> Any:
+        """The validation dataset (built by the core through build_dataset; built here if not)."""
+        return self.build_dataset("val")
 
     def collate(self, samples: list[Any]) -> Any:
         """Lists of images and of target dicts."""
@@ -160,48 +165,26 @@ class DetectionTask(Task):
         total = sum(losses.values())
         return {"loss": total, **{f"loss_{k.removeprefix('loss_')}": v.detach() for k, v in losses.items()}}
 
-    def reset_metrics(self) -> None:
-        """Forget the detections of the previous validation."""
-        self._results = {}
-
-    def _val_dataset(self) -> Any:
-        """The validation dataset (built by the trainer through build_dataset; built here if not)."""
-        return self._datasets["val"] if "val" in self._datasets else self.build_dataset("val")
-
-    def validation_step(self, batch: Any, ctx: StepContext) -> None:
-        """Detect and keep COCO results per image id, boxes mapped back to the annotated image size."""
+    def validation_step(self, batch: Any, ctx: StepContext) -> dict[str, Any]:
+        """Detect; per image its id and COCO rows (data's category ids, boxes in the annotated image's pixels)."""
         images, targets = batch
         outputs = ctx.model(images)
-        category_ids = self._val_dataset().category_ids
-        for image, target, output in zip(images, targets, outputs, strict=True):
-            image_id = int(target["image_id"])
-            self._results[image_id] = to_coco_results(output, image_id, category_ids, original_scale(image, target))
+        category_ids = torch.as_tensor(self._val_dataset().category_ids, dtype=torch.long)
+        rows = [
+            coco_rows(output, int(target["image_id"]), category_ids, original_scale(image, target))
+            for image, target, output in zip(images, targets, outputs, strict=True)
+        ]
+        return {"image_ids": [int(t["image_id"]) for t in targets], "detections": rows}
 
-    def compute_metrics(self) -> dict[str, float]:
-        """pycocotools COCOeval on the detections of every rank (each image once) over the images evaluated."""
-        merged: dict[int, list[dict[str, Any]]] = {}
-        for part in all_gather_objects(self._results):
-            merged.update(part)  # a distributed sampler may repeat images to even out ranks
-        dataset = self._val_dataset()
-        results = [r for image_id in sorted(merged) for r in merged[image_id]]
-        stats, per_class, _ = coco_evaluate(dataset.coco, results, image_ids=merged.keys())
-        names = dict(zip(dataset.category_ids, dataset.class_names, strict=True))
-        self.last_stats = stats
-        self.last_per_class = {names.get(c, str(c)): (None if math.isnan(ap) else ap) for c, ap in per_class.items()}
-        return {f"val/{k}": v for k, v in stats.items()}
-
-    def summary_extras(self) -> dict[str, Any]:
-        """Per-class AP table and the 12 COCO stats of the last validation."""
-        if not self.last_stats:
-            return {}
-        return {
-            "per_class_AP": self.last_per_class,
-            "coco_stats": {k: self.last_stats[k] for k in STAT_NAMES},
-        }
+    def batch_size(self, batch: Any) -> int:
+        """Images in a batch (a list)."""
+        return len(batch[0])
 
     # -- outputs --------------------------------------------------------------------------------
     @torch.no_grad()
-    def on_validation_end(self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int) -> None:
+    def on_validation_end(
+        self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int, results: dict[str, Any]
+    ) -> None:
         """Write samples/val_epochNNN.png: ground truth in green, predictions above the sample threshold."""
         opts = self.cfg["detection"]
         count = min(int(opts["num_samples"]), len(dataset))
@@ -223,7 +206,7 @@ class DetectionTask(Task):
                     output["boxes"][keep].float().cpu().numpy(),
                     output["labels"][keep].tolist(),
                     output["scores"][keep].float().tolist(),
-                    getattr(dataset, "class_names", None) or self.class_names,
+                    self.facts.names,
                     gt_boxes=target["boxes"].numpy(),
                 )
             )
@@ -232,10 +215,96 @@ class DetectionTask(Task):
         out.mkdir(parents=True, exist_ok=True)
         grid(drawn).save(out / f"val_epoch{epoch:03d}.png")
 
-    def predict_files(
-        self, model: nn.Module, inputs: list[Path], out_dir: Path, options: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Detect objects in image files: COCO results JSON, an image list JSON and drawn images in out_dir."""
-        from visionkit.tasks.detection.predict import predict_images
+    # -- prediction (the core Predictor walks, reads, batches and writes predictions.json) ------
+    def _annotation_ids(self, options: dict[str, Any]) -> AnnotationIds | None:
+        """The `ann_file` option's ids (read once per file; categories checked by name)."""
+        ann = options.get("ann_file")
+        if not ann:
+            return None
+        if str(ann) not in self._annotations:
+            self._annotations[str(ann)] = AnnotationIds(str(ann), self.facts.names)
+        return self._annotations[str(ann)]
 
-        return predict_images(self, model, inputs, Path(out_dir), options)
+    def _output_category_ids(self, options: dict[str, Any]) -> list[int]:
+        ann = self._annotation_ids(options)
+        return ann.category_ids if ann is not None else self.category_ids()
+
+    def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """`data.val_transforms`, then /255 (no normalisation: the detector normalises); with the original size."""
+        from visionkit.data.transforms import build_pipeline
+
+        self._annotation_ids(options)  # a bad ann_file stops before any image is predicted
+        if not hasattr(self, "_val_pipeline"):
+            self._val_pipeline = build_pipeline(self.cfg["data"].get("val_transforms"), key="data.val_transforms")
+        pixels = rgb(image)
+        transformed = self._val_pipeline(image=pixels)["image"]
+        tensor = torch.from_numpy(np.array(transformed)).permute(2, 0, 1)
+        tensor = tensor.float().div(255) if tensor.dtype == torch.uint8 else tensor.float()
+        return tensor, (pixels.shape[0], pixels.shape[1])
+
+    def predict_batch(self, model: nn.Module, inputs: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
+        """Detect on a list of any-size images (same-size ones together); boxes (x, y, w, h) in original pixels."""
+        device = next(model.parameters()).device
+        outputs: list[Any] = [None] * len(inputs)
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, (tensor, _) in enumerate(inputs):
+            by_shape.setdefault(tuple(tensor.shape), []).append(i)
+        for group in by_shape.values():  # one call per input size: no padding, so an image's result is its own
+            for i, output in zip(group, model([inputs[i][0].to(device) for i in group]), strict=True):
+                outputs[i] = output
+        labels = torch.arange(max(len(self.facts.names), 1))
+        found = []
+        for (tensor, (height, width)), output in zip(inputs, outputs, strict=True):
+            scale = (width / tensor.shape[-1], height / tensor.shape[-2])
+            rows = coco_rows({k: v.cpu() for k, v in output.items()}, 0, labels, scale)
+            found.append({"bbox": rows[:, 1:5], "scores": rows[:, 5], "labels": rows[:, 6].long()})
+        return found
+
+    def _shown(self, output: dict[str, Any], options: dict[str, Any]) -> list[tuple[int, float, list[float]]]:
+        """(label, score, bbox) of the detections at or above the score threshold."""
+        keep = output["scores"] >= float(options["score_threshold"])
+        return list(
+            zip(output["labels"][keep].tolist(), output["scores"][keep].tolist(), output["bbox"][keep].tolist())
+        )
+
+    def postprocess(self, output: dict[str, Any], image: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
+        """One image's record: its size and the detections above score_threshold (class, category id, score, box)."""
+        names, category_ids = self.facts.names, self._output_category_ids(options)
+        everything = zip(output["labels"].tolist(), output["scores"].tolist(), output["bbox"].tolist())
+        self._found.append(list(everything))  # results.json holds every detection
+        detections = [
+            {
+                "class": names[label],
+                "category_id": int(category_ids[label]),
+                "score": round(score, 4),
+                "bbox": [round(v, 2) for v in bbox],
+            }
+            for label, score, bbox in self._shown(output, options)
+        ]
+        return {"width": int(image.shape[1]), "height": int(image.shape[0]), "detections": detections}
+
+    def draw(self, image: np.ndarray, output: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        """The image with the detections above score_threshold, when the `draw` option is on."""
+        if not options["draw"]:
+            return {}
+        shown = self._shown(output, options)
+        boxes = [[x, y, x + w, y + h] for _, _, (x, y, w, h) in shown]
+        labels, scores = [s[0] for s in shown], [s[1] for s in shown]
+        return {"images": draw_boxes(rgb(image), boxes, labels, scores, self.facts.names, min_side=0)}
+
+    def finish_predictions(self, records: list[dict[str, Any]], out_dir: Path, options: dict[str, Any]) -> dict:
+        """results.json (every detection, COCO format) and images.json; image ids 1..N or from `ann_file`."""
+        found, self._found = self._found[-len(records) :] if records else [], []
+        ann = self._annotation_ids(options)
+        inputs = [r["input"] for r in records]
+        image_ids = ann.image_ids(inputs) if ann is not None else list(range(1, len(records) + 1))
+        summary = write_results(
+            records, found, image_ids, self._output_category_ids(options), self.facts.names, Path(out_dir)
+        )
+        return {**summary, "score_threshold": float(options["score_threshold"])}
+
+
+def rgb(image: np.ndarray) -> np.ndarray:
+    """An HWC uint8 image with three channels (grey repeated)."""
+    image = image[:, :, None] if image.ndim == 2 else image
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
