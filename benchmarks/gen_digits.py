@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from visionkit.api import load_model  # noqa: E402
 from visionkit.tasks.generation.features import CheckpointClassifier, PixelFeatures  # noqa: E402
-from visionkit.tasks.generation.metrics import FeatureStats, frechet_distance  # noqa: E402
+from visionkit.tasks.generation.metrics import frechet_of_features  # noqa: E402
 from visionkit.tasks.generation.visualize import save_grid  # noqa: E402
 
 
@@ -42,8 +42,9 @@ def run_train(args: list[str], log: Path) -> float:
     """Run tools/train.py with `args`, logging to `log`; return the wall time in seconds."""
     start = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), *args], cwd=ROOT, stdout=fh,
-                              stderr=subprocess.STDOUT)
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "tools" / "train.py"), *args], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT
+        )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"training failed (exit {proc.returncode}); see {log}")
@@ -52,12 +53,7 @@ def run_train(args: list[str], log: Path) -> float:
 
 def frechet(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between two feature sets."""
-    a, b = FeatureStats(), FeatureStats()
-    a.update(real)
-    b.update(fake)
-    _, mu_a, cov_a = a.reduce()
-    _, mu_b, cov_b = b.reduce()
-    return frechet_distance(mu_a, cov_a, mu_b, cov_b)
+    return frechet_of_features(real, fake)
 
 
 def main() -> None:
@@ -76,21 +72,32 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    report: dict = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs", "torch": torch.__version__,
-                    "scoring_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-                    "load_before": [round(x, 2) for x in os.getloadavg()]}
+    report: dict = {
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "scoring_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+    }
     classifier = args.classifier
     if classifier is None:
-        report["cls_train_s"] = round(run_train(["--task", "cls", "--work-dir", str(work / "cls"),
-                                                 "trainer.progress=false"], work / "cls.log"), 1)
+        report["cls_train_s"] = round(
+            run_train(["--task", "cls", "--work-dir", str(work / "cls"), "trainer.progress=false"], work / "cls.log"), 1
+        )
         classifier = str(work / "cls" / "checkpoints" / "best.pt")
     report["classifier"] = classifier
     checkpoint = args.checkpoint
     if checkpoint is None:
         if (work / "gen").exists():
             shutil.rmtree(work / "gen")  # this script's own run folder: start fresh
-        command = ["--task", "gen", *(["--config", args.config] if args.config else []), "--work-dir",
-                   str(work / "gen"), *args.overrides]
+        command = [
+            "--task",
+            "gen",
+            *(["--config", args.config] if args.config else []),
+            "--work-dir",
+            str(work / "gen"),
+            *args.overrides,
+        ]
         report["command"] = "python tools/train.py " + " ".join(command)
         report["gen_train_s"] = round(run_train(command, work / "gen.log"), 1)
         report["load_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -100,10 +107,14 @@ def main() -> None:
     labels = torch.arange(args.samples) % model.num_classes if getattr(model, "conditional", False) else None
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()
-    fakes = torch.cat([task.generate(model, min(100, args.samples - i), None if labels is None else labels[i : i + 100],
-                                     generator) for i in range(0, args.samples, 100)])
+    fakes = torch.cat(
+        [
+            task.generate(model, min(100, args.samples - i), None if labels is None else labels[i : i + 100], generator)
+            for i in range(0, args.samples, 100)
+        ]
+    )
     report["sampling_s"] = round(time.perf_counter() - start, 1)
-    report["sampling"] = task.sampling_options(model)
+    report["sampling"] = task.sampling_options()
 
     judge = CheckpointClassifier(classifier).eval()
     val = task.build_dataset("val")
@@ -113,19 +124,24 @@ def main() -> None:
         _, real_feats = judge(real)
     confidence, predicted = probs.max(dim=1)
     counts = torch.bincount(predicted, minlength=judge.num_classes).tolist()
-    report.update({
-        "samples": args.samples,
-        "mean_confidence": round(float(confidence.mean()), 4),
-        "predicted_class_counts": counts,
-        "classes_represented": sum(c > 0 for c in counts),
-        "frechet_classifier_features": round(frechet(real_feats, fake_feats), 4),
-        "frechet_pixels": round(frechet(PixelFeatures()(real), PixelFeatures()(fakes)), 4),
-        "real_val_images": len(real),
-    })
+    report.update(
+        {
+            "samples": args.samples,
+            "mean_confidence": round(float(confidence.mean()), 4),
+            "predicted_class_counts": counts,
+            "classes_represented": sum(c > 0 for c in counts),
+            "frechet_classifier_features": round(frechet(real_feats, fake_feats), 4),
+            "frechet_pixels": round(frechet(PixelFeatures()(real), PixelFeatures()(fakes)), 4),
+            "real_val_images": len(real),
+        }
+    )
     if labels is not None:
         report["class_consistency"] = round(float((predicted == labels).float().mean()), 4)
-    report["pass"] = bool(report["mean_confidence"] >= 0.8 and report["classes_represented"] == judge.num_classes
-                          and report.get("gen_train_s", 0) < 600)
+    report["pass"] = bool(
+        report["mean_confidence"] >= 0.8
+        and report["classes_represented"] == judge.num_classes
+        and report.get("gen_train_s", 0) < 600
+    )
     grid_path = work / "samples_grid.png"
     first = fakes[:100]
     if labels is not None:  # one row per class

@@ -75,13 +75,17 @@ def test_folder_errors_name_the_problem(tmp_path: Path) -> None:
         [ds[i] for i in range(len(ds))]
 
 
-def test_digits_through_the_task_are_in_model_range_and_fill_the_config() -> None:
+def test_digits_through_the_task_are_in_model_range_and_give_the_facts() -> None:
     cfg = visionkit.load_config(None, ["data.image_size=16", "data.repeat=3"], task="gen")
     task = TASKS.get("generation")(cfg)
     train = task.build_dataset("train")
     val = task.build_dataset("val")
-    assert cfg["data"]["num_classes"] == 10 and cfg["data"]["channels"] == 1
-    assert cfg["data"]["class_names"] == [str(i) for i in range(10)]
+    facts = task.data_facts(train, val)
+    assert facts.num_classes == 10 and facts.channels == 1 and facts.image_size == 16
+    assert facts.class_names == [str(i) for i in range(10)]
+    assert task.model_defaults(facts) == {"image_size": 16, "channels": 1, "num_classes": 10}
+    assert cfg["data"]["num_classes"] is None and cfg["data"]["class_names"] is None  # the config is untouched
+    assert cfg["data"]["channels"] is None
     assert len(train) % 3 == 0 and len(train) // 3 + len(val) == 1797 and 350 <= len(val) <= 370
     images = torch.stack([val[i][0] for i in range(50)])
     assert images.shape == (50, 1, 16, 16) and images.min() == -1 and images.max() <= 1 and images.max() > 0.9
@@ -89,18 +93,50 @@ def test_digits_through_the_task_are_in_model_range_and_fill_the_config() -> Non
     assert torch.equal(train[5][0], train[base + 5][0]) and train[5][1] == train[2 * base + 5][1]
 
 
-@pytest.mark.parametrize("override,match", [
-    (["data.train.mean=[0.1]"], "mean/std"),
-    (["generation.sampler=euler"], "generation.sampler"),
-    (["generation.eval_steps=0"], "eval_steps"),
-    (["generation.guidance=-1"], "guidance"),
-    (["data.repeat=0"], "data.repeat"),
-    (["loss.name=gan_hinge"], "computes its own loss"),
-    (["generation.bogus=1"], "generation.bogus"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        (["data.train.mean=[0.1]"], "mean/std"),
+        (["generation.sampler=euler"], "generation.sampler"),
+        (["generation.eval_steps=0"], "eval_steps"),
+        (["generation.guidance=-1"], "guidance"),
+        (["data.repeat=0"], "data.repeat"),
+        (["loss.name=gan_hinge"], "computes its own loss"),
+        (["generation.bogus=1"], "generation.bogus"),
+    ],
+)
 def test_config_mistakes_are_config_errors(override: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         visionkit.load_config(None, override, task="gen")
+
+
+def test_unlabelled_folder_offers_zero_classes(tmp_path: Path) -> None:
+    for i in range(6):
+        _png(tmp_path / f"{i}.png", np.full((8, 8), i * 40, np.uint8))
+    spec = f"{{name: gen_folder, root: {tmp_path}, val_fraction: 0.0}}"
+    cfg = visionkit.load_config(None, [f"data.train={spec}", f"data.val={spec}", "data.image_size=8"], task="gen")
+    task = TASKS.get("generation")(cfg)
+    facts = task.data_facts(task.build_dataset("train"), task.build_dataset("val"))
+    assert facts.num_classes is None and facts.channels == 1
+    assert task.model_defaults(facts) == {"image_size": 8, "channels": 1, "num_classes": 0}
+
+
+def test_the_model_family_picks_the_task_class() -> None:
+    from visionkit.data.facts import DataFacts
+    from visionkit.registry import MODELS
+    from visionkit.tasks.generation.diffusion_task import DiffusionTask
+    from visionkit.tasks.generation.gan_task import GANTask
+    from visionkit.tasks.generation.task import GenerationTask
+
+    assert MODELS.metadata("ddpm", "generation") == {"family": "diffusion"}
+    assert MODELS.metadata("dcgan", "generation") == {"family": "gan"}
+    assert TASKS.get("gen") is GenerationTask and TASKS.get("generation").defaults["metrics"]
+    diffusion = TASKS.get("generation")(visionkit.load_config(None, task="gen"))
+    gan = TASKS.get("generation")(visionkit.load_config(None, ["model.name=dcgan"], task="gen"))
+    assert type(diffusion) is DiffusionTask and type(gan) is GANTask
+    assert diffusion.name == gan.name == "generation" and diffusion.scopes() == gan.scopes() == ["generation"]
+    facts = DataFacts(num_classes=10, channels=1, image_size=16)
+    assert not any(hasattr(t.build_model(facts), "kind") for t in (diffusion, gan))
 
 
 def test_gan_config_checks_its_loss() -> None:

@@ -16,14 +16,32 @@ from visionkit.errors import ConfigError
 
 # A diffusion run that takes a few seconds: 8x8 digits, a narrow U-Net, 3 updates, 2-step sampling.
 TINY_GEN = [
-    "data.image_size=8", "data.batch_size=16", "data.num_workers=0", "data.repeat=1", "model.width=8",
-    "model.mults=[1,2]", "trainer.max_steps=3", "trainer.log_every=1", "trainer.progress=false",
-    "generation.eval_samples=8", "generation.eval_steps=2", "generation.steps=2", "generation.grid_samples=10",
+    "data.image_size=8",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "data.repeat=1",
+    "model.width=8",
+    "model.mults=[1,2]",
+    "trainer.max_steps=3",
+    "trainer.log_every=1",
+    "trainer.progress=false",
+    "generation.eval_samples=8",
+    "generation.eval_steps=2",
+    "generation.steps=2",
+    "generation.grid_samples=10",
 ]
 TINY_GAN = [
-    "data.image_size=8", "data.batch_size=16", "data.num_workers=0", "data.repeat=1", "model.width=8",
-    "model.z_dim=8", "trainer.max_steps=3", "trainer.log_every=1", "trainer.progress=false",
-    "generation.eval_samples=8", "generation.grid_samples=10",
+    "data.image_size=8",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "data.repeat=1",
+    "model.width=8",
+    "model.z_dim=8",
+    "trainer.max_steps=3",
+    "trainer.log_every=1",
+    "trainer.progress=false",
+    "generation.eval_samples=8",
+    "generation.grid_samples=10",
 ]
 DCGAN = ROOT / "visionkit" / "configs" / "gen" / "dcgan.yaml"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -42,8 +60,17 @@ def _digit_pngs(folder: Path, count: int) -> list[Path]:
 
 def test_tools_train_and_sample_then_inpaint(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = run_tool("train", "--task", "gen", "--work-dir", str(run), *TINY_GEN, "model.conditional=true",
-                    "generation.guidance=2.0", env=ONE_THREAD)
+    proc = run_tool(
+        "train",
+        "--task",
+        "gen",
+        "--work-dir",
+        str(run),
+        *TINY_GEN,
+        "model.conditional=true",
+        "generation.guidance=2.0",
+        env=ONE_THREAD,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "val/fd" in proc.stdout
     assert (run / "samples" / "epoch_000.png").is_file()  # max_steps stops inside epoch 0
@@ -51,29 +78,46 @@ def test_tools_train_and_sample_then_inpaint(tmp_path: Path) -> None:
     assert grid.size[1] > 9 * grid.size[0]  # conditional: one row per class (10 rows of 1 image here)
     best = run / "checkpoints" / "best.pt"
     out = tmp_path / "samples"
-    proc = run_tool("predict", str(best), "--out", str(out), "--option", "num_samples=6", "--option", "labels=[3, 7]",
-                    "--option", "seed=5", env=ONE_THREAD)
+    proc = run_tool(
+        "predict",
+        str(best),
+        "--out",
+        str(out),
+        "--option",
+        "num_samples=6",
+        "--option",
+        "labels=[3, 7]",
+        "--option",
+        "seed=5",
+        env=ONE_THREAD,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "samples.json").read_text())
     assert [p["label"] for p in result["predictions"]] == [3, 7, 3, 7, 3, 7]
     assert len(list((out / "samples").glob("*.png"))) == 6 and (out / "grid.png").is_file()
     assert Image.open(out / "samples" / "sample_00000.png").size == (8, 8)
     images = _digit_pngs(tmp_path / "inputs", 3)
+    out = tmp_path / "inpaint"
+    info = visionkit.predict(best, [tmp_path / "inputs"], out_dir=out, mask="top", resample=2)
+    saved = json.loads((out / "predictions.json").read_text())
+    assert saved["predictions"] == info["predictions"] and saved["task"] == "generation"
+    assert info["options"]["mask"] == "top" and info["grid"] == str(out / "inpaint_grid.png")
+    assert [Path(p["input"]).name for p in info["predictions"]] == [p.name for p in images]
+    assert [p["masked_fraction"] for p in info["predictions"]] == [0.5, 0.5, 0.5]
+    assert [p["label"] for p in info["predictions"]] == [0, 1, 2]  # conditional: labels cycle over the classes
     mask = np.zeros((8, 8), np.uint8)
     mask[:, 4:] = 255
-    Image.fromarray(mask).save(tmp_path / "inputs" / "digit0_mask.png")  # per-image mask beside digit0
-    info = visionkit.predict(best, [tmp_path / "inputs"], out_dir=tmp_path / "inpaint", mask="top", resample=2)
-    assert info == json.loads((tmp_path / "inpaint" / "inpaint.json").read_text())
-    assert [Path(p["file"]).name for p in info["predictions"]] == [p.name for p in images]
-    assert [p["masked_fraction"] for p in info["predictions"]] == [0.5, 0.5, 0.5]
-    for p in info["predictions"]:
-        filled = np.asarray(Image.open(p["result"]), np.int16)
-        original = np.asarray(Image.open(p["file"]).resize((8, 8), Image.Resampling.BOX), np.int16)
-        keep = slice(0, 4) if "digit0" in p["file"] else slice(4, 8)  # columns 0-3 kept / rows 4-7 kept
-        kept = filled[:, keep] if "digit0" in p["file"] else filled[keep]
-        ref = original[:, keep] if "digit0" in p["file"] else original[keep]
-        assert np.abs(kept - ref).max() <= 1  # the known region is the input (up to rounding)
-    assert (tmp_path / "inpaint" / "inpaint_grid.png").is_file()
+    Image.fromarray(mask).save(tmp_path / "right.png")  # a mask image: fill the right half
+    right = visionkit.predict(best, [images[0]], out_dir=tmp_path / "right", mask=str(tmp_path / "right.png"))
+    for folder, result in ((out, info), (tmp_path / "right", right)):
+        for p in result["predictions"]:
+            assert (folder / p["masked"]).is_file() and p["inpaint"] == f"inpaint/{Path(p['input']).stem}.png"
+            filled = np.asarray(Image.open(folder / p["inpaint"]), np.int16)
+            original = np.asarray(Image.open(p["input"]).resize((8, 8), Image.Resampling.BOX), np.int16)
+            keep = (slice(None), slice(0, 4)) if folder.name == "right" else (slice(4, 8),)  # columns 0-3 / rows 4-7
+            assert np.abs(filled[keep] - original[keep]).max() <= 1  # the known region is the input (up to rounding)
+    assert right["predictions"][0]["masked_fraction"] == 0.5
+    assert (out / "inpaint_grid.png").is_file()
 
 
 def test_python_api_gan_train_and_seeded_predict(tmp_path: Path) -> None:
@@ -100,8 +144,12 @@ def test_python_api_gan_train_and_seeded_predict(tmp_path: Path) -> None:
 def test_classifier_scores_and_classifier_features(tmp_path: Path) -> None:
     cls = visionkit.train(None, [*TINY_CLS, "model.width=8"], task="cls", work_dir=tmp_path / "cls")
     ckpt = str(cls.best_checkpoint)
-    result = visionkit.train(None, [*TINY_GEN, "model.conditional=true", f"generation.classifier={ckpt}",
-                                    f"generation.feature_net={ckpt}"], task="gen", work_dir=tmp_path / "gen")
+    result = visionkit.train(
+        None,
+        [*TINY_GEN, "model.conditional=true", f"generation.classifier={ckpt}", f"generation.feature_net={ckpt}"],
+        task="gen",
+        work_dir=tmp_path / "gen",
+    )
     m = result.metrics
     assert m["val/generated"] == 8 and m["val/fd"] >= 0
     assert 0.1 <= m["val/classifier_confidence"] <= 1 and 1 <= m["val/classes_covered"] <= 10

@@ -120,8 +120,10 @@ def test_diffusion_training_loss_is_noise_mse() -> None:
 
 @pytest.mark.parametrize("conditional", [False, True])
 def test_dcgan_shapes_and_seeded_generation(conditional: bool) -> None:
-    gan = MODELS.build({"name": "dcgan", "image_size": 16, "channels": 3, "width": 16, "conditional": conditional,
-                        "num_classes": 4}, task="generation").eval()
+    gan = MODELS.build(
+        {"name": "dcgan", "image_size": 16, "channels": 3, "width": 16, "conditional": conditional, "num_classes": 4},
+        task="generation",
+    ).eval()
     a = gan.generate(5, generator=torch.Generator().manual_seed(0))
     b = gan.generate(5, generator=torch.Generator().manual_seed(0))
     assert a.shape == (5, 3, 16, 16) and torch.equal(a, b)
@@ -150,7 +152,8 @@ def test_gan_losses_match_hand_calculation() -> None:
     sp = lambda v: math.log1p(math.exp(v))  # noqa: E731 - softplus
     ns = NonSaturatingLoss()
     assert ns.discriminator_loss(real, fake).item() == pytest.approx(
-        (sp(-2) + sp(1)) / 2 + (sp(0.5) + sp(-3)) / 2, rel=1e-6)
+        (sp(-2) + sp(1)) / 2 + (sp(0.5) + sp(-3)) / 2, rel=1e-6
+    )
     assert ns.generator_loss(fake).item() == pytest.approx((sp(-0.5) + sp(3)) / 2, rel=1e-6)
     hinge = HingeLoss()
     assert hinge.discriminator_loss(real, fake).item() == pytest.approx((0 + 2) / 2 + (1.5 + 0) / 2)

@@ -15,11 +15,11 @@ from tests.tasks.generation.test_end_to_end import DCGAN, TINY_GAN, TINY_GEN
 from visionkit.config import read_yaml
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.tasks.base import StepContext
-from visionkit.tasks.generation.task import GenerationTask
+from visionkit.tasks.generation.gan_task import GANTask
 
 
 class Spy:
-    """Wraps GenerationTask.training_step, recording what each training step sees."""
+    """Wraps GANTask.training_step, recording what each training step sees."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
@@ -27,21 +27,23 @@ class Spy:
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Patch the task class for this test only (monkeypatch undoes it)."""
-        original = GenerationTask.training_step
+        original = GANTask.training_step
         spy = self
 
-        def training_step(task: GenerationTask, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor]:
+        def training_step(task: GANTask, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor]:
             nets = {"g": list(ctx.module.generator.parameters()), "d": list(ctx.module.discriminator.parameters())}
             if not spy.initial:
                 spy.initial = {k: v.detach().clone() for k, v in ctx.module.named_parameters()}
-            spy.calls.append({
-                "optimizer": ctx.optimizer,
-                **{f"{k}_trainable": {p.requires_grad for p in ps} for k, ps in nets.items()},
-                **{f"{k}_has_grad": {p.grad is not None for p in ps} for k, ps in nets.items()},
-            })
+            spy.calls.append(
+                {
+                    "optimizer": ctx.optimizer,
+                    **{f"{k}_trainable": {p.requires_grad for p in ps} for k, ps in nets.items()},
+                    **{f"{k}_has_grad": {p.grad is not None for p in ps} for k, ps in nets.items()},
+                }
+            )
             return original(task, batch, ctx)
 
-        monkeypatch.setattr(GenerationTask, "training_step", training_step)
+        monkeypatch.setattr(GANTask, "training_step", training_step)
 
 
 def _spy_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *overrides: str) -> tuple[Spy, dict[str, torch.Tensor]]:
@@ -83,8 +85,12 @@ def _losses(run: Path) -> list[float]:
 def test_bf16_autocast_on_cpu_for_gan_with_r1_and_diffusion(tmp_path: Path) -> None:
     bf16 = ["trainer.precision=bf16-mixed", "trainer.device=cpu", "trainer.max_steps=2"]
     gan = visionkit.train(DCGAN, [*TINY_GAN, *bf16, "loss.r1_gamma=1.0"], work_dir=tmp_path / "gan")
-    diffusion = visionkit.train(None, [*TINY_GEN, *bf16, "model.conditional=true", "generation.guidance=1.5"],
-                                task="gen", work_dir=tmp_path / "ddpm")
+    diffusion = visionkit.train(
+        None,
+        [*TINY_GEN, *bf16, "model.conditional=true", "generation.guidance=1.5"],
+        task="gen",
+        work_dir=tmp_path / "ddpm",
+    )
     for result in (gan, diffusion):
         summary = json.loads((result.run_dir / "summary.json").read_text())
         assert summary["precision"] == "bf16-mixed" and summary["steps"] == 2

@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from visionkit.data import IMAGE_SUFFIXES
+from visionkit.data.facts import DataFacts, facts_of
+from visionkit.data.images import read_image, to_tensor
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import ConfigError, DataError
 from visionkit.registry import DATASETS
@@ -23,42 +25,33 @@ from visionkit.registry import DATASETS
 SPLITS = ("train", "val")
 
 
+HALF = [0.5]  # mean = std = 0.5 maps [0, 1] to [-1, 1], the range of every generation model
+
+
 def to_model_range(image: np.ndarray) -> torch.Tensor:
     """uint8 HxW or HxWxC array -> float CxHxW tensor in [-1, 1]."""
-    if image.ndim == 2:
-        image = image[:, :, None]
-    return torch.from_numpy(np.array(image.transpose(2, 0, 1), dtype=np.float32)).div_(127.5).sub_(1.0)
+    return to_tensor(image, HALF, HALF)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] tensor (N,C,H,W) -> uint8 array (N,H,W,C)."""
-    arr = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return arr.permute(0, 2, 3, 1).numpy()
-
-
-def resize_square(image: Image.Image, size: int) -> Image.Image:
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize the shorter side to `size` and centre-crop to size x size (box filter when shrinking)."""
-    w, h = image.size
+    h, w = image.shape[:2]
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
-    image = image.resize((nw, nh), resample)
+    if (nw, nh) != (w, h):
+        resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+        resized = np.asarray(
+            Image.fromarray(np.squeeze(image, 2) if image.shape[2] == 1 else image).resize((nw, nh), resample)
+        )
+        image = resized[:, :, None] if resized.ndim == 2 else resized
     left, top = (nw - size) // 2, (nh - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    return image[top : top + size, left : left + size]
 
 
 def load_image(path: Path, channels: int | None, size: int | None = None) -> np.ndarray:
     """Read an image as uint8 HxWxC (1 channel, 3, or as stored when None), optionally resized square."""
-    try:
-        with Image.open(path) as img:
-            mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if img.mode in ("L", "1", "I;16", "LA") else "RGB")
-            img = img.convert(mode)
-            if size is not None:
-                img = resize_square(img, size)
-            arr = np.asarray(img)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"Image file '{path}' could not be read ({exc}). Remove it or replace it.") from exc
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    image = read_image(path, channels)
+    return resize_square(image, size) if size is not None else image
 
 
 def holdout_indices(n: int, split: str, val_fraction: float, seed: int = 0) -> np.ndarray:
@@ -130,8 +123,10 @@ class RepeatedDataset(Dataset):
     def __init__(self, dataset: Dataset, times: int) -> None:
         self.dataset, self.times = dataset, times
         self.transform = getattr(dataset, "transform", None)  # the trainer reseeds this per batch
-        self.classes = getattr(dataset, "classes", None)
-        self.channels = getattr(dataset, "channels", None)
+
+    def facts(self) -> DataFacts:
+        """The repeated dataset's facts."""
+        return facts_of(self.dataset)
 
     def __len__(self) -> int:
         return len(self.dataset) * self.times  # type: ignore[arg-type]

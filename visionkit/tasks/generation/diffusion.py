@@ -40,8 +40,6 @@ def sampling_timesteps(timesteps: int, steps: int) -> list[int]:
 class DiffusionModel(nn.Module):
     """A denoiser plus its noise schedule; `forward(images, labels)` returns the noise-prediction loss."""
 
-    kind = "diffusion"
-
     def __init__(
         self,
         denoiser: nn.Module,
@@ -198,7 +196,7 @@ def _randn(shape: Sequence[int], generator: torch.Generator | None, device: torc
     return torch.randn(tuple(shape), generator=generator, device=gen_device).to(device)
 
 
-@MODELS.register("ddpm", task="generation", aliases=["diffusion"])
+@MODELS.register("ddpm", task="generation", aliases=["diffusion"], metadata={"family": "diffusion"})
 def build_ddpm(
     image_size: int = 16,
     channels: int = 1,
@@ -229,6 +227,3 @@ def build_ddpm(
     classes = num_classes if conditional else 0
     unet = UNet(channels, width, tuple(mults), blocks, tuple(attention_levels), classes, dropout)
     return DiffusionModel(unet, image_size, channels, timesteps, schedule, classes, cond_drop_prob)
-
-
-build_ddpm.kind = "diffusion"  # type: ignore[attr-defined]  # lets the task check the loss before building

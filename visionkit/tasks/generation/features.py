@@ -91,17 +91,20 @@ class CheckpointClassifier(nn.Module):
                 f"Classifier checkpoint '{checkpoint}' does not exist; train one with "
                 "`python tools/train.py --task cls` and pass runs/.../checkpoints/best.pt."
             )
-        _, model, cfg = load_model(path, device=str(device))
+        task, model, cfg = load_model(path, device=str(device))
         if cfg["task"] != "classification":
             raise ConfigError(f"'{checkpoint}' is a {cfg['task']} checkpoint; a classification checkpoint is needed.")
         self.net = model.eval()
-        d = cfg["data"]
-        self.num_classes = int(d["num_classes"])
-        self.class_names = list(d.get("class_names") or range(self.num_classes))
-        self.size = d.get("image_size")
-        self.in_chans = int(d.get("channels") or 3)
-        self.register_buffer("mean", torch.tensor(d.get("mean") or [0.5], dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(d.get("std") or [0.5], dtype=torch.float32).view(1, -1, 1, 1))
+        # load_model reads the checkpoint's data facts (ckpt["facts"]; older checkpoints: their config's data
+        # section); facts a checkpoint does not record fall back to its config.
+        facts, d = task.facts, cfg["data"]
+        self.num_classes = int(facts.num_classes or d.get("num_classes") or 0)
+        self.class_names = list(facts.class_names or d.get("class_names") or range(self.num_classes))
+        self.size = facts.image_size or d.get("image_size")
+        self.in_chans = int(facts.channels or d.get("channels") or 3)
+        mean, std = facts.mean or d.get("mean") or [0.5], facts.std or d.get("std") or [0.5]
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         linears = [m for m in self.net.modules() if isinstance(m, nn.Linear)]
         if not linears:
             raise ConfigError(f"The model in '{checkpoint}' has no linear layer to take features from.")

@@ -71,8 +71,6 @@ class DCGANDiscriminator(nn.Module):
 class GAN(nn.Module):
     """Generator + discriminator behind one `forward(mode, ...)`, so DDP syncs whichever part a step trains."""
 
-    kind = "gan"
-
     def __init__(
         self,
         generator: DCGANGenerator,
@@ -153,7 +151,7 @@ class GAN(nn.Module):
         return self.generator(z, labels).float().clamp(-1, 1)
 
 
-@MODELS.register("dcgan", task="generation")
+@MODELS.register("dcgan", task="generation", metadata={"family": "gan"})
 def build_dcgan(
     image_size: int = 32,
     channels: int = 1,
@@ -216,6 +214,3 @@ class HingeLoss(GANLoss):
     def generator_loss(self, fake: torch.Tensor) -> torch.Tensor:
         """Mean negative critic score of the fakes."""
         return -fake.float().mean()
-
-
-build_dcgan.kind = "gan"  # type: ignore[attr-defined]  # lets the task check the loss before building

@@ -1,12 +1,24 @@
-"""Fréchet distance between feature statistics, and classifier-based scores of generated images."""
+"""Generation metrics: Fréchet distance between real and generated features, classifier-based scores.
+
+Both are `visionkit.engine.metrics.Metric`s: `update` takes a validation step's outputs
+(`{"real": images, "fake": images, "labels": labels or None}`, images in [-1, 1]) and every state is a
+float64 sum (count, feature sum, sum of outer products, ...), so the core reduces them over ranks.
+The feature network and the classifier are built from the `generation:` options the task offers.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
+from torch import nn
 
-from visionkit.engine.distributed import all_reduce_sum
+from visionkit.engine.metrics import Metric
 from visionkit.registry import METRICS
+from visionkit.tasks.generation.features import CheckpointClassifier, build_feature_net
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -26,67 +38,130 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt)
 
 
+def gaussian(count: torch.Tensor, total: torch.Tensor, outer: torch.Tensor) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, unbiased covariance) from a feature count, sum and sum of outer products."""
+    n = int(count)
+    mean = total.detach().cpu().double().numpy() / max(n, 1)
+    cov = (outer.detach().cpu().double().numpy() - n * np.outer(mean, mean)) / max(n - 1, 1)
+    return n, mean, cov
+
+
+def frechet_of_features(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Fréchet distance between two feature sets (N, D) held in memory (for scripts)."""
+    stats = []
+    for f in (real, fake):
+        f = f.detach().to("cpu", torch.float64).flatten(1)
+        stats.append(gaussian(torch.tensor(f.shape[0]), f.sum(0), f.T @ f))
+    return frechet_distance(stats[0][1], stats[0][2], stats[1][1], stats[1][2])
+
+
+def _load_classifier(classifier: str | nn.Module | None) -> nn.Module | None:
+    if classifier is None or isinstance(classifier, nn.Module):
+        return classifier
+    return CheckpointClassifier(Path(classifier)).eval()
+
+
 @METRICS.register("frechet_distance", task="generation")
-class FeatureStats:
-    """Running sum, sum of outer products and count of feature vectors (float64), reducible across ranks."""
+class FrechetDistance(Metric):
+    """`fd`: Fréchet distance between the features of real and generated images; `generated`: their count.
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.total: torch.Tensor | None = None
-        self.outer: torch.Tensor | None = None
+    Statistics are float64 sums over every validation batch and rank. `feature_net` is `pixels`,
+    `timm/<arch>` (with `feature_weights`, `feature_size`) or a classification checkpoint (or a module).
+    """
 
-    def update(self, features: torch.Tensor) -> None:
-        """Add a batch of features (N, D)."""
-        f = features.detach().to("cpu", torch.float64).flatten(1)
-        if self.total is None:
-            self.total = torch.zeros(f.shape[1], dtype=torch.float64)
-            self.outer = torch.zeros(f.shape[1], f.shape[1], dtype=torch.float64)
-        self.total += f.sum(0)
-        self.outer += f.T @ f
-        self.count += f.shape[0]
+    inputs = ("real", "fake")
 
-    def reduce(self) -> tuple[int, np.ndarray, np.ndarray]:
-        """(count, mean, unbiased covariance) over all ranks."""
-        if self.total is None:
-            raise ValueError("no features were added")
-        packed = torch.cat([torch.tensor([float(self.count)], dtype=torch.float64), self.total, self.outer.flatten()])
-        packed = all_reduce_sum(packed)
-        n = int(packed[0])
-        d = self.total.shape[0]
-        total, outer = packed[1 : 1 + d].numpy(), packed[1 + d :].numpy().reshape(d, d)
-        mean = total / n
-        cov = (outer - n * np.outer(mean, mean)) / max(n - 1, 1)
-        return n, mean, cov
+    def __init__(
+        self,
+        feature_net: str | nn.Module | None = "pixels",
+        feature_weights: str | None = None,
+        feature_size: int | None = None,
+        channels: int | None = None,
+        image_size: int | None = None,
+        report: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(feature_net, nn.Module):
+            self.net = feature_net
+        else:
+            self.net = build_feature_net(feature_net, feature_weights, "cpu", feature_size)
+        self.report = dict(report or {})
+        with torch.no_grad():  # the feature size sizes the states, so they are known on every rank
+            probe = torch.zeros(1, int(channels or 3), int(image_size or 32), int(image_size or 32))
+            dim = int(self.net(probe).flatten(1).shape[1])
+        for side in ("real", "fake"):
+            self.add_state(f"{side}_count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_sum", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"{side}_outer", torch.zeros(dim, dim, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _add(self, side: str, images: torch.Tensor) -> None:
+        with torch.autocast(images.device.type, enabled=False):
+            f = self.net(images.float()).detach().flatten(1).to(torch.float64)
+        setattr(self, f"{side}_count", getattr(self, f"{side}_count") + f.shape[0])
+        setattr(self, f"{side}_sum", getattr(self, f"{side}_sum") + f.sum(0))
+        setattr(self, f"{side}_outer", getattr(self, f"{side}_outer") + f.T @ f)
+
+    def update(self, outputs: Mapping[str, Any]) -> None:
+        """Add the features of one batch of real and generated images."""
+        self._add("real", outputs["real"])
+        self._add("fake", outputs["fake"])
+
+    def statistics(self) -> dict[str, tuple[int, np.ndarray, np.ndarray]]:
+        """(count, mean, covariance) of the real and of the generated features added on this rank."""
+        return {s: gaussian(*(getattr(self, f"{s}_{k}") for k in ("count", "sum", "outer"))) for s in ("real", "fake")}
+
+    def compute(self) -> dict[str, Any]:
+        """`fd`, `generated`, and how they were measured (`generation`, for summary.json)."""
+        stats = self.statistics()
+        if stats["real"][0] == 0 or stats["fake"][0] == 0:
+            return {}
+        (_, mu_r, cov_r), (n, mu_f, cov_f) = stats["real"], stats["fake"]
+        out: dict[str, Any] = {"fd": frechet_distance(mu_r, cov_r, mu_f, cov_f), "generated": n}
+        if self.report:
+            out["generation"] = dict(self.report)
+        return out
 
 
 @METRICS.register("classifier_scores", task="generation")
-class ClassifierScores:
-    """Mean top-1 confidence, per-class prediction counts and (for conditional samples) label agreement."""
+class ClassifierScores(Metric):
+    """Scores of generated images by a classification checkpoint (`generation.classifier`; none: no scores).
 
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.confidence = torch.zeros((), dtype=torch.float64)
-        self.agree = torch.zeros((), dtype=torch.float64)
-        self.labelled = torch.zeros((), dtype=torch.float64)
-        self.counts = torch.zeros(num_classes, dtype=torch.float64)
+    `classifier_confidence` (mean top-1 probability), `classes_covered` (classes predicted at least once)
+    and, for class-conditional samples, `class_consistency` (prediction equals the requested label).
+    """
 
-    def update(self, probs: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        """Add classifier probabilities (N, K) of generated images and the labels they were asked for."""
-        probs = probs.detach().float().cpu()
-        conf, pred = probs.max(dim=1)
+    inputs = ("fake", "labels")
+
+    def __init__(self, classifier: str | nn.Module | None = None) -> None:
+        super().__init__()
+        self.classifier = _load_classifier(classifier)
+        k = int(self.classifier.num_classes) if self.classifier is not None else 0
+        self.num_classes = k
+        self.add_state("confidence", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("agree", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("labelled", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("counts", torch.zeros(k, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, outputs: Mapping[str, Any]) -> None:
+        """Classify one batch of generated images; compare with the labels they were asked for."""
+        if self.classifier is None:
+            return
+        fakes, labels = outputs["fake"], outputs.get("labels")
+        with torch.autocast(fakes.device.type, enabled=False):
+            probs, _ = self.classifier(fakes.float())
+        conf, pred = probs.detach().float().max(dim=1)
         self.confidence += conf.double().sum()
         self.counts += torch.bincount(pred, minlength=self.num_classes)[: self.num_classes].double()
         if labels is not None:
-            labels = labels.cpu()
-            self.agree += (pred == labels).double().sum()
+            self.agree += (pred == labels.to(pred.device)).double().sum()
             self.labelled += len(labels)
 
-    def compute(self) -> dict[str, float]:
-        """Mean confidence, classes predicted at least once, and class consistency (when labels were given)."""
-        packed = all_reduce_sum(torch.cat([self.confidence[None], self.agree[None], self.labelled[None], self.counts]))
-        conf, agree, labelled, counts = packed[0], packed[1], packed[2], packed[3:]
-        n = max(float(counts.sum()), 1.0)
-        out = {"classifier_confidence": float(conf) / n, "classes_covered": float((counts > 0).sum())}
-        if labelled > 0:
-            out["class_consistency"] = float(agree / labelled)
+    def compute(self) -> dict[str, Any]:
+        """Mean confidence, classes covered and (when labels were given) class consistency."""
+        if self.classifier is None:
+            return {}
+        n = max(float(self.counts.sum()), 1.0)
+        out = {"classifier_confidence": float(self.confidence) / n, "classes_covered": float((self.counts > 0).sum())}
+        if self.labelled > 0:
+            out["class_consistency"] = float(self.agree / self.labelled)
         return out

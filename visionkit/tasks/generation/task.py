@@ -1,46 +1,63 @@
-"""The generation task: GAN and diffusion training on the shared trainer, Fréchet distance, sample grids."""
+"""The generation task: what GAN and diffusion training share, and the choice between them.
+
+`generation` (alias `gen`) is registered once. Building it picks the subclass for the model's family,
+which the model's MODELS registration declares (`metadata={"family": "diffusion"}` / `{"family": "gan"}`):
+`TASKS.get("generation")(cfg)` is a `DiffusionTask` or a `GANTask`. Every class keeps the name
+`generation`, so configs, checkpoints and registry scopes stay the same.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionkit.data.facts import DataFacts
 from visionkit.engine import distributed as dist
-from visionkit.errors import ConfigError, DataError
-from visionkit.registry import LOSSES, MODELS, TASKS
-from visionkit.tasks.base import OptimizerGroup, StepContext, Task
-from visionkit.tasks.generation.datasets import RepeatedDataset
-from visionkit.tasks.generation.diffusion import SAMPLERS
-from visionkit.tasks.generation.features import CheckpointClassifier, build_feature_net
-from visionkit.tasks.generation.gan import GANLoss
-from visionkit.tasks.generation.metrics import ClassifierScores, FeatureStats, frechet_distance
-from visionkit.tasks.generation.visualize import save_grid
+from visionkit.errors import ConfigError
+from visionkit.registry import MODELS, TASKS
+from visionkit.tasks.base import StepContext, Task
+from visionkit.tasks.generation.datasets import HALF, RepeatedDataset
+from visionkit.tasks.generation.inference import class_labels
+from visionkit.tasks.generation.visualize import save_grid, save_images
+
+FAMILIES: dict[str, type[GenerationTask]] = {}  # model family -> task class, filled by subclasses
 
 
 @TASKS.register("generation", aliases=["gen"])
 class GenerationTask(Task):
-    """Unconditional or class-conditional image generation with a GAN (two optimizers) or a diffusion model."""
+    """Unconditional or class-conditional image generation; `GenerationTask(cfg)` builds the family's task."""
 
     name = "generation"
+    family: ClassVar[str] = ""  # the MODELS metadata family a subclass trains
     monitor = "val/fd"
     monitor_mode = "min"
-    find_unused_parameters = True  # a GAN step trains one network; the other gets no gradient
+    sampling_keys: ClassVar[tuple[str, ...]] = ()  # predict options that override sampling settings
+    predict_options: ClassVar[dict[str, Any]] = {
+        "num_samples": 64,
+        "seed": 0,
+        "labels": None,  # conditional models: a class index or a list cycled (null: cycle over all classes)
+        "nrow": None,  # images per grid row (null: one row per class for conditional models)
+        "batch_size": 64,
+    }
     defaults = {
         "model": {"name": "ddpm"},
         "data": {
             "train": {"name": "digits"},
             "val": {"name": "digits"},
             "image_size": 32,
-            "channels": None,  # filled in from the training set
-            "num_classes": None,  # filled in from the training set (0 for unlabelled data)
+            "channels": None,  # declare to override the data (null: from the training set)
+            "num_classes": None,  # declare to override the data (null: from the training set; 0 unlabelled)
             "class_names": None,
             "repeat": 1,  # passes over the training set per epoch
         },
+        "metrics": ["frechet_distance", "classifier_scores"],
         "generation": {
             "sampler": "ddpm",  # ddpm | ddim (diffusion only)
             "steps": 50,  # sampling steps for predict; validation uses eval_steps
@@ -59,24 +76,31 @@ class GenerationTask(Task):
         },
     }
 
+    def __new__(cls, cfg: dict[str, Any]) -> GenerationTask:
+        """The base class builds the task of the configured model's family."""
+        if cls is GenerationTask:
+            cls = family_task(cfg)
+        return super().__new__(cls)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("family"):
+            FAMILIES[cls.family] = cls
+
     # -- config ---------------------------------------------------------------------------------
     def dataset_scopes(self) -> list[str]:
         """Dataset lookups also see classification datasets (digits, image_folder, cifar10, mnist, csv)."""
         return [*self.scopes(), "classification"]
 
     def validate(self) -> None:
-        """Check component specs, the generation section, the data range and the model/loss pairing."""
+        """Check component specs, the generation section and the data range."""
         super().validate()
         g, d = self.cfg["generation"], self.cfg["data"]
-        if g["sampler"] not in SAMPLERS:
-            raise ConfigError(f"generation.sampler is {g['sampler']!r}; accepted: {', '.join(SAMPLERS)}.")
         for key in ("steps", "eval_steps", "grid_samples", "eval_samples"):
             value = g[key]
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 extra = " or null" if key == "eval_samples" else ""
                 raise ConfigError(f"generation.{key} must be a positive integer{extra}, got {value!r}.")
-        if isinstance(g["guidance"], bool) or not isinstance(g["guidance"], (int, float)) or g["guidance"] < 0:
-            raise ConfigError(f"generation.guidance must be a number >= 0 (1 = no guidance), got {g['guidance']!r}.")
         for key in ("image_size", "repeat"):
             if isinstance(d[key], bool) or not isinstance(d[key], int) or d[key] < 1:
                 raise ConfigError(f"data.{key} must be a positive integer, got {d[key]!r}.")
@@ -87,24 +111,14 @@ class GenerationTask(Task):
                     f"data.{split} sets mean/std; generation always scales images to [-1, 1] "
                     "(mean=std=0.5). Remove them."
                 )
-        kind = self.model_kind()
-        if kind == "diffusion" and self.cfg.get("loss") is not None:
-            raise ConfigError("The diffusion model computes its own loss; remove 'loss' from the config (loss=null).")
-        if kind == "gan" and self.cfg.get("loss") is not None:
-            spec = self.cfg["loss"]
-            builder = LOSSES.get(spec if isinstance(spec, str) else spec["name"], self.scopes())
-            if not (isinstance(builder, type) and issubclass(builder, GANLoss)):
-                raise ConfigError(f"loss {spec!r} is not a GAN loss; use gan_nonsaturating or gan_hinge.")
 
-    def model_kind(self) -> str | None:
-        """'gan', 'diffusion', or None for a model builder that does not say."""
-        spec = self.cfg["model"]
-        return getattr(MODELS.get(spec if isinstance(spec, str) else spec["name"], self.scopes()), "kind", None)
-
-    def model_defaults(self) -> dict[str, Any]:
-        """Offer image_size, channels and num_classes to every model builder."""
-        d = self.cfg["data"]
-        return {"image_size": d["image_size"], "channels": d["channels"] or 3, "num_classes": d["num_classes"] or 0}
+    def model_defaults(self, facts: DataFacts) -> dict[str, Any]:
+        """Offer image_size, channels and num_classes (0 for unlabelled data) to every model builder."""
+        return {
+            "image_size": facts.image_size or self.cfg["data"]["image_size"],
+            "channels": facts.channels or 3,
+            "num_classes": facts.num_classes or 0,
+        }
 
     def dataset_defaults(self, split: str) -> dict[str, Any]:
         """Offer split, transforms, image size, channels and [-1, 1] scaling to every dataset builder."""
@@ -114,25 +128,29 @@ class GenerationTask(Task):
             "transforms": d[f"{split}_transforms"],
             "image_size": d["image_size"],
             "channels": d["channels"],
-            "mean": [0.5],
-            "std": [0.5],
+            "mean": HALF,
+            "std": HALF,
         }
+
+    def metric_defaults(self, facts: DataFacts) -> dict[str, Any]:
+        """The data facts, the `generation:` metric networks and what summary.json reports about them."""
+        g = self.cfg["generation"]
+        nets = {k: g[k] for k in ("feature_net", "feature_weights", "feature_size", "classifier")}
+        return {**super().metric_defaults(facts), **nets, "report": self.measurement()}
+
+    def measurement(self) -> dict[str, Any]:
+        """How validation measures the samples (summary.json's `generation` section)."""
+        g = self.cfg["generation"]
+        return {"feature_net": g["feature_net"], "classifier": g["classifier"]}
 
     # -- builders -------------------------------------------------------------------------------
     def build_dataset(self, split: str) -> Dataset:
-        """Build a dataset, record its classes and channels in the config, repeat the train split."""
+        """Build a dataset (checking metric files first) and repeat the training split `data.repeat` times."""
         dataset = super().build_dataset(split)
-        d = self.cfg["data"]
-        classes = list(getattr(dataset, "classes", None) or [])
         if split == "train":
             self.check_metric_files()
-            if d["num_classes"] not in (None, 0, len(classes)) and classes:
-                raise DataError(f"data.num_classes is {d['num_classes']} but data.train has {len(classes)} classes.")
-            d["num_classes"] = d["num_classes"] or len(classes)
-            d["class_names"] = d["class_names"] or (classes or None)
-            d["channels"] = d["channels"] or getattr(dataset, "channels", None)
-            if d["repeat"] > 1:
-                dataset = RepeatedDataset(dataset, d["repeat"])
+            if self.cfg["data"]["repeat"] > 1:
+                dataset = RepeatedDataset(dataset, self.cfg["data"]["repeat"])
         return dataset
 
     def check_metric_files(self) -> None:
@@ -148,65 +166,10 @@ class GenerationTask(Task):
                 "classification checkpoint file."
             )
 
-    def setup(self, model: nn.Module, device: torch.device) -> None:
-        """Build the GAN loss (non-saturating unless configured); metric networks are built lazily."""
-        super().setup(model, device)
-        if getattr(model, "kind", None) == "gan" and self.loss_fn is None:
-            self.loss_fn = LOSSES.build("gan_nonsaturating", task=self.scopes())
-        self._metric_nets: dict[str, Any] | None = None
-
-    def optimizer_groups(self, model: nn.Module) -> dict[str, OptimizerGroup]:
-        """A GAN gets two optimizers, discriminator first; anything else one optimizer."""
-        if getattr(model, "kind", None) != "gan":
-            return super().optimizer_groups(model)
-        g = self.cfg["generation"]
-
-        def lr(value: Any) -> dict[str, Any]:
-            return {} if value is None else {"lr": value}
-
-        return {
-            "discriminator": OptimizerGroup(list(model.discriminator.parameters()), lr(g["lr_discriminator"])),
-            "generator": OptimizerGroup(list(model.generator.parameters()), lr(g["lr_generator"])),
-        }
-
-    # -- training -------------------------------------------------------------------------------
-    def training_step(self, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor]:
-        """Diffusion: the denoising loss. GAN: the loss of the network `ctx.optimizer` names."""
-        images, labels = batch
-        if getattr(ctx.module, "kind", None) != "gan":
-            return {"loss": ctx.model(images, labels)}
-        if ctx.optimizer == "generator":
-            out = ctx.model("generator", images, labels)
-            return {"loss": self.loss_fn.generator_loss(out["fake"])}
-        gamma = self.loss_fn.r1_gamma
-        out = ctx.model("discriminator", images, labels, r1=gamma > 0)
-        loss = self.loss_fn.discriminator_loss(out["real"], out["fake"])
-        logs = {"d_real": out["real"].detach().float().mean(), "d_fake": out["fake"].detach().float().mean()}
-        if gamma > 0:
-            logs["r1"] = out["r1"].detach()
-            loss = loss + 0.5 * gamma * out["r1"]
-        return {"loss": loss, **logs}
-
     # -- sampling -------------------------------------------------------------------------------
-    def sampling_options(
-        self, model: nn.Module, overrides: dict[str, Any] | None = None, evaluation: bool = False
-    ) -> dict[str, Any]:
-        """Keyword arguments for `model.generate` / `model.inpaint` from the config and `overrides`."""
-        if getattr(model, "kind", None) != "diffusion":
-            return {}
-        g, o = self.cfg["generation"], dict(overrides or {})
-        steps = g["eval_steps"] if evaluation else g["steps"]
-        opts = {
-            "sampler": o.get("sampler", g["sampler"]),
-            "steps": int(o.get("steps", steps)),
-            "eta": float(o.get("eta", g["eta"])),
-            "guidance": float(o.get("guidance", g["guidance"])),
-        }
-        if opts["sampler"] not in SAMPLERS:
-            raise ConfigError(f"sampler is {opts['sampler']!r}; accepted: {', '.join(SAMPLERS)}.")
-        if opts["sampler"] == "ddpm":
-            opts["eta"] = 1.0  # ancestral sampling: the posterior variance, whatever generation.eta says
-        return opts
+    def sampling_options(self, overrides: dict[str, Any] | None = None, evaluation: bool = False) -> dict[str, Any]:
+        """Keyword arguments for `model.generate` from the config and `overrides` (none by default)."""
+        return {}
 
     def generate(
         self,
@@ -221,66 +184,30 @@ class GenerationTask(Task):
         if not getattr(model, "conditional", False):
             labels = None
         return model.generate(
-            n, labels=labels, generator=generator, **self.sampling_options(model, overrides, evaluation)
+            n, labels=labels, generator=generator, **self.sampling_options(overrides, evaluation)
         ).float()
 
     # -- validation -----------------------------------------------------------------------------
-    def _nets(self, device: torch.device) -> dict[str, Any]:
-        if self._metric_nets is None:
-            g = self.cfg["generation"]
-            nets: dict[str, Any] = {"classifier": None}
-            if g["classifier"]:
-                nets["classifier"] = CheckpointClassifier(g["classifier"], device).to(device)
-            if g["feature_net"] == g["classifier"] and nets["classifier"] is not None:
-                nets["features"] = lambda x: nets["classifier"](x)[1]
-            else:
-                nets["features"] = build_feature_net(g["feature_net"], g["feature_weights"], device, g["feature_size"])
-            self._metric_nets = nets
-        return self._metric_nets
-
-    def reset_metrics(self) -> None:
-        """Fresh feature statistics and the fixed validation noise."""
-        g = self.cfg["generation"]
-        self.real_stats, self.fake_stats = FeatureStats(), FeatureStats()
-        self.scores: ClassifierScores | None = None
-        self.generated = 0
-        self.noise = torch.Generator().manual_seed(int(g["seed"]) + 1_000_003 * (dist.rank() + 1))
-
-    def validation_step(self, batch: Any, ctx: StepContext) -> None:
-        """Generate as many images as the batch holds (same labels) and add both to the statistics."""
+    def validation_step(self, batch: Any, ctx: StepContext) -> dict[str, Any] | None:
+        """Generate as many images as the batch holds (same labels), from noise fixed per validation pass."""
         images, labels = batch
-        cap = self.cfg["generation"]["eval_samples"]
-        if cap is not None:
-            room = -(-cap // dist.world_size()) - self.generated
+        g = self.cfg["generation"]
+        state = ctx.extra.get("generation")
+        if state is None:  # a new StepContext is a new validation pass: restart the fixed noise
+            noise = torch.Generator().manual_seed(int(g["seed"]) + 1_000_003 * (dist.rank() + 1))
+            state = ctx.extra["generation"] = {"noise": noise, "generated": 0}
+        if g["eval_samples"] is not None:
+            room = -(-g["eval_samples"] // dist.world_size()) - state["generated"]
             if room <= 0:
-                return
+                return None
             images, labels = images[:room], labels[:room]
         model = ctx.module
         conditional = getattr(model, "conditional", False)
         if conditional and bool((labels < 0).any()):
-            labels = torch.randint(0, model.num_classes, labels.shape, generator=self.noise).to(labels.device)
-        fakes = self.generate(model, images.shape[0], labels if conditional else None, self.noise, evaluation=True)
-        self.generated += images.shape[0]
-        nets = self._nets(images.device)
-        with torch.autocast(images.device.type, enabled=False):
-            self.real_stats.update(nets["features"](images.float()))
-            self.fake_stats.update(nets["features"](fakes))
-            if nets["classifier"] is not None:
-                probs, _ = nets["classifier"](fakes)
-                if self.scores is None:
-                    self.scores = ClassifierScores(probs.shape[1])
-                self.scores.update(probs, labels if conditional else None)
-
-    def compute_metrics(self) -> dict[str, float]:
-        """val/fd (Fréchet distance) and, with a classifier, confidence / classes covered / consistency."""
-        if self.real_stats.total is None:
-            return {}
-        _, mu_r, cov_r = self.real_stats.reduce()
-        n, mu_f, cov_f = self.fake_stats.reduce()
-        out = {"val/fd": frechet_distance(mu_r, cov_r, mu_f, cov_f), "val/generated": float(n)}
-        if self.scores is not None:
-            out.update({f"val/{k}": v for k, v in self.scores.compute().items()})
-        return out
+            labels = torch.randint(0, model.num_classes, labels.shape, generator=state["noise"]).to(labels.device)
+        fakes = self.generate(model, images.shape[0], labels if conditional else None, state["noise"], True)
+        state["generated"] += images.shape[0]
+        return {"real": images.float(), "fake": fakes, "labels": labels if conditional else None}
 
     def sample_grid(self, model: nn.Module, autocast: Any = None) -> tuple[torch.Tensor, int]:
         """The fixed-noise grid: for conditional models one row per class; returns (images, per row)."""
@@ -290,35 +217,71 @@ class GenerationTask(Task):
             per_class = max(1, n // model.num_classes)
             labels = torch.arange(model.num_classes).repeat_interleave(per_class)
             n, nrow = len(labels), per_class
-        with autocast() if autocast is not None else contextlib.nullcontext():
-            images = self.generate(model, n, labels, torch.Generator().manual_seed(int(g["seed"])), evaluation=True)
+        was_training = model.training
+        model.eval()  # sampling must not touch BatchNorm statistics (the model may be saved right after)
+        try:
+            with torch.no_grad(), autocast() if autocast is not None else contextlib.nullcontext():
+                images = self.generate(model, n, labels, torch.Generator().manual_seed(int(g["seed"])), True)
+        finally:
+            model.train(was_training)
         return images, nrow or 0
 
-    def on_validation_end(self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int) -> None:
+    def on_validation_end(
+        self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int, results: dict[str, Any]
+    ) -> None:
         """Write the fixed-noise sample grid samples/epoch_XXX.png (EMA weights when kept)."""
         images, nrow = self.sample_grid(ctx.module, ctx.autocast)
         save_grid(images, Path(run_dir) / "samples" / f"epoch_{epoch:03d}.png", nrow or None)
 
-    def summary_extras(self) -> dict[str, Any]:
-        """How the metrics were measured."""
-        g = self.cfg["generation"]
-        return {
-            "generation": {
-                "feature_net": g["feature_net"],
-                "classifier": g["classifier"],
-                "eval_steps": g["eval_steps"],
-                "sampler": g["sampler"],
-                "guidance": g["guidance"],
-            }
-        }
+    # -- prediction -----------------------------------------------------------------------------
+    def sample(self, model: nn.Module, out_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
+        """Write `num_samples` images to out_dir/samples/, a grid to out_dir/grid.png and samples.json."""
+        n, batch, seed = int(options["num_samples"]), int(options["batch_size"]), int(options["seed"])
+        if n < 1 or batch < 1:
+            raise ConfigError(f"num_samples and batch_size must be positive, got {n} and {batch}.")
+        overrides = {k: options[k] for k in self.sampling_keys if options.get(k) is not None}
+        sampling = self.sampling_options(overrides)  # checks the overrides before any work
+        labels = class_labels(model, options["labels"], n)
+        generator = torch.Generator().manual_seed(seed)
+        images = []
+        for start in range(0, n, batch):
+            chunk = None if labels is None else labels[start : start + batch]
+            images.append(self.generate(model, min(batch, n - start), chunk, generator, **overrides).cpu())
+        samples = torch.cat(images)
+        paths = save_images(samples, out_dir / "samples")
+        nrow = options["nrow"]
+        if nrow is None and labels is not None and n % model.num_classes == 0:
+            nrow = model.num_classes
+        grid = save_grid(samples, out_dir / "grid.png", int(nrow) if nrow else None)
+        preds = [
+            {"file": str(p), **({"label": int(labels[i])} if labels is not None else {})} for i, p in enumerate(paths)
+        ]
+        result = {"predictions": preds, "grid": str(grid), "options": {**sampling, "seed": seed}}
+        (out_dir / "samples.json").write_text(json.dumps(result, indent=2) + "\n")
+        return result
 
-    # -- inference ------------------------------------------------------------------------------
-    def predict_files(
-        self, model: nn.Module, inputs: list[Path], out_dir: Path, options: dict[str, Any]
-    ) -> dict[str, Any]:
-        """No inputs: write N samples and a grid. Image inputs: inpaint them (diffusion) with a mask."""
-        from visionkit.tasks.generation.inference import inpaint_files, sample_files
+    def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> Any:
+        """Image inputs are for inpainting, which only a diffusion model does: this task refuses them."""
+        raise ConfigError(
+            f"Inpainting input images needs a diffusion model; this checkpoint holds a {self.family or 'generation'} "
+            "model, which only samples: run predict without input paths."
+        )
 
-        if inputs:
-            return inpaint_files(self, model, inputs, out_dir, options)
-        return sample_files(self, model, out_dir, options)
+    def postprocess(self, output: Any, image: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
+        """Never reached for families that refuse inputs (see `preprocess`)."""
+        return {}
+
+
+def family_task(cfg: dict[str, Any]) -> type[GenerationTask]:
+    """The task class for the family of `cfg.model` (from its MODELS registration metadata)."""
+    spec = cfg["model"]
+    name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, dict) else None
+    if not name:
+        raise ConfigError(f"'model' must be a mapping with a 'name' key (e.g. model.name=ddpm), got {spec!r}.")
+    family = MODELS.metadata(name, [GenerationTask.name]).get("family")
+    if family not in FAMILIES:
+        raise ConfigError(
+            f"Generation model '{name}' has no known family (metadata family={family!r}); register it with "
+            f"metadata={{'family': ...}}, one of: {', '.join(sorted(FAMILIES))}."
+        )
+    return FAMILIES[family]

@@ -1,0 +1,144 @@
+"""Generation with a diffusion model: the denoising loss, sampler settings, and inpainting of input images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from visionkit.errors import ConfigError
+from visionkit.tasks.base import StepContext
+from visionkit.tasks.generation.datasets import resize_square, to_model_range
+from visionkit.tasks.generation.diffusion import SAMPLERS
+from visionkit.tasks.generation.inference import class_labels, inpaint_grid, mask_option
+from visionkit.tasks.generation.task import GenerationTask
+from visionkit.tasks.generation.visualize import to_picture
+
+SAMPLING_KEYS = ("sampler", "steps", "eta", "guidance")
+
+
+class DiffusionTask(GenerationTask):
+    """DDPM-style training (the model returns its noise-prediction loss); sampling and RePaint inpainting.
+
+    Prediction without inputs samples (see `GenerationTask.sample`); with image inputs it inpaints each
+    image, resized and centre-cropped to the model's size, where the `mask` option is 1.
+    """
+
+    family = "diffusion"
+    sampling_keys = SAMPLING_KEYS
+    predict_options: ClassVar[dict[str, Any]] = {
+        **GenerationTask.predict_options,
+        "sampler": None,  # null: generation.sampler (and steps, eta, guidance likewise)
+        "steps": None,
+        "eta": None,
+        "guidance": None,
+        "mask": "center",  # inpainting: a mask image (white = fill) or center | left | right | top | bottom
+        "resample": 1,  # inpainting: RePaint repetitions of each step
+    }
+
+    def validate(self) -> None:
+        """Also check the sampler settings; a diffusion model computes its own loss."""
+        super().validate()
+        g = self.cfg["generation"]
+        if g["sampler"] not in SAMPLERS:
+            raise ConfigError(f"generation.sampler is {g['sampler']!r}; accepted: {', '.join(SAMPLERS)}.")
+        if isinstance(g["guidance"], bool) or not isinstance(g["guidance"], (int, float)) or g["guidance"] < 0:
+            raise ConfigError(f"generation.guidance must be a number >= 0 (1 = no guidance), got {g['guidance']!r}.")
+        if self.cfg.get("loss") is not None:
+            raise ConfigError("The diffusion model computes its own loss; remove 'loss' from the config (loss=null).")
+
+    def measurement(self) -> dict[str, Any]:
+        """Also the sampling settings validation used."""
+        g = self.cfg["generation"]
+        return {**super().measurement(), **{k: g[k] for k in ("eval_steps", "sampler", "guidance")}}
+
+    def training_step(self, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """The denoising loss of one batch."""
+        images, labels = batch
+        return {"loss": ctx.model(images, labels)}
+
+    def sampling_options(self, overrides: dict[str, Any] | None = None, evaluation: bool = False) -> dict[str, Any]:
+        """Sampler, steps (eval_steps for validation), eta and guidance from the config and `overrides`."""
+        g, o = self.cfg["generation"], dict(overrides or {})
+        steps = g["eval_steps"] if evaluation else g["steps"]
+        opts = {
+            "sampler": o.get("sampler", g["sampler"]),
+            "steps": int(o.get("steps", steps)),
+            "eta": float(o.get("eta", g["eta"])),
+            "guidance": float(o.get("guidance", g["guidance"])),
+        }
+        if opts["sampler"] not in SAMPLERS:
+            raise ConfigError(f"sampler is {opts['sampler']!r}; accepted: {', '.join(SAMPLERS)}.")
+        if opts["sampler"] == "ddpm":
+            opts["eta"] = 1.0  # ancestral sampling: the posterior variance, whatever generation.eta says
+        return opts
+
+    # -- inpainting through the core predictor ---------------------------------------------------
+    def _run_state(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+        """Per-prediction state (one noise generator, the label index, the mask), kept for its options dict."""
+        state = getattr(self, "_inpaint", None)
+        if state is None or state["options"] is not options:
+            overrides = {k: options[k] for k in SAMPLING_KEYS if options.get(k) is not None}
+            if not hasattr(model, "inpaint"):
+                raise ConfigError(f"Inpainting needs a diffusion model; this checkpoint holds {type(model).__name__}.")
+            state = self._inpaint = {
+                "options": options,
+                "sampling": self.sampling_options(overrides),
+                "generator": torch.Generator().manual_seed(int(options["seed"])),
+                "done": 0,
+            }
+        return state
+
+    def _size(self) -> int:
+        return int(self.facts.image_size or self.cfg["data"]["image_size"])
+
+    def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> torch.Tensor:
+        """The image resized and centre-cropped to the model's size, in [-1, 1], with the mask as last channel."""
+        size = self._size()
+        key = (str(options["mask"]), size)
+        if getattr(self, "_mask", (None, None))[0] != key:
+            self._mask = (key, torch.from_numpy(mask_option(options["mask"], size)))
+        return torch.cat([to_model_range(resize_square(image, size)), self._mask[1][None]])
+
+    def predict_batch(self, model: nn.Module, inputs: list[Any], options: dict[str, Any]) -> list[Any]:
+        """Inpaint a batch (one noise generator for the whole prediction, labels cycled over all inputs)."""
+        state = self._run_state(model, options)
+        x = torch.stack(inputs)
+        images, masks = x[:, :-1], x[:, -1:]
+        labels = class_labels(model, options["labels"], len(inputs), state["done"])
+        state["done"] += len(inputs)
+        filled = model.inpaint(
+            images,
+            masks,
+            labels=labels,
+            generator=state["generator"],
+            resample=int(options["resample"]),
+            **state["sampling"],
+        )
+        filled, masked = filled.float().cpu(), images * (1 - masks) - masks  # the hidden region shown black
+        return [
+            {"filled": filled[i], "masked": masked[i], "fraction": float(masks[i].mean()), "labels": labels, "i": i}
+            for i in range(len(inputs))
+        ]
+
+    def postprocess(self, output: dict[str, Any], image: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
+        """The fraction of the image that was filled (and the requested class for conditional models)."""
+        record: dict[str, Any] = {"masked_fraction": output["fraction"]}
+        if output["labels"] is not None:
+            record["label"] = int(output["labels"][output["i"]])
+        return record
+
+    def draw(self, image: np.ndarray, output: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        """The filled image (`inpaint/`) and the input with the hidden region black (`masked/`)."""
+        return {"inpaint": to_picture(output["filled"]), "masked": to_picture(output["masked"])}
+
+    def finish_predictions(self, records: list[dict[str, Any]], out_dir: Path, options: dict[str, Any]) -> dict:
+        """inpaint_grid.png (rows: input, masked, result) and the sampling options used."""
+        state = getattr(self, "_inpaint", None)
+        sampling = state["sampling"] if state is not None and state["options"] is options else {}
+        self._inpaint = None
+        grid = inpaint_grid(records, Path(out_dir), self._size(), self.facts.channels)
+        return {"grid": str(grid), "options": {**sampling, "mask": str(options["mask"]), "seed": options["seed"]}}
