@@ -40,8 +40,11 @@ def test_tools_train_eval_predict(tmp_path: Path) -> None:
         "predict", str(best), str(tmp_path / "images"), "--out", str(tmp_path / "pred"), "--option", "topk=3"
     )
     assert proc.returncode == 0, proc.stderr
-    preds = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    written = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert written["task"] == "classification" and written["data"]["class_names"] == [str(d) for d in range(10)]
+    preds = written["predictions"]
     assert len(preds) == 12 and all(len(p["top"]) == 3 for p in preds)
+    assert [Path(p["input"]).name for p in preds] == [f"{i:02d}.png" for i in range(12)]
     hits = sum(p["top"][0]["label"] == y for p, y in zip(preds, labels))
     assert hits >= 6, preds  # a 3-epoch tiny model already gets most digits right
     assert (tmp_path / "pred" / "predictions.png").stat().st_size > 1000
@@ -59,4 +62,6 @@ def test_python_api_train_evaluate_predict(tmp_path: Path) -> None:
     _digit_pngs(tmp_path / "imgs", 4)
     out = visionkit.predict(result.best_checkpoint, [tmp_path / "imgs"], tmp_path / "p", topk=2)
     assert len(out["predictions"]) == 4 and len(out["predictions"][0]["top"]) == 2
+    assert out["grid"] == str(tmp_path / "p" / "predictions.png") and Path(out["grid"]).is_file()
+    assert out["json"] == str(tmp_path / "p" / "predictions.json")
     assert abs(sum(t["score"] for t in out["predictions"][0]["top"])) <= 1.0 + 1e-6

@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from visionkit.data import IMAGE_SUFFIXES
+from visionkit.data.facts import DataFacts
+from visionkit.data.images import read_image, to_tensor
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
@@ -41,8 +42,8 @@ class ClassificationDataset(Dataset):
         if image_size:
             specs.append({"name": "Resize", "height": image_size, "width": image_size})
         self.transform = build_pipeline(specs, key=key) if specs else None
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
+        self.image_side = image_size
+        self.mean, self.std = [float(m) for m in mean], [float(v) for v in std]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,6 +68,13 @@ class ClassificationDataset(Dataset):
         """Side of the (possibly resized) images the model sees."""
         return int(self[0][0].shape[-1]) if len(self) else 0
 
+    def facts(self) -> DataFacts:
+        """Class names, channels and the image side the model sees (the resize target, else the data's)."""
+        if not len(self):
+            return DataFacts(class_names=self.classes)
+        size = self.image_side or self.image_size
+        return DataFacts(class_names=self.classes, channels=self.channels, image_size=size)
+
 
 class ArrayImages:
     """Picklable image source over an in-memory NHWC uint8 array (optionally through an index)."""
@@ -86,27 +94,6 @@ class FileImages:
 
     def __call__(self, i: int) -> np.ndarray:
         return read_image(self.files[i], self.channels)
-
-
-def to_tensor(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-    """HWC uint8 (or float in [0, 255]) to a normalised CHW float tensor."""
-    if image.ndim == 2:
-        image = image[:, :, None]
-    x = (image.astype(np.float32) / 255.0 - mean) / std
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-
-
-def read_image(path: Path, channels: int | None = None) -> np.ndarray:
-    """Read an image file as HWC uint8 (grey with channels=1, RGB with 3, as stored otherwise)."""
-    try:
-        with Image.open(path) as im:
-            mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if im.mode in ("L", "1", "I;16") else "RGB")
-            array = np.asarray(im.convert(mode))
-    except FileNotFoundError as exc:
-        raise DataError(f"Image file '{path}' does not exist.") from exc
-    except OSError as exc:
-        raise DataError(f"Image file '{path}' could not be read as an image ({exc}).") from exc
-    return array[:, :, None] if array.ndim == 2 else array
 
 
 def _split(n: int, labels: np.ndarray, split: str, val_fraction: float, seed: int) -> np.ndarray:

@@ -1,11 +1,21 @@
-"""Classification loss and metrics: cross-entropy, top-k accuracy, per-class accuracy, confusion matrix."""
+"""Classification loss and metrics: cross-entropy, top-k accuracy, per-class accuracy, confusion matrix.
+
+The metrics wrap torchmetrics (micro-averaged `MulticlassAccuracy` with `top_k`, `MulticlassConfusionMatrix`),
+so their state is reduced over every rank by torchmetrics itself.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from visionkit.engine.distributed import all_reduce_sum
+import torch
+import torchmetrics
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from visionkit.engine.metrics import Metric
+from visionkit.errors import ConfigError
 from visionkit.registry import LOSSES, METRICS
 
 TASK = "classification"
@@ -18,42 +28,96 @@ def cross_entropy(label_smoothing: float = 0.0, weight: list[float] | None = Non
     return nn.CrossEntropyLoss(weight=w, label_smoothing=label_smoothing)
 
 
-@METRICS.register("classification", task=TASK)
-class ClassificationMetrics:
-    """Accumulates a confusion matrix and top-k hits over a whole validation set (all ranks)."""
+def _check_classes(num_classes: int, metric: str) -> int:
+    """The class count as an int; torchmetrics' multiclass metrics need at least two classes."""
+    if num_classes is None or int(num_classes) < 2:
+        raise ConfigError(f"metric '{metric}' needs at least 2 classes, the data has {num_classes}.")
+    return int(num_classes)
 
-    def __init__(self, num_classes: int, topk: tuple[int, ...] = (1, 5)) -> None:
-        self.num_classes = num_classes
-        self.topk = tuple(topk)  # top-k with k above the class count counts as top-C
-        self.reset()
+
+def _logits_and_target(outputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation step's (N, C) logits as float and its (N,) integer targets."""
+    return outputs["logits"].detach().float(), outputs["target"].detach().long()
+
+
+class _Wrapped(Metric):
+    """A visionkit Metric around torchmetrics children: resets them with itself."""
 
     def reset(self) -> None:
-        """Clear the accumulated state."""
-        self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
-        self.hits = torch.zeros(len(self.topk), dtype=torch.int64)
-        self.count = torch.zeros((), dtype=torch.int64)
+        """Clear this metric and every wrapped torchmetrics metric."""
+        super().reset()
+        for child in self.modules():
+            if child is not self and isinstance(child, torchmetrics.Metric):
+                child.reset()
 
-    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch of logits (N, C) and integer targets (N,)."""
-        logits, target = logits.detach().float().cpu(), target.detach().cpu().long()
-        pred = logits.argmax(1)
-        self.confusion += torch.bincount(target * self.num_classes + pred, minlength=self.num_classes**2).view(
-            self.num_classes, self.num_classes
+
+@METRICS.register("accuracy", task=TASK)
+class TopKAccuracy(_Wrapped):
+    """Top-k accuracy (micro-averaged) for each k in `topk`, reported as val/top<k>; k is capped at the classes."""
+
+    inputs = ("logits", "target")
+
+    def __init__(self, num_classes: int, topk: Sequence[int] = (1, 5)) -> None:
+        super().__init__()
+        classes = _check_classes(num_classes, "accuracy")
+        if not topk or any(int(k) < 1 for k in topk):
+            raise ConfigError(f"metric 'accuracy' option topk must be a list of integers >= 1, got {topk!r}.")
+        self.topk = [int(k) for k in topk]
+        self.accuracies = nn.ModuleList(
+            MulticlassAccuracy(classes, top_k=min(k, classes), average="micro") for k in self.topk
         )
-        ranked = logits.topk(min(max(self.topk), self.num_classes), dim=1).indices
-        correct = ranked == target[:, None]
-        for i, k in enumerate(self.topk):
-            self.hits[i] += int(correct[:, : min(k, self.num_classes)].any(1).sum())
-        self.count += len(target)
 
-    def compute(self) -> dict[str, float]:
-        """Top-k accuracies over every rank's samples (reduces the state across ranks in place)."""
-        for t in (self.confusion, self.hits, self.count):
-            all_reduce_sum(t)
-        n = max(int(self.count), 1)
-        return {f"val/top{k}": float(self.hits[i]) / n for i, k in enumerate(self.topk)}
+    def update(self, outputs: Mapping[str, Any]) -> None:
+        """Add one batch of logits and targets."""
+        logits, target = _logits_and_target(outputs)
+        for accuracy in self.accuracies:
+            accuracy.update(logits, target)
 
-    def per_class_accuracy(self) -> list[float]:
-        """Recall of each class (correct / samples of that class; NaN-free: 0 for absent classes)."""
-        totals = self.confusion.sum(1).clamp(min=1)
-        return (self.confusion.diag().float() / totals).tolist()
+    def compute(self) -> dict[str, Any]:
+        """{"top<k>": accuracy} over every rank's samples."""
+        return {f"top{k}": float(m.compute()) for k, m in zip(self.topk, self.accuracies)}
+
+
+@METRICS.register("confusion_matrix", task=TASK)
+class ConfusionMatrix(_Wrapped):
+    """The confusion matrix (rows: true class, columns: predicted) as a list of lists, for summary.json."""
+
+    inputs = ("logits", "target")
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.confusion = MulticlassConfusionMatrix(_check_classes(num_classes, "confusion_matrix"))
+
+    def update(self, outputs: Mapping[str, Any]) -> None:
+        """Add one batch of logits and targets."""
+        self.confusion.update(*_logits_and_target(outputs))
+
+    def compute(self) -> dict[str, Any]:
+        """{"confusion_matrix": [[count, ...], ...]} over every rank's samples."""
+        return {"confusion_matrix": self.confusion.compute().long().tolist()}
+
+
+@METRICS.register("per_class_accuracy", task=TASK)
+class PerClassAccuracy(_Wrapped):
+    """Accuracy (recall) of each class by name; None for a class without validation samples."""
+
+    inputs = ("logits", "target")
+
+    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
+        super().__init__()
+        classes = _check_classes(num_classes, "per_class_accuracy")
+        self.names = list(class_names) if class_names else [f"class_{i}" for i in range(classes)]
+        if len(self.names) != classes:
+            raise ConfigError(f"metric 'per_class_accuracy' got {len(self.names)} class names for {classes} classes.")
+        self.confusion = MulticlassConfusionMatrix(classes)
+
+    def update(self, outputs: Mapping[str, Any]) -> None:
+        """Add one batch of logits and targets."""
+        self.confusion.update(*_logits_and_target(outputs))
+
+    def compute(self) -> dict[str, Any]:
+        """{"per_class_accuracy": {name: accuracy or None}} over every rank's samples."""
+        confusion = self.confusion.compute().double()
+        support, hits = confusion.sum(1), confusion.diag()
+        values = [float(h / s) if s > 0 else None for h, s in zip(hits.tolist(), support.tolist())]
+        return {"per_class_accuracy": dict(zip(self.names, values))}

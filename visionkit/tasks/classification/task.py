@@ -10,14 +10,14 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from visionkit.data import expand_images
+from visionkit.data.images import read_image, to_tensor
 from visionkit.data.transforms import build_pipeline
-from visionkit.errors import DataError
+from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
-from visionkit.tasks.classification.datasets import read_image, to_tensor
-from visionkit.tasks.classification.metrics import ClassificationMetrics
 from visionkit.tasks.classification.visualize import confusion_matrix_image, prediction_grid
+
+GRID_IMAGES = 64  # images shown in predictions.png
 
 
 @TASKS.register("classification", aliases=["cls"])
@@ -32,7 +32,7 @@ class ClassificationTask(Task):
         "data": {
             "train": {"name": "digits"},
             "val": {"name": "digits"},
-            "num_classes": None,  # filled in from the training set
+            "num_classes": None,  # null: from the training set
             "class_names": None,
             "channels": None,
             "image_size": None,  # resize to this square size; filled in from the data when null
@@ -40,19 +40,12 @@ class ClassificationTask(Task):
             "std": [0.5],
         },
         "loss": {"name": "cross_entropy"},
+        "metrics": [{"name": "accuracy", "topk": [1, 5]}, "per_class_accuracy", "confusion_matrix"],
     }
-
-    def model_defaults(self) -> dict[str, Any]:
-        """Offer num_classes, in_chans and image_size to every model builder."""
-        d = self.cfg["data"]
-        return {
-            "num_classes": d["num_classes"] or 10,
-            "in_chans": d["channels"] or 3,
-            "image_size": d["image_size"] or 32,
-        }
+    predict_options = {"topk": 5}
 
     def dataset_defaults(self, split: str) -> dict[str, Any]:
-        """Offer split, transforms, resize and normalisation to every dataset builder."""
+        """Offer split, transforms, the declared resize and normalisation to every dataset builder."""
         d = self.cfg["data"]
         return {
             "split": split,
@@ -62,104 +55,61 @@ class ClassificationTask(Task):
             "std": d["std"],
         }
 
-    def build_dataset(self, split: str) -> Dataset:
-        """Build a dataset and record its classes, channels and image size in the config."""
-        dataset = super().build_dataset(split)
-        d = self.cfg["data"]
-        classes = list(getattr(dataset, "classes", []) or [])
-        if classes:
-            if d["num_classes"] not in (None, len(classes)) and split == "train":
-                raise DataError(
-                    f"data.num_classes is {d['num_classes']} but data.train has {len(classes)} classes {classes}."
-                )
-            if d["class_names"] and split == "val" and list(d["class_names"]) != classes:
-                raise DataError(f"data.val classes {classes} differ from data.train classes {d['class_names']}.")
-            d["num_classes"] = d["num_classes"] or len(classes)
-            d["class_names"] = d["class_names"] or classes
-        if len(dataset):  # type: ignore[arg-type]
-            d["channels"] = d["channels"] or getattr(dataset, "channels", None)
-            d["image_size"] = d["image_size"] or getattr(dataset, "image_size", None)
-        return dataset
-
-    def setup(self, model: nn.Module, device: torch.device) -> None:
-        """Build the loss and the metric accumulator."""
-        super().setup(model, device)
-        self.metrics = ClassificationMetrics(self.cfg["data"]["num_classes"])
-
     def training_step(self, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor]:
         """Cross-entropy of the model's logits."""
         images, labels = batch
         return {"loss": self.loss_fn(ctx.model(images), labels)}
 
-    def reset_metrics(self) -> None:
-        """Clear accuracy and loss sums."""
-        self.metrics.reset()
-        self.loss_sum = torch.zeros((), dtype=torch.float64)
-
-    def validation_step(self, batch: Any, ctx: StepContext) -> None:
-        """Accumulate top-k hits, the confusion matrix and the loss."""
+    def validation_step(self, batch: Any, ctx: StepContext) -> dict[str, Any]:
+        """The batch's mean loss, logits and targets for the metrics."""
         images, labels = batch
         logits = ctx.model(images)
-        self.metrics.update(logits, labels)
-        self.loss_sum += float(self.loss_fn(logits.float(), labels)) * len(labels)
+        return {"loss": self.loss_fn(logits.float(), labels), "logits": logits, "target": labels}
 
-    def compute_metrics(self) -> dict[str, float]:
-        """val/top1, val/top5 and val/loss over the whole validation set."""
-        from visionkit.engine.distributed import all_reduce_sum
+    def on_validation_end(
+        self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int, results: dict[str, Any]
+    ) -> None:
+        """Draw the confusion matrix of this validation (when the `confusion_matrix` metric ran)."""
+        confusion = results.get("confusion_matrix")
+        if confusion is not None:
+            confusion_matrix_image(torch.as_tensor(confusion), self.facts.names, run_dir / "confusion_matrix.png")
 
-        out = self.metrics.compute()
-        total = all_reduce_sum(self.loss_sum.clone())
-        return {**out, "val/loss": float(total) / max(int(self.metrics.count), 1)}
+    # -- prediction -----------------------------------------------------------------------------
+    def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> torch.Tensor:
+        """Resize to the model's square size (facts.image_size) and normalise with facts.mean/std."""
+        size = self.facts.image_size
+        if size:
+            if getattr(self, "_resize_size", None) != size:
+                self._resize = build_pipeline([{"name": "Resize", "height": size, "width": size}])
+                self._resize_size = size
+            image = self._resize(image=image)["image"]
+        return to_tensor(image, self.facts.mean, self.facts.std)
 
-    def on_validation_end(self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int) -> None:
-        """Draw the confusion matrix of this validation."""
-        confusion_matrix_image(
-            self.metrics.confusion, self.cfg["data"]["class_names"], run_dir / "confusion_matrix.png"
-        )
+    def predict_batch(self, model: nn.Module, inputs: list[Any], options: dict[str, Any]) -> list[Any]:
+        """Class probabilities (softmax of the logits) for each input, on the CPU."""
+        x = torch.stack(inputs).to(next(model.parameters()).device)
+        return list(model(x).float().softmax(1).cpu())
 
-    def summary_extras(self) -> dict[str, Any]:
-        """Per-class accuracy and the confusion matrix of the last validation."""
-        if not hasattr(self, "metrics") or int(self.metrics.count) == 0:
+    def postprocess(self, output: torch.Tensor, image: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
+        """{"top": [{"label", "name", "score"}, ...]}: the `topk` most likely classes (at most all of them)."""
+        topk = int(options["topk"])
+        if topk < 1:
+            raise ConfigError(f"Predict option topk must be at least 1, got {options['topk']!r}.")
+        scores, labels = output.topk(min(topk, output.numel()))
+        names = self.facts.names
+        return {
+            "top": [
+                {"label": int(li), "name": names[li] if li < len(names) else str(li), "score": round(si, 6)}
+                for si, li in zip(scores.tolist(), labels.tolist())
+            ]
+        }
+
+    def finish_predictions(self, records: list[dict[str, Any]], out_dir: Path, options: dict[str, Any]) -> dict:
+        """Write predictions.png: the first images with their top-1 label and score, as a grid."""
+        if not records:
             return {}
-        names = self.cfg["data"]["class_names"]
-        return {
-            "per_class_accuracy": dict(zip(names, self.metrics.per_class_accuracy())),
-            "confusion_matrix": self.metrics.confusion.tolist(),
-        }
-
-    def predict_files(
-        self, model: nn.Module, inputs: list[Path], out_dir: Path, options: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Top-k labels for image files (folders are expanded); writes predictions.json and predictions.png."""
-        d = self.cfg["data"]
-        files = expand_images(inputs)
-        size = d["image_size"]
-        resize = build_pipeline([{"name": "Resize", "height": size, "width": size}]) if size else None
-        mean, std = np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32)
-        k = min(int(options.get("topk", 5)), d["num_classes"])
-        device = next(model.parameters()).device
-        results, images = [], []
-        batch_size = int(options.get("batch_size", 64))
-        for start in range(0, len(files), batch_size):
-            chunk = files[start : start + batch_size]
-            raw = [read_image(f, d["channels"]) for f in chunk]
-            x = torch.stack([to_tensor(resize(image=r)["image"] if resize else r, mean, std) for r in raw]).to(device)
-            with torch.no_grad():
-                probs = model(x).float().softmax(1).cpu()
-            scores, labels = probs.topk(k, dim=1)
-            for f, r, s, lab in zip(chunk, raw, scores.tolist(), labels.tolist()):
-                top = [
-                    {"label": int(li), "name": d["class_names"][li], "score": round(si, 6)} for si, li in zip(s, lab)
-                ]
-                results.append({"file": str(f), "top": top})
-                images.append(r)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        import json
-
-        (out_dir / "predictions.json").write_text(json.dumps(results, indent=2) + "\n")
-        prediction_grid(images, [r["top"][0] for r in results], out_dir / "predictions.png")
-        return {
-            "predictions": results,
-            "json": str(out_dir / "predictions.json"),
-            "grid": str(out_dir / "predictions.png"),
-        }
+        shown = records[:GRID_IMAGES]
+        images = [read_image(r["input"], self.facts.channels) for r in shown]
+        path = out_dir / "predictions.png"
+        prediction_grid(images, [r["top"][0] for r in shown], path, max_images=GRID_IMAGES)
+        return {"grid": str(path)}
