@@ -65,9 +65,9 @@ def test_train_eval_predict_through_tools(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert len(result["predictions"]) == 4
-    mask = np.array(Image.open(tmp_path / "pred" / result["predictions"][0]["mask"]))
+    mask = np.array(Image.open(tmp_path / "pred" / result["predictions"][0]["masks"]))
     assert mask.shape == (32, 32) and mask.max() < 4
-    assert (tmp_path / "pred" / result["predictions"][0]["overlay"]).is_file()
+    assert (tmp_path / "pred" / result["predictions"][0]["overlays"]).is_file()
 
 
 def test_cli_reports_a_data_error_without_traceback(
@@ -105,7 +105,7 @@ def test_train_evaluate_predict_through_the_api(tmp_path: Path) -> None:
     assert metrics["val/mIoU"] == pytest.approx(result.best["val/mIoU"], abs=1e-6)
     out = visionkit.predict(result.best_checkpoint, [tmp_path / "val" / "images"], tmp_path / "pred")
     assert [Path(p["input"]).name for p in out["predictions"]] == ["img00.png", "img01.jpg", "img02.png"]
-    assert all((tmp_path / "pred" / p["mask"]).is_file() for p in out["predictions"])
+    assert all((tmp_path / "pred" / p["masks"]).is_file() for p in out["predictions"])
 
 
 @pytest.mark.cuda

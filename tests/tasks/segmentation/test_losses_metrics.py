@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -117,13 +118,16 @@ def test_metrics_accumulate_like_torchmetrics_over_batches() -> None:
             torch.rand(target.shape, generator=gen) < 0.6, target, torch.randint(0, n, target.shape, generator=gen)
         )
         target[torch.rand(target.shape, generator=gen) < 0.1] = ignore
-        ours.update(pred, target)
+        ours.update({"pred": pred, "target": target})
         for ref in (iou_ref, acc_ref, mean_acc_ref, cm_ref):
             ref.update(pred, target)
     scores = ours.compute()
     assert torch.equal(ours.matrix, cm_ref.compute())
-    per_class = torch.tensor([row["iou"] for row in scores["per_class"]], dtype=torch.float32)
+    per_class = torch.tensor([row["iou"] for row in scores["per_class_iou"]], dtype=torch.float32)
     assert torch.allclose(per_class, iou_ref.compute(), atol=1e-6)
+    scalars = torch.tensor([scores[f"IoU/class_{i}"] for i in range(n)], dtype=torch.float32)
+    assert torch.allclose(scalars, iou_ref.compute(), atol=1e-6)
+    assert ours.compute() == scores  # compute() is safe to call twice
     assert scores["mIoU"] == pytest.approx(iou_ref.compute().mean().item(), abs=1e-6)
     assert scores["pixel_acc"] == pytest.approx(acc_ref.compute().item(), abs=1e-6)
     assert scores["mean_acc"] == pytest.approx(mean_acc_ref.compute().item(), abs=1e-6)
@@ -133,14 +137,19 @@ def test_metrics_hand_example_with_an_absent_class() -> None:
     target = torch.tensor([[0, 0, 1, 1], [0, 255, 1, 2]])
     pred = torch.tensor([[0, 1, 1, 1], [0, 0, 2, 2]])
     metric = SegmentationMetrics(4, ignore_index=255, class_names=["bg", "a", "b", "c"])
-    metric.update(pred, target)
+    metric.update({"pred": pred, "target": target})
     scores = metric.compute()
     # bg: tp 2, fp 0, fn 1 -> 2/3; a: tp 2, fp 1, fn 1 -> 2/4; b: tp 1, fp 1, fn 0 -> 1/2; c absent -> NaN
-    ious = [row["iou"] for row in scores["per_class"]]
-    assert ious[:3] == pytest.approx([2 / 3, 0.5, 0.5]) and math.isnan(ious[3])
+    ious = [row["iou"] for row in scores["per_class_iou"]]
+    assert ious[:3] == pytest.approx([2 / 3, 0.5, 0.5]) and ious[3] is None  # null in the table
+    assert [scores[f"IoU/{c}"] for c in ("bg", "a", "b")] == pytest.approx([2 / 3, 0.5, 0.5])
+    assert math.isnan(scores["IoU/c"])  # NaN as a scalar
+    assert [row["class"] for row in scores["per_class_iou"]] == ["bg", "a", "b", "c"]
     assert scores["mIoU"] == pytest.approx((2 / 3 + 0.5 + 0.5) / 3)
     assert scores["pixel_acc"] == pytest.approx(5 / 7)
-    assert [row["pixels"] for row in scores["per_class"]] == [3, 3, 1, 0]
+    assert [row["pixels"] for row in scores["per_class_iou"]] == [3, 3, 1, 0]
+    assert scores["mean_acc"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)  # c has no pixels: left out
+    json.dumps(scores["per_class_iou"], allow_nan=False)
 
 
 def test_metrics_are_reduced_across_ranks(tmp_path) -> None:
@@ -156,12 +165,14 @@ def test_metrics_are_reduced_across_ranks(tmp_path) -> None:
         start_method="fork",
     )
     reduced = torch.load(tmp_path / "out.pt")
+    assert reduced["again"] == reduced["first"]  # a second compute() gives the same reduced numbers
+    assert torch.equal(reduced["matrix"], reduced["matrix_again"])  # the local state is restored after syncing
     whole = SegmentationMetrics(3, ignore_index=255)
-    whole.update(torch.cat(preds), torch.cat(targets))
+    whole.update({"pred": torch.cat(preds), "target": torch.cat(targets)})
     expected = whole.compute()
     assert reduced["mIoU"] == pytest.approx(expected["mIoU"]) and reduced["pixel_acc"] == pytest.approx(
         expected["pixel_acc"]
     )
     single = SegmentationMetrics(3, ignore_index=255)
-    single.update(preds[0], targets[0])
+    single.update({"pred": preds[0], "target": targets[0]})
     assert single.compute()["mIoU"] != pytest.approx(expected["mIoU"])  # the reduction mattered

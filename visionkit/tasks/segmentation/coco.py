@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from visionkit.data.images import read_image
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
-from visionkit.tasks.segmentation.datasets import IMAGENET_MEAN, IMAGENET_STD, SegmentationDataset, read_image
+from visionkit.tasks.segmentation.datasets import IMAGENET_MEAN, IMAGENET_STD, SegmentationDataset
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int, where: str) -> np.ndarray:
@@ -167,7 +168,7 @@ class CocoSegmentationDataset(SegmentationDataset):
         """Read the image and render its mask."""
         info = self.images[index]
         path = self.image_root / info["file_name"]
-        image = read_image(path)
+        image = read_image(path, 3)
         if image.shape[:2] != (int(info["height"]), int(info["width"])):
             raise DataError(
                 f"Image '{path}' is {image.shape[1]}x{image.shape[0]} (WxH) but '{self.annotation_file}' says "

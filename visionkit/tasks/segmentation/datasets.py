@@ -12,38 +12,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from visionkit.data import IMAGE_SUFFIXES
+from visionkit.data.images import read_image, to_tensor
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an image file as HxWx3 uint8 RGB, with a DataError naming the file when it cannot be read."""
-    try:
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
-    except FileNotFoundError as exc:
-        raise DataError(f"Image file '{path}' does not exist.") from exc
-    except OSError as exc:
-        raise DataError(f"Image file '{path}' could not be read as an image: {exc}") from exc
-
-
-def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """HxWx3 uint8 -> 3xHxW float tensor scaled to [0, 1] and normalised with mean/std."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return tensor.sub_(mean_t).div_(std_t)
-
-
-def to_uint8_image(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Undo `to_tensor`: 3xHxW normalised float tensor -> HxWx3 uint8."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    image = (tensor.detach().float().cpu() * std_t + mean_t).clamp(0, 1).mul(255).round()
-    return image.permute(1, 2, 0).to(torch.uint8).numpy()
 
 
 def check_mask_values(mask: np.ndarray, num_classes: int, ignore_index: int | None, where: str) -> None:
@@ -62,8 +36,10 @@ class SegmentationDataset(Dataset):
     """Base for segmentation datasets: subclasses load (image, mask); this applies transforms and checks.
 
     A sample is `{"image": 3xHxW float tensor, "mask": HxW int64 tensor, "index": int}`. The albumentations
-    pipeline is stored as `self.transform` so the trainer can reseed it.
+    pipeline is stored as `self.transform` so the trainer can reseed it. Images are read as RGB.
     """
+
+    channels = 3
 
     def __init__(
         self,
@@ -197,6 +173,6 @@ class FolderSegmentationDataset(SegmentationDataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         """Read image and mask number `index` from disk."""
         mask_path = self.masks[index]
-        image = read_image(self.images[index])
+        image = read_image(self.images[index], 3)
         mask = read_mask(mask_path, self.palette, self.ignore_color, self.ignore_index)
         return image, mask, f"Mask '{mask_path}' (image '{self.images[index]}')"

@@ -3,58 +3,55 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
-from visionkit.engine.distributed import all_reduce_sum
+from visionkit.engine.metrics import Metric
 from visionkit.registry import METRICS
 
 
 @METRICS.register("miou", task="segmentation")
-class SegmentationMetrics:
+class SegmentationMetrics(Metric):
     """Accumulates a CxC confusion matrix (rows: target, columns: prediction) over a whole validation set.
 
     IoU of class c = TP / (TP + FP + FN). A class that appears neither in the targets nor in the predictions
-    has no IoU (NaN in the table) and is left out of the mean. Pixels equal to `ignore_index` are skipped.
+    has no IoU (NaN as a scalar, null in the table) and is left out of the mean. Pixels equal to
+    `ignore_index` are skipped. The matrix is summed over ranks by torchmetrics (`dist_reduce_fx="sum"`).
     """
 
-    def __init__(self, num_classes: int, ignore_index: int | None = 255, class_names: Sequence[str] | None = None):
-        self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(num_classes)]
-        self.matrix: torch.Tensor | None = None
+    inputs = ("pred", "target")
 
-    def reset(self) -> None:
-        """Forget everything accumulated."""
-        self.matrix = None
+    def __init__(
+        self, num_classes: int, ignore_index: int | None = 255, class_names: Sequence[str] | None = None
+    ) -> None:
+        super().__init__()
+        self.num_classes, self.ignore_index = int(num_classes), ignore_index
+        self.class_names = list(class_names) if class_names else [f"class_{i}" for i in range(self.num_classes)]
+        n = self.num_classes
+        self.add_state("matrix", torch.zeros(n, n, dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add a batch of predicted and target class-index maps (same shape) without a host sync."""
+    def update(self, outputs: Mapping[str, Any]) -> None:  # type: ignore[override]
+        """Add a batch of predicted and target class-index maps (`pred`, `target`, same shape), no host sync."""
+        pred, target = outputs["pred"], outputs["target"]
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
         n = self.num_classes
-        target = target.reshape(-1).long()
-        pred = pred.reshape(-1).long()
+        target = target.reshape(-1).long().to(self.matrix.device)
+        pred = pred.reshape(-1).long().to(self.matrix.device)
         valid = (target >= 0) & (target < n)
         if self.ignore_index is not None:
             valid &= target != self.ignore_index
         codes = torch.where(valid, target * n + pred.clamp(0, n - 1), torch.full_like(target, n * n))
-        counts = torch.bincount(codes, minlength=n * n + 1)[: n * n].reshape(n, n)
-        self.matrix = counts if self.matrix is None else self.matrix + counts
+        self.matrix += torch.bincount(codes, minlength=n * n + 1)[: n * n].reshape(n, n)
 
-    def reduced_matrix(self, device: torch.device | None = None) -> torch.Tensor:
-        """The confusion matrix summed over all ranks (every rank must call this)."""
-        matrix = self.matrix
-        if matrix is None:
-            matrix = torch.zeros(self.num_classes, self.num_classes, dtype=torch.long, device=device)
-        return all_reduce_sum(matrix.clone())
-
-    def compute(self, device: torch.device | None = None) -> dict[str, object]:
-        """mIoU, pixel accuracy and per-class IoU/accuracy/support from the reduced confusion matrix."""
-        return scores_from_matrix(self.reduced_matrix(device).cpu().double(), self.class_names)
+    def compute(self) -> dict[str, Any]:  # type: ignore[override]
+        """mIoU, pixel/mean accuracy, `IoU/<class>` scalars and the `per_class_iou` table (null where undefined)."""
+        return scores_from_matrix(self.matrix.detach().cpu().double(), self.class_names)
 
 
-def scores_from_matrix(matrix: torch.Tensor, class_names: Sequence[str]) -> dict[str, object]:
+def scores_from_matrix(matrix: torch.Tensor, class_names: Sequence[str]) -> dict[str, Any]:
     """Scores from a CxC (target x prediction) confusion matrix."""
     tp = matrix.diag()
     support = matrix.sum(1)
@@ -64,12 +61,21 @@ def scores_from_matrix(matrix: torch.Tensor, class_names: Sequence[str]) -> dict
     acc = torch.where(support > 0, tp / support.clamp_min(1), torch.full_like(tp, math.nan))
     total = matrix.sum()
     present = ~torch.isnan(iou)
+    names = [str(name) for name in class_names]
+    table = [
+        {"class": name, "iou": _plain(iou[i]), "acc": _plain(acc[i]), "pixels": int(support[i])}
+        for i, name in enumerate(names)
+    ]
     return {
         "mIoU": float(iou[present].mean()) if present.any() else math.nan,
         "pixel_acc": float(tp.sum() / total) if total > 0 else math.nan,
         "mean_acc": float(acc[~torch.isnan(acc)].mean()) if (~torch.isnan(acc)).any() else math.nan,
-        "per_class": [
-            {"class": str(name), "iou": float(iou[i]), "acc": float(acc[i]), "pixels": int(support[i])}
-            for i, name in enumerate(class_names)
-        ],
+        **{f"IoU/{name}": float(iou[i]) for i, name in enumerate(names)},
+        "per_class_iou": table,
     }
+
+
+def _plain(value: torch.Tensor) -> float | None:
+    """A float, or None for NaN (JSON-safe)."""
+    number = float(value)
+    return None if math.isnan(number) else number

@@ -1,8 +1,7 @@
-"""The semantic segmentation task: builders, steps, metrics, sample overlays and file prediction."""
+"""The semantic segmentation task: builders, data facts, steps, sample overlays and prediction."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,21 +14,14 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from visionkit.data import expand_images
+from visionkit.data.facts import DataFacts, declared_facts, facts_of, resolve_facts
+from visionkit.data.images import to_tensor, to_uint8_image
 from visionkit.data.transforms import build_pipeline
-from visionkit.engine.distributed import all_reduce_sum
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
-from visionkit.tasks.segmentation.datasets import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    read_image,
-    to_tensor,
-    to_uint8_image,
-)
-from visionkit.tasks.segmentation.metrics import SegmentationMetrics
-from visionkit.tasks.segmentation.visualize import overlay, sample_grid, save_index_png
+from visionkit.tasks.segmentation.datasets import IMAGENET_MEAN, IMAGENET_STD
+from visionkit.tasks.segmentation.visualize import index_png, overlay, sample_grid
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -58,6 +50,31 @@ def pad_collate(samples: list[dict[str, Any]], ignore_index: int | None) -> dict
     return {"image": images, "mask": masks, "index": torch.tensor([int(s.get("index", -1)) for s in samples])}
 
 
+def generic_names(count: int) -> list[str]:
+    """The placeholder names class_0 .. class_<count-1> a dataset uses when it names no classes."""
+    return [f"class_{i}" for i in range(count)]
+
+
+def named_facts(dataset: Dataset | None) -> DataFacts:
+    """Facts a dataset tells, without placeholder class names (masks alone do not tell the class count)."""
+    found = facts_of(dataset)
+    if found.class_names and found.class_names == generic_names(len(found.class_names)):
+        found = found.replace(class_names=None, num_classes=None)
+    return found
+
+
+def per_class_table(rows: list[dict[str, Any]]) -> str:
+    """A per-class IoU table (rows of class, iou, acc, pixels; None where undefined) as text."""
+    width = max([5, *(len(str(r["class"])) for r in rows)])
+    lines = [f"{'class':<{width}}  {'IoU':>6}  {'acc':>6}  {'pixels':>10}"]
+    for r in rows:
+        iou, acc = (
+            "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}" for v in (r["iou"], r["acc"])
+        )
+        lines.append(f"{r['class']:<{width}}  {iou:>6}  {acc:>6}  {r['pixels']:>10}")
+    return "\n".join(lines)
+
+
 @TASKS.register("segmentation", aliases=["seg"])
 class SegmentationTask(Task):
     """Semantic segmentation: per-pixel classes, `ignore_index`, mIoU over the whole validation set."""
@@ -75,14 +92,17 @@ class SegmentationTask(Task):
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
         },
+        "metrics": ["miou"],
         "segmentation": {"aux_weight": 0.4, "num_samples": 4, "overlay_alpha": 0.5},
     }
+    predict_options: ClassVar[dict[str, Any]] = {"alpha": None}  # None: segmentation.overlay_alpha
+    predict_stack: ClassVar[bool] = False  # images keep their own sizes; predict_batch groups equal shapes
 
     # -- config ---------------------------------------------------------------------------------
     @property
     def num_classes(self) -> int:
-        """Number of classes, background included."""
-        return int(self.cfg["data"]["num_classes"])
+        """Number of classes, background included (from the data facts once known, else data.num_classes)."""
+        return int(self.facts.num_classes or self.cfg["data"]["num_classes"])
 
     @property
     def ignore_index(self) -> int | None:
@@ -91,9 +111,11 @@ class SegmentationTask(Task):
 
     @property
     def class_names(self) -> list[str]:
-        """Class names from data.class_names (or recorded from the dataset), else class_<i>."""
+        """Class names from the data facts (declared or from the data), else class_<i>."""
+        if self.facts.num_classes:
+            return self.facts.names
         names = self.cfg["data"]["class_names"]
-        return list(names) if names else [f"class_{i}" for i in range(self.num_classes)]
+        return list(names) if names else generic_names(self.num_classes)
 
     def validate(self) -> None:
         """Check class count, class names, ignore_index, normalisation and the task options."""
@@ -119,9 +141,9 @@ class SegmentationTask(Task):
         super().validate()
         self.build_loss()  # cheap; catches e.g. a class_weights list of the wrong length before training
 
-    def model_defaults(self) -> dict[str, Any]:
+    def model_defaults(self, facts: DataFacts) -> dict[str, Any]:
         """Every model builder is offered num_classes."""
-        return {"num_classes": self.num_classes}
+        return {"num_classes": facts.num_classes or self.cfg["data"]["num_classes"]}
 
     def dataset_defaults(self, split: str) -> dict[str, Any]:
         """Dataset builders are offered the split, its transform pipeline, classes and normalisation."""
@@ -130,7 +152,7 @@ class SegmentationTask(Task):
         return {
             "split": split,
             "transforms": build_pipeline(data.get(f"{split}_transforms"), key=key),
-            "num_classes": self.num_classes,
+            "num_classes": int(data["num_classes"]),
             "ignore_index": self.ignore_index,
             "class_names": data["class_names"],
             "mean": list(data["mean"]),
@@ -141,23 +163,24 @@ class SegmentationTask(Task):
         """Loss builders are offered num_classes and ignore_index."""
         return {"num_classes": self.num_classes, "ignore_index": self.ignore_index}
 
+    def metric_defaults(self, facts: DataFacts) -> dict[str, Any]:
+        """Metric builders are offered the data facts and ignore_index."""
+        return {**super().metric_defaults(facts), "ignore_index": self.ignore_index}
+
+    # -- data facts -----------------------------------------------------------------------------
+    def data_facts(self, train: Dataset | None, val: Dataset | None) -> DataFacts:
+        """data.num_classes (masks do not tell it); class names the data defines (e.g. COCO categories), not class_<i>.
+
+        A dataset that names a different number of classes than data.num_classes is a DataError.
+        """
+        facts = resolve_facts(
+            declared_facts(self.cfg["data"]), named_facts(train), named_facts(val) if val is not None else None
+        )
+        if facts.channels is None:
+            facts = facts.replace(channels=len(facts.mean or IMAGENET_MEAN))
+        return facts
+
     # -- builders -------------------------------------------------------------------------------
-    def build_dataset(self, split: str) -> Dataset:
-        """Build a split; class names the data defines (e.g. COCO categories) are recorded in the config."""
-        dataset = super().build_dataset(split)
-        names = getattr(dataset, "class_names", None)
-        generic = [f"class_{i}" for i in range(self.num_classes)]
-        if self.cfg["data"]["class_names"] is None and names and len(names) == self.num_classes and names != generic:
-            self.cfg["data"]["class_names"] = list(names)  # saved with the run config and its checkpoints
-        return dataset
-
-    def setup(self, model: nn.Module, device: torch.device) -> None:
-        """Build the loss and the metric state."""
-        super().setup(model, device)
-        self.device = device
-        self.metrics = SegmentationMetrics(self.num_classes, self.ignore_index, self.class_names)
-        self.last_scores: dict[str, Any] = {}
-
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Pad to the largest sample of the batch (masks with ignore_index)."""
         return pad_collate(samples, self.ignore_index)
@@ -177,56 +200,22 @@ class SegmentationTask(Task):
         """Forward the images and return the (main + auxiliary) loss."""
         return self.compute_losses(ctx.model(batch["image"]), batch["mask"])
 
-    def reset_metrics(self) -> None:
-        """Clear the confusion matrix and the validation loss sums."""
-        self.metrics.reset()
-        self._loss_sum: torch.Tensor | float = 0.0
-        self._batches = 0
-
-    def validation_step(self, batch: dict[str, Any], ctx: StepContext) -> None:
-        """Accumulate the confusion matrix and the loss of one batch."""
+    def validation_step(self, batch: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        """The batch-mean loss of the main logits, the argmax class map and the target mask."""
         mask = batch["mask"]
         logits = resize_to(logits_of(ctx.model(batch["image"])), mask.shape[-2:]).float()
-        self.metrics.update(logits.argmax(dim=1), mask)
-        self._loss_sum = self._loss_sum + self.loss_fn(logits, mask).detach()
-        self._batches += 1
+        return {"loss": self.loss_fn(logits, mask).detach(), "pred": logits.argmax(dim=1), "target": mask}
 
-    def compute_metrics(self) -> dict[str, float]:
-        """mIoU, pixel accuracy, mean class accuracy and loss over all ranks' batches."""
-        device = getattr(self, "device", torch.device("cpu"))
-        scores = self.metrics.compute(device)
-        totals = torch.zeros(2, dtype=torch.float64, device=device)
-        totals[0] += torch.as_tensor(self._loss_sum, dtype=torch.float64, device=device)
-        totals[1] += self._batches
-        totals = all_reduce_sum(totals).cpu()
-        self.last_scores = scores
-        return {
-            "val/mIoU": scores["mIoU"],
-            "val/pixel_acc": scores["pixel_acc"],
-            "val/mean_acc": scores["mean_acc"],
-            "val/loss": float(totals[0] / totals[1]) if totals[1] > 0 else math.nan,
-        }
-
-    def per_class_table(self) -> str:
-        """The last validation's per-class IoU as a small text table."""
-        rows = self.last_scores.get("per_class", [])
-        width = max([5, *(len(r["class"]) for r in rows)])
-        lines = [f"{'class':<{width}}  {'IoU':>6}  {'acc':>6}  {'pixels':>10}"]
-        for r in rows:
-            iou = "-" if math.isnan(r["iou"]) else f"{r['iou']:.4f}"
-            acc = "-" if math.isnan(r["acc"]) else f"{r['acc']:.4f}"
-            lines.append(f"{r['class']:<{width}}  {iou:>6}  {acc:>6}  {r['pixels']:>10}")
-        return "\n".join(lines)
-
-    def on_validation_end(self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int) -> None:
+    def on_validation_end(
+        self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int, results: dict[str, Any]
+    ) -> None:
         """Print the per-class IoU table and write `samples/epoch_NNN.png` overlays of a few val images."""
-        if self.last_scores:
-            print(f"per-class IoU (epoch {epoch}):\n{self.per_class_table()}", flush=True)
+        if results.get("per_class_iou"):
+            print(f"per-class IoU (epoch {epoch}):\n{per_class_table(results['per_class_iou'])}", flush=True)
         count = min(int(self.cfg["segmentation"]["num_samples"]), len(dataset))
         if count == 0:
             return
         net = ctx.model.module if isinstance(ctx.model, nn.parallel.DistributedDataParallel) else ctx.model
-        mean, std = self.cfg["data"]["mean"], self.cfg["data"]["std"]
         rows = []
         was_training = net.training
         net.eval()
@@ -235,65 +224,55 @@ class SegmentationTask(Task):
                 sample = dataset[index]
                 logits = logits_of(net(sample["image"].unsqueeze(0).to(ctx.device)))
                 pred = resize_to(logits.float(), sample["mask"].shape[-2:]).argmax(1)[0].cpu().numpy()
-                rows.append((to_uint8_image(sample["image"], mean, std), sample["mask"].numpy(), pred))
+                image = to_uint8_image(sample["image"], self.facts.mean, self.facts.std)
+                rows.append((self._rgb(image), sample["mask"].numpy(), pred))
         net.train(was_training)
-        grid = sample_grid(
-            rows,
-            self.num_classes,
-            self.ignore_index,
-            float(self.cfg["segmentation"]["overlay_alpha"]),
-            self.class_names,
-        )
+        alpha = float(self.cfg["segmentation"]["overlay_alpha"])
+        grid = sample_grid(rows, self.num_classes, self.ignore_index, alpha, self.class_names)
         folder = Path(run_dir) / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         grid.save(folder / f"epoch_{epoch:03d}.png")
 
-    def summary_extras(self) -> dict[str, Any]:
-        """Per-class IoU table of the last validation, plus `val/IoU/<class>` scalars (null where undefined)."""
-        rows = getattr(self, "last_scores", {}).get("per_class")
-        if not rows:
-            return {}
-        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-        return {"per_class_iou": clean, **{f"val/IoU/{r['class']}": r["iou"] for r in clean}}
+    # -- prediction (the core Predictor walks, reads, batches and names the files) ---------------
+    def _rgb(self, image: np.ndarray) -> np.ndarray:
+        """An HxWx3 view of a grey (HxW or HxWx1) image; RGB images unchanged."""
+        if image.ndim == 2:
+            image = image[:, :, None]
+        return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
 
-    # -- inference ------------------------------------------------------------------------------
-    def predict_files(
-        self, model: nn.Module, inputs: list[Path], out_dir: Path, options: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Write `masks/NAME.png` (class-index palette PNGs), `overlays/NAME.png` and predictions.json."""
-        unknown = set(options) - {"alpha"}
-        if unknown:
-            raise ConfigError(f"Unknown segmentation predict option(s) {sorted(unknown)}; accepted: alpha.")
-        alpha = float(options.get("alpha", self.cfg["segmentation"]["overlay_alpha"]))
-        files = expand_images(inputs)
-        out_dir = Path(out_dir)
-        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-        (out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+    def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> torch.Tensor:
+        """An HWC uint8 image at its own size -> a normalised CHW tensor (mean/std of the data facts)."""
+        channels = len(self.facts.mean or IMAGENET_MEAN)
+        return to_tensor(self._rgb(image) if channels == 3 else image, self.facts.mean, self.facts.std)
+
+    def predict_batch(self, model: nn.Module, inputs: list[torch.Tensor], options: dict[str, Any]) -> list[Any]:
+        """Class-index maps (HxW uint8) at each input's size; inputs of equal size share a forward pass."""
         device = next(model.parameters()).device
-        mean, std = self.cfg["data"]["mean"], self.cfg["data"]["std"]
-        names, used, results = self.class_names, set(), []
-        for path in files:
-            stem = path.stem
-            while stem in used:
-                stem += "_"
-            used.add(stem)
-            image = read_image(path)
-            with torch.no_grad():
-                logits = logits_of(model(to_tensor(image, mean, std).unsqueeze(0).to(device)))
-                pred = resize_to(logits.float(), image.shape[:2]).argmax(1)[0].cpu().numpy().astype(np.uint8)
-            save_index_png(pred, out_dir / "masks" / f"{stem}.png", self.num_classes)
-            blended = overlay(image, pred, self.num_classes, None, alpha)
-            Image.fromarray(blended).save(out_dir / "overlays" / f"{stem}.png")
-            counts = np.bincount(pred.reshape(-1), minlength=self.num_classes)
-            results.append(
-                {
-                    "input": str(path),
-                    "mask": f"masks/{stem}.png",
-                    "overlay": f"overlays/{stem}.png",
-                    "size": [int(image.shape[1]), int(image.shape[0])],
-                    "class_pixels": {names[i]: int(c) for i, c in enumerate(counts) if c},
-                }
-            )
-        result = {"task": self.name, "class_names": names, "predictions": results}
-        (out_dir / "predictions.json").write_text(json.dumps(result, indent=2))
-        return result
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(tuple(x.shape), []).append(i)
+        outputs: list[Any] = [None] * len(inputs)
+        for shape, members in groups.items():
+            logits = logits_of(model(torch.stack([inputs[i] for i in members]).to(device)))
+            preds = resize_to(logits.float(), shape[-2:]).argmax(1).cpu().numpy().astype(np.uint8)
+            for pred, i in zip(preds, members, strict=True):
+                outputs[i] = pred
+        return outputs
+
+    def postprocess(self, output: np.ndarray, image: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
+        """The image size [width, height] and the predicted pixel count of each class present."""
+        counts = np.bincount(output.reshape(-1), minlength=self.num_classes)
+        names = self.class_names
+        return {
+            "size": [int(image.shape[1]), int(image.shape[0])],
+            "class_pixels": {names[i]: int(c) for i, c in enumerate(counts) if c},
+        }
+
+    def draw(self, image: np.ndarray, output: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
+        """A class-index palette PNG (`masks`) and the class colours blended over the image (`overlays`)."""
+        alpha = options.get("alpha")
+        alpha = float(self.cfg["segmentation"]["overlay_alpha"] if alpha is None else alpha)
+        if not 0 <= alpha <= 1:
+            raise ConfigError(f"The predict option alpha must lie in [0, 1], got {alpha}.")
+        masks: Image.Image = index_png(output, self.num_classes)
+        return {"masks": masks, "overlays": overlay(self._rgb(image), output, self.num_classes, None, alpha)}

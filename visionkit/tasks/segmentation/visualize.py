@@ -46,14 +46,19 @@ def overlay(
     return out.round().clip(0, 255).astype(np.uint8)
 
 
-def save_index_png(mask: np.ndarray, path: str | Path, num_classes: int) -> None:
-    """Write a palette PNG whose pixel values are the class indices (readable by the folder loader)."""
+def index_png(mask: np.ndarray, num_classes: int) -> Image.Image:
+    """A mode-P image whose pixel values are the class indices, coloured with the class palette."""
     img = Image.fromarray(mask.astype(np.uint8), mode="P")
     palette = np.zeros((256, 3), dtype=np.uint8)
     palette[:num_classes] = class_palette(num_classes)
     palette[255] = IGNORE_COLOR
     img.putpalette(palette.reshape(-1).tolist())
-    img.save(path)
+    return img
+
+
+def save_index_png(mask: np.ndarray, path: str | Path, num_classes: int) -> None:
+    """Write a palette PNG whose pixel values are the class indices (readable by the folder loader)."""
+    index_png(mask, num_classes).save(path)
 
 
 def sample_grid(
