@@ -10,7 +10,7 @@
 4. writes a 10x10 grid of the first 100 samples to --grid and everything to <work-dir>/benchmark.json.
 
 Usage: python benchmarks/gen_digits.py [--classifier CKPT] [--work-dir DIR] [--samples 500] [--threads 1]
-                                       [--config configs/gen/dcgan.yaml | --checkpoint CKPT]
+                                       [--config visionkit/configs/gen/dcgan.yaml | --checkpoint CKPT]
                                        [--grid docs/images/gen_digits_samples.png] [key=value ...]
 The acceptance target: mean confidence >= 0.8, all ten classes predicted, training under 600 s.
 """
@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--grid", help="also write the 10x10 sample grid here (e.g. docs/images/gen_digits.png)")
     p.add_argument("--checkpoint", help="score this generation checkpoint instead of training one")
-    p.add_argument("--config", help="a generation config instead of the default (e.g. configs/gen/dcgan.yaml)")
+    p.add_argument("--config", help="a generation config instead of the default (e.g. gen/dcgan.yaml)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for sampling and scoring here")
     p.add_argument("overrides", nargs="*", help="key=value overrides for the generation run")
     args = p.parse_args()

@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
 import visionkit
 from tests.conftest import ROOT, TINY_CLS, run_tool
 from visionkit.errors import ConfigError
+from visionkit.tasks.generation.features import CheckpointClassifier
 
 # A diffusion run that takes a few seconds: 8x8 digits, a narrow U-Net, 3 updates, 2-step sampling.
 TINY_GEN = [
@@ -118,6 +120,9 @@ def test_tools_train_and_sample_then_inpaint(tmp_path: Path) -> None:
             assert np.abs(filled[keep] - original[keep]).max() <= 1  # the known region is the input (up to rounding)
     assert right["predictions"][0]["masked_fraction"] == 0.5
     assert (out / "inpaint_grid.png").is_file()
+    Image.fromarray(mask).save(tmp_path / "inputs" / "digit0_mask.png")  # no longer paired with digit0 by name
+    with pytest.warns(UserWarning, match="_mask"):
+        visionkit.predict(best, [tmp_path / "inputs"], out_dir=tmp_path / "named", steps=1)
 
 
 def test_python_api_gan_train_and_seeded_predict(tmp_path: Path) -> None:
@@ -137,6 +142,8 @@ def test_python_api_gan_train_and_seeded_predict(tmp_path: Path) -> None:
     assert not all(np.array_equal(x, y) for x, y in zip(pixels[0], pixels[2], strict=True))
     with pytest.raises(ConfigError, match="diffusion"):
         visionkit.predict(result.best_checkpoint, _digit_pngs(tmp_path / "in", 1), out_dir=tmp_path / "d")
+    with pytest.raises(ConfigError, match="sampler"):  # diffusion-only options are unknown to a GAN
+        visionkit.predict(result.best_checkpoint, out_dir=tmp_path / "f", sampler="ddim")
     with pytest.raises(ConfigError, match="num_sample"):
         visionkit.predict(result.best_checkpoint, out_dir=tmp_path / "e", num_sample=4)
 
@@ -155,4 +162,14 @@ def test_classifier_scores_and_classifier_features(tmp_path: Path) -> None:
     assert 0.1 <= m["val/classifier_confidence"] <= 1 and 1 <= m["val/classes_covered"] <= 10
     assert 0 <= m["val/class_consistency"] <= 1
     summary = json.loads((result.run_dir / "summary.json").read_text())
-    assert summary["generation"]["classifier"] == ckpt
+    assert summary["generation"]["classifier"] == ckpt and summary["generation"]["sampler"] == "ddpm"
+    # the classifier's facts come from the checkpoint's facts, or from the config of an older checkpoint
+    judge = CheckpointClassifier(ckpt)
+    assert judge.class_names == [str(i) for i in range(10)] and judge.num_classes == 10 and judge.in_chans == 1
+    old = torch.load(ckpt, map_location="cpu", weights_only=False)
+    facts = old.pop("facts")
+    old["config"]["data"].update({k: facts[k] for k in ("class_names", "num_classes", "channels", "image_size")})
+    torch.save(old, tmp_path / "old.pt")
+    before = CheckpointClassifier(tmp_path / "old.pt")
+    assert (before.class_names, before.num_classes, before.in_chans) == (judge.class_names, 10, 1)
+    assert before.size == judge.size

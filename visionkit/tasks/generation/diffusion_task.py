@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -140,5 +141,12 @@ class DiffusionTask(GenerationTask):
         state = getattr(self, "_inpaint", None)
         sampling = state["sampling"] if state is not None and state["options"] is options else {}
         self._inpaint = None
+        masks = [r["input"] for r in records if Path(r["input"]).stem.endswith("_mask")]
+        if masks:
+            warnings.warn(
+                f"{len(masks)} input(s) named *_mask (e.g. {masks[0]}) were inpainted as images: masks are not "
+                "paired with images by name; give one mask with the `mask` option (a shape or a mask image).",
+                stacklevel=2,
+            )
         grid = inpaint_grid(records, Path(out_dir), self._size(), self.facts.channels)
         return {"grid": str(grid), "options": {**sampling, "mask": str(options["mask"]), "seed": options["seed"]}}

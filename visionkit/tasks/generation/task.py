@@ -83,6 +83,7 @@ class GenerationTask(Task):
         return super().__new__(cls)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass that names its `family` becomes the task for that model family."""
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("family"):
             FAMILIES[cls.family] = cls
