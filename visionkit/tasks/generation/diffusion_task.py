@@ -40,6 +40,11 @@ class DiffusionTask(GenerationTask):
         "resample": 1,  # inpainting: RePaint repetitions of each step
     }
 
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        self._inpaint: dict[str, Any] | None = None  # the running prediction's state (see `_run_state`)
+        self._mask: tuple[Any, Any] = (None, None)  # (mask option and size, the mask)
+
     def validate(self) -> None:
         """Also check the sampler settings; a diffusion model computes its own loss."""
         super().validate()
@@ -80,7 +85,7 @@ class DiffusionTask(GenerationTask):
     # -- inpainting through the core predictor ---------------------------------------------------
     def _run_state(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
         """Per-prediction state (one noise generator, the label index, the mask), kept for its options dict."""
-        state = getattr(self, "_inpaint", None)
+        state = self._inpaint
         if state is None or state["options"] is not options:
             overrides = {k: options[k] for k in SAMPLING_KEYS if options.get(k) is not None}
             if not hasattr(model, "inpaint"):
@@ -100,7 +105,7 @@ class DiffusionTask(GenerationTask):
         """The image resized and centre-cropped to the model's size, in [-1, 1], with the mask as last channel."""
         size = self._size()
         key = (str(options["mask"]), size)
-        if getattr(self, "_mask", (None, None))[0] != key:
+        if self._mask[0] != key:
             self._mask = (key, torch.from_numpy(mask_option(options["mask"], size)))
         return torch.cat([to_model_range(resize_square(image, size)), self._mask[1][None]])
 
@@ -121,15 +126,20 @@ class DiffusionTask(GenerationTask):
         )
         filled, masked = filled.float().cpu(), images * (1 - masks) - masks  # the hidden region shown black
         return [
-            {"filled": filled[i], "masked": masked[i], "fraction": float(masks[i].mean()), "labels": labels, "i": i}
+            {
+                "filled": filled[i],
+                "masked": masked[i],
+                "fraction": float(masks[i].mean()),
+                "label": None if labels is None else int(labels[i]),
+            }
             for i in range(len(inputs))
         ]
 
     def postprocess(self, output: dict[str, Any], image: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
         """The fraction of the image that was filled (and the requested class for conditional models)."""
         record: dict[str, Any] = {"masked_fraction": output["fraction"]}
-        if output["labels"] is not None:
-            record["label"] = int(output["labels"][output["i"]])
+        if output["label"] is not None:
+            record["label"] = output["label"]
         return record
 
     def draw(self, image: np.ndarray, output: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
@@ -138,9 +148,9 @@ class DiffusionTask(GenerationTask):
 
     def finish_predictions(self, records: list[dict[str, Any]], out_dir: Path, options: dict[str, Any]) -> dict:
         """inpaint_grid.png (rows: input, masked, result) and the sampling options used."""
-        state = getattr(self, "_inpaint", None)
+        state = self._inpaint
         sampling = state["sampling"] if state is not None and state["options"] is options else {}
-        self._inpaint = None
+        self._inpaint, self._mask = None, (None, None)
         masks = [r["input"] for r in records if Path(r["input"]).stem.endswith("_mask")]
         if masks:
             warnings.warn(
