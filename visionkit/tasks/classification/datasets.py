@@ -44,6 +44,9 @@ class ClassificationDataset(Dataset):
         self.transform = build_pipeline(specs, key=key) if specs else None
         self.image_side = image_size
         self.mean, self.std = [float(m) for m in mean], [float(v) for v in std]
+        # Normalised here with tensors made once (to_tensor(image, mean, std) would rebuild them per sample).
+        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -56,7 +59,7 @@ class ClassificationDataset(Dataset):
         image = self.load(index)
         if self.transform is not None:
             image = self.transform(image=image)["image"]
-        return to_tensor(image, self.mean, self.std), self.labels[index]
+        return to_tensor(image).sub_(self._mean).div_(self._std), self.labels[index]
 
     @property
     def channels(self) -> int:
