@@ -3,7 +3,8 @@
 The predictor walks files, folders (recursively) and globs, reads images, batches them, runs the model
 on its device and precision, and writes pictures under paths that mirror the inputs' relative paths plus
 one `predictions.json` with a record per input. A task supplies only `preprocess`, `postprocess`, `draw`
-and, when it writes more (e.g. COCO results), `finish_predictions`.
+and, when it writes more (e.g. COCO results), `finish_predictions`; `read_input` may read more than the
+image (e.g. a mask file beside it) or skip a file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from visionkit.data import walk_inputs
-from visionkit.data.images import read_image, save_image
+from visionkit.data.images import save_image
 from visionkit.errors import ConfigError, did_you_mean
 
 CORE_OPTIONS = {"batch_size": 16, "progress": True}
@@ -76,7 +77,11 @@ class Predictor:
         bar = _progress(len(files), opts["progress"])
         batch: list[tuple[Path, Path, Any, Any]] = []
         for path, rel in files:
-            image = read_image(path, task.facts.channels)
+            image = task.read_input(path, opts)
+            if image is None:  # the task skips this file (e.g. a mask that belongs to another input)
+                if bar is not None:
+                    bar.update(1)
+                continue
             item = (path, rel, image, task.preprocess(image, opts))
             if batch and (len(batch) >= opts["batch_size"] or not _stackable(batch[0][3], item[3], task)):
                 records += self._flush(batch, out, opts, bar)

@@ -196,6 +196,12 @@ class Task:
         return to_device(batch, device)
 
     # -- prediction (the core predictor walks, reads, batches and writes; see engine/predictor.py) ----
+    def read_input(self, path: Path, options: dict[str, Any]) -> Any:
+        """The raw input for one file (an HWC uint8 image by default); None skips the file."""
+        from visionkit.data.images import read_image
+
+        return read_image(path, self.facts.channels)
+
     def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> Any:
         """An HWC uint8 image -> the model's input: `data.val_transforms`, then normalisation by the facts."""
         from visionkit.data.images import to_tensor
