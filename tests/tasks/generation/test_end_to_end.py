@@ -120,9 +120,13 @@ def test_tools_train_and_sample_then_inpaint(tmp_path: Path) -> None:
             assert np.abs(filled[keep] - original[keep]).max() <= 1  # the known region is the input (up to rounding)
     assert right["predictions"][0]["masked_fraction"] == 0.5
     assert (out / "inpaint_grid.png").is_file()
-    Image.fromarray(mask).save(tmp_path / "inputs" / "digit0_mask.png")  # no longer paired with digit0 by name
-    with pytest.warns(UserWarning, match="_mask"):
-        visionkit.predict(best, [tmp_path / "inputs"], out_dir=tmp_path / "named", steps=1)
+    # A `<name>_mask` file beside an image is that image's mask (right half) and is not an input itself.
+    Image.fromarray(mask).save(tmp_path / "inputs" / f"{images[0].stem}_mask.png")
+    named = visionkit.predict(best, [tmp_path / "inputs"], out_dir=tmp_path / "named", mask="top", steps=1)
+    assert [Path(p["input"]).name for p in named["predictions"]] == [p.name for p in images]
+    assert [p["masked_fraction"] for p in named["predictions"]] == [0.5, 0.5, 0.5]
+    masked = np.asarray(Image.open(tmp_path / "named" / named["predictions"][0]["masked"]).convert("L"))
+    assert masked[:, 4:].max() == 0 and masked[:4, :4].max() > 0  # its own mask hid the right half, not the top
 
 
 def test_python_api_gan_train_and_seeded_predict(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -10,11 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from visionkit.data import IMAGE_SUFFIXES
 from visionkit.errors import ConfigError
 from visionkit.tasks.base import StepContext
 from visionkit.tasks.generation.datasets import resize_square, to_model_range
 from visionkit.tasks.generation.diffusion import SAMPLERS
-from visionkit.tasks.generation.inference import class_labels, inpaint_grid, mask_option
+from visionkit.tasks.generation.inference import class_labels, inpaint_grid, mask_option, read_mask
 from visionkit.tasks.generation.task import GenerationTask
 from visionkit.tasks.generation.visualize import to_picture
 
@@ -101,13 +101,28 @@ class DiffusionTask(GenerationTask):
     def _size(self) -> int:
         return int(self.facts.image_size or self.cfg["data"]["image_size"])
 
-    def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> torch.Tensor:
-        """The image resized and centre-cropped to the model's size, in [-1, 1], with the mask as last channel."""
+    def read_input(self, path: Path, options: dict[str, Any]) -> Any:
+        """An image and its `<name>_mask.<ext>` file when one lies beside it; mask files themselves are skipped."""
+        if path.stem.endswith("_mask"):
+            return None
+        sibling = next((p for p in path.parent.glob(f"{path.stem}_mask.*") if p.suffix.lower() in IMAGE_SUFFIXES), None)
+        return super().read_input(path, options), sibling
+
+    def preprocess(self, image: Any, options: dict[str, Any]) -> torch.Tensor:
+        """The image resized and centre-cropped to the model's size, in [-1, 1], with the mask as last channel.
+
+        The mask is the image's own `<name>_mask` file when present, else the `mask` option.
+        """
+        pixels, sibling = image
         size = self._size()
-        key = (str(options["mask"]), size)
-        if self._mask[0] != key:
-            self._mask = (key, torch.from_numpy(mask_option(options["mask"], size)))
-        return torch.cat([to_model_range(resize_square(image, size)), self._mask[1][None]])
+        if sibling is not None:
+            mask = torch.from_numpy(read_mask(sibling, size))
+        else:
+            key = (str(options["mask"]), size)
+            if self._mask[0] != key:
+                self._mask = (key, torch.from_numpy(mask_option(options["mask"], size)))
+            mask = self._mask[1]
+        return torch.cat([to_model_range(resize_square(pixels, size)), mask[None]])
 
     def predict_batch(self, model: nn.Module, inputs: list[Any], options: dict[str, Any]) -> list[Any]:
         """Inpaint a batch (one noise generator for the whole prediction, labels cycled over all inputs)."""
@@ -151,12 +166,5 @@ class DiffusionTask(GenerationTask):
         state = self._inpaint
         sampling = state["sampling"] if state is not None and state["options"] is options else {}
         self._inpaint, self._mask = None, (None, None)
-        masks = [r["input"] for r in records if Path(r["input"]).stem.endswith("_mask")]
-        if masks:
-            warnings.warn(
-                f"{len(masks)} input(s) named *_mask (e.g. {masks[0]}) were inpainted as images: masks are not "
-                "paired with images by name; give one mask with the `mask` option (a shape or a mask image).",
-                stacklevel=2,
-            )
         grid = inpaint_grid(records, Path(out_dir), self._size(), self.facts.channels)
         return {"grid": str(grid), "options": {**sampling, "mask": str(options["mask"]), "seed": options["seed"]}}
