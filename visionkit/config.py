@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from visionkit.data.facts import FACT_KEYS
 from visionkit.errors import ConfigError, did_you_mean
 
 # The default configs ship inside the package (package data), so they are found from any install.
@@ -29,6 +30,8 @@ BASE_DEFAULTS: dict[str, Any] = {
         "val": None,
         "train_transforms": [],
         "val_transforms": [],
+        # Data facts a user may declare (null: from the data); see visionkit/data/facts.py.
+        **{key: None for key in FACT_KEYS},
     },
     "loss": None,
     "metrics": [],

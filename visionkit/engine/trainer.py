@@ -6,6 +6,7 @@ import contextlib
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -198,8 +199,10 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = group["initial_lr"]
                 self.schedulers[name] = build_scheduler(self.cfg["scheduler"], opt, self.horizon)
-                for _ in range(ckpt["step"]):
-                    self.schedulers[name].step()
+                with warnings.catch_warnings():  # stepping a schedule without its optimizer is the point here
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    for _ in range(ckpt["step"]):
+                        self.schedulers[name].step()
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and ckpt.get("ema"):
             self.ema.model.load_state_dict(ckpt["ema"])
