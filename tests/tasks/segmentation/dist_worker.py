@@ -18,14 +18,12 @@ def reduce_worker(rank: int, world: int, init_file: str, preds: list, targets: l
         first = metric.compute()
         again = metric.compute()  # cached by torchmetrics: no second reduction, same numbers
         if rank == 0:
-            scalars = {k: v for k, v in first.items() if k != "per_class_iou"}
             torch.save(
                 {
                     "mIoU": first["mIoU"],
                     "pixel_acc": first["pixel_acc"],
                     "first": first,
                     "again": again,
-                    "scalars": scalars,
                     "matrix": local,
                     "matrix_again": metric.matrix.clone(),
                 },
