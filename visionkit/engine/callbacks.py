@@ -11,7 +11,6 @@ run files and the progress bar are callbacks too; user callbacks come from `call
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ class LoopState:
     best_value: float | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
     improved: bool = False  # the last validation improved the monitored metric
+    validation_seconds: float = 0.0  # how long the last validation took
     last_loss: dict[str, float] = field(default_factory=dict)
     stop: bool = False
     stop_reason: str = ""
@@ -273,7 +273,6 @@ class RunFiles(Callback):
 
     def __init__(self) -> None:
         self.report: Any = None
-        self.t0 = time.perf_counter()
 
     def on_fit_start(self, state: LoopState) -> None:
         """Open metrics.jsonl."""
@@ -285,10 +284,6 @@ class RunFiles(Callback):
         """Append a training record."""
         self.report.log(record)
 
-    def on_epoch_end(self, state: LoopState) -> None:
-        """Start timing the next validation from here."""
-        self.t0 = time.perf_counter()
-
     def on_validation_end(self, state: LoopState, record: dict[str, Any]) -> None:
         """Append the validation record, redraw the curves, print the epoch line."""
         from visionkit.engine.report import epoch_line
@@ -298,7 +293,7 @@ class RunFiles(Callback):
             self.report.curves()
             line = epoch_line(
                 state.epoch, state.epochs, state.step, state.last_loss, state.metrics, state.best_value,
-                time.perf_counter() - self.t0,
+                state.validation_seconds,
             )  # fmt: skip
             print(line, flush=True)
 

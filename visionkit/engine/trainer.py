@@ -392,7 +392,7 @@ class Trainer:
         set_rng_state(saved_rng)
         self._sync_state()
         self.state.metrics, self.state.improved = metrics, improved
-        self.validation_seconds = time.perf_counter() - t0
+        self.state.validation_seconds = time.perf_counter() - t0
         self._emit("on_validation_end", self.state, {"step": self.step, "epoch": self.epoch, **metrics})
 
     # -- output ---------------------------------------------------------------------------------
