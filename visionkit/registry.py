@@ -307,7 +307,10 @@ def check_kwargs(
         return dict(kwargs)
     params = sig.parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return dict(kwargs)
+        if user_keys is None:
+            return dict(kwargs)
+        # Everything the user wrote goes through; an offered default only when the signature names it.
+        return {k: v for k, v in kwargs.items() if k in user_keys or (k in params and v is not None)}
     accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     offered = user_keys is not None
     kwargs = {k: v for k, v in kwargs.items() if not (offered and k not in user_keys and v is None)}

@@ -52,11 +52,41 @@ def test_events_in_order(tmp_path: Path) -> None:
     rec = Recorder()
     visionkit.train({"task": "toy"}, [*FAST, "trainer.accumulate=2"], work_dir=tmp_path / "r", callbacks=[rec])
     # 3 batches per epoch, accumulation 2: updates after batches 2 and 3 (the epoch's last batch).
-    # The built-in validator runs first at an epoch's end; the checkpoint is written before callbacks of the
-    # default order see the validation.
-    epoch = ["epoch_start", "batch", "batch+", "batch+", "last", "best", "val:2", "epoch_end"]
+    # At an epoch's end the built-in validator runs first; the checkpoint is written after every callback.
+    epoch = ["epoch_start", "batch", "batch+", "batch+", "val:2", "epoch_end", "last", "best"]
     assert rec.events[:9] == ["fit_start", *epoch]
     assert rec.events[-1] == "fit_end" and rec.events.count("epoch_end") == 2
+
+
+class Counting(Callback):
+    """Counts updates and stops the run after `stop_at` of them; its count is resumable state."""
+
+    def __init__(self, stop_at: int = 0) -> None:
+        self.updates, self.stop_at = 0, stop_at
+
+    def on_batch_end(self, state):  # noqa: ANN001, ANN201
+        self.updates += int(state.updated)
+        if self.stop_at and self.updates >= self.stop_at:
+            state.stop = True
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = state["updates"]
+
+
+def test_checkpoints_hold_callback_state_and_stop_ends_the_run_mid_epoch(tmp_path: Path) -> None:
+    from visionkit.engine.checkpoint import load_checkpoint
+
+    register()
+    run = visionkit.train({"task": "toy"}, FAST, work_dir=tmp_path / "s", callbacks=[Counting(), Counting(4)])
+    ckpt = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 4 and ckpt["batch_in_epoch"] == 1  # stopped after the first batch of epoch 2
+    assert ckpt["callbacks"]["Counting"] == {"updates": 4} and ckpt["callbacks"]["Counting#1"] == {"updates": 4}
+    resumed = Counting()
+    visionkit.train({"task": "toy"}, FAST, resume=run.run_dir, callbacks=[resumed, Counting()])
+    assert resumed.updates == 6  # restored from the checkpoint, then the last two updates of epoch 2
 
 
 def test_callbacks_from_the_config_and_csv_logger(tmp_path: Path) -> None:

@@ -109,3 +109,43 @@ def test_compute_twice_under_torchrun_gives_the_same_numbers(tmp_path: Path) -> 
     assert scalars["val/count"] == 10  # both ranks' samples, counted once
     assert scalars["val/acc"] == pytest.approx(float((logits.argmax(1) == target).float().mean()))
     assert scalars["val/loss"] == pytest.approx(float(losses.mean()), rel=1e-6)  # per-sample mean across ranks
+
+
+def test_bad_predict_option_values_and_declared_facts_are_config_errors(run, tmp_path: Path) -> None:
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "i.png")
+    with pytest.raises(ConfigError, match="'batch_size' is 'abc'.*int"):
+        visionkit.predict(run.best_checkpoint, [tmp_path / "i.png"], tmp_path / "o", batch_size="abc")
+    with pytest.raises(ConfigError, match="'batch_size' must be a positive integer"):
+        visionkit.predict(run.best_checkpoint, [tmp_path / "i.png"], tmp_path / "o", batch_size=0)
+    with pytest.raises(ConfigError, match=r"data.mean.* 0.5"):
+        visionkit.load_config({"task": "toy"}, ["data.mean=0.5"])
+    with pytest.raises(ConfigError, match=r"data.class_names is 'red,green'"):
+        visionkit.load_config({"task": "toy"}, ["data.class_names=red,green"])
+
+
+def test_resume_on_data_with_other_classes_is_refused(run, tmp_path: Path) -> None:
+    from visionkit.errors import DataError
+
+    ckpt = load_checkpoint(run.run_dir / "checkpoints" / "last.pt")
+    ckpt["facts"]["class_names"] = ["blue", "green", "red"]  # as if the class folders had been renamed
+    (tmp_path / "r" / "checkpoints").mkdir(parents=True)
+    torch.save(ckpt, tmp_path / "r" / "checkpoints" / "last.pt")
+    with pytest.raises(DataError, match="class_names"):
+        visionkit.train({"task": "toy"}, [*FAST, "trainer.epochs=3"], resume=tmp_path / "r")
+
+
+def test_monitor_override_and_a_missing_monitor(tmp_path: Path) -> None:
+    from visionkit.errors import VisionkitError
+
+    register()
+    run = visionkit.train({"task": "toy"}, [*FAST, "trainer.monitor=val/loss"], work_dir=tmp_path / "m")
+    summary = json.loads((run.run_dir / "summary.json").read_text())
+    assert summary["monitor"] == "val/loss" and summary["monitor_mode"] == "min"
+    assert summary["best_value"] == min(r["val/loss"] for r in _records(run.run_dir) if "val/loss" in r)
+    with pytest.raises(VisionkitError, match="'val/top1' is not among.*val/acc"):
+        visionkit.train({"task": "toy"}, [*FAST, "trainer.monitor=val/top1"], work_dir=tmp_path / "x")
+    assert (tmp_path / "x" / "checkpoints" / "last.pt").is_file()  # the epoch's training was kept
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

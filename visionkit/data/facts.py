@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from visionkit.errors import DataError
+from visionkit.errors import ConfigError, DataError
 
 # Config keys under `data:` that declare a fact (a user may set them; the data fills what is left).
 FACT_KEYS = ("class_names", "num_classes", "channels", "image_size", "category_ids", "mean", "std")
@@ -84,8 +84,37 @@ def facts_of(dataset: Any) -> DataFacts:
 
 
 def declared_facts(data_cfg: Mapping[str, Any]) -> DataFacts:
-    """Facts the user declared under `data:` (keys that are set)."""
-    return DataFacts.from_dict({k: data_cfg.get(k) for k in FACT_KEYS})
+    """Facts the user declared under `data:` (keys that are set), checked: a ConfigError names a bad one."""
+    values = {k: data_cfg.get(k) for k in FACT_KEYS}
+    for key, value in values.items():
+        if value is not None and not _valid_fact(key, value):
+            raise ConfigError(f"data.{key} is {value!r}; expected {FACT_SHAPES[key]} (or null: from the data).")
+    return DataFacts.from_dict(values)
+
+
+FACT_SHAPES = {
+    "class_names": "a list of class names",
+    "num_classes": "a positive integer",
+    "channels": "a positive integer (1 grey, 3 RGB)",
+    "image_size": "a positive integer",
+    "category_ids": "a list of distinct integers",
+    "mean": "a flat list of numbers (one, or one per channel)",
+    "std": "a flat list of positive numbers (one, or one per channel)",
+}
+
+
+def _valid_fact(key: str, value: Any) -> bool:
+    number = (int, float)
+    if key in ("num_classes", "channels", "image_size"):
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    if not isinstance(value, list) or not value:
+        return False
+    if key == "class_names":
+        return all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value)
+    if key == "category_ids":
+        return all(isinstance(v, int) and not isinstance(v, bool) for v in value) and len(set(value)) == len(value)
+    ok = all(isinstance(v, number) and not isinstance(v, bool) for v in value)
+    return ok and (key == "mean" or all(v > 0 for v in value))
 
 
 def resolve_facts(declared: DataFacts, train: DataFacts, val: DataFacts | None = None) -> DataFacts:

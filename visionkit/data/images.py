@@ -37,6 +37,12 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     return array[:, :, None] if array.ndim == 2 else array
 
 
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """An HWC uint8 image with three channels: grey repeated, an alpha channel dropped."""
+    image = image[:, :, None] if image.ndim == 2 else image
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
+
+
 def to_tensor(
     image: np.ndarray, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
 ) -> torch.Tensor:

@@ -1,11 +1,13 @@
 """Loop hooks: the events of a run, the state callbacks see, and the built-in callbacks.
 
 Events, in order: `on_fit_start`, then per epoch `on_epoch_start`, `on_batch_end` after every training
-batch (`state.updated` says whether it completed an optimizer update), `on_log` at each logging interval,
-`on_epoch_end`, `on_validation_end` after each validation, `on_checkpoint_saved` after each save; finally
-`on_fit_end`, or `on_exception` when the run fails. Validation, EMA, checkpointing, early stopping, the
-run files and the progress bar are callbacks too; user callbacks come from `callbacks:` in the config
-(resolved through the CALLBACKS registry) and from `visionkit.train(..., callbacks=[...])`.
+batch (`state.updated` says whether it completed an optimizer update), `on_log` at each logging interval;
+at the epoch's end the built-in validator runs first (`on_validation_end`), then `on_epoch_end` reaches
+the other callbacks, and the checkpointer, last of all, saves (`on_checkpoint_saved`), so a checkpoint
+holds what every callback did; finally `on_fit_end`, or `on_exception` when the run fails. Validation,
+EMA, checkpointing, early stopping, the run files and the progress bar are callbacks too; user callbacks
+come from `callbacks:` in the config (resolved through the CALLBACKS registry) and from
+`visionkit.train(..., callbacks=[...])`.
 """
 
 from __future__ import annotations
@@ -108,15 +110,26 @@ class CallbackList:
         for fn in self._by_event[event]:
             fn(*args)
 
+    def _keys(self) -> list[tuple[str, Any]]:
+        """(key, callback): the class name, with `#n` for the n-th further instance of a class."""
+        seen: dict[str, int] = {}
+        out = []
+        for c in self.callbacks:
+            name = type(c).__name__
+            seen[name] = seen.get(name, 0) + 1
+            out.append((name if seen[name] == 1 else f"{name}#{seen[name] - 1}", c))
+        return out
+
     def state_dict(self) -> dict[str, Any]:
-        """Each stateful callback's state by class name."""
-        return {type(c).__name__: c.state_dict() for c in self.callbacks if hasattr(c, "state_dict") and c.state_dict()}
+        """Each stateful callback's state, by class name (numbered for repeated classes)."""
+        states = {key: c.state_dict() for key, c in self._keys() if hasattr(c, "state_dict")}
+        return {key: state for key, state in states.items() if state}
 
     def load_state_dict(self, states: dict[str, Any]) -> None:
         """Give each callback its saved state."""
-        for c in self.callbacks:
-            if type(c).__name__ in states and hasattr(c, "load_state_dict"):
-                c.load_state_dict(states[type(c).__name__])
+        for key, c in self._keys():
+            if key in states and hasattr(c, "load_state_dict"):
+                c.load_state_dict(states[key])
 
 
 def _implements(callback: Any, event: str) -> bool:
@@ -151,18 +164,24 @@ class EarlyStopping(Callback):
 
 
 class Checkpointer(Callback):
-    """Writes last.pt after each validation, epoch and `checkpoint_every` updates, and best.pt on improvement."""
+    """Writes last.pt at each epoch's end and every `checkpoint_every` updates, best.pt after an improvement.
 
-    order = 30
+    It runs after every other callback, so a checkpoint holds what they did (counters, schedules, RNG draws).
+    """
+
+    order = 1000
 
     def __init__(self, save: Callable[[bool], list[Path]], every: int | None, emit: Callable[..., None]) -> None:
         self.save, self.every, self.emit = save, every, emit
         self.saved_at: tuple[int, int, int] | None = None  # (step, epoch, batch_in_epoch) of the last save
+        self.validated = False  # a validation ran since the last save
+        self.best = False  # ... and improved the monitored metric
 
-    def _write(self, state: LoopState, best: bool = False) -> None:
-        for path in self.save(best):
+    def _write(self, state: LoopState) -> None:
+        for path in self.save(self.best):
             self.emit("on_checkpoint_saved", state, path, path.name == "best.pt")
         self.saved_at = (state.step, state.epoch, state.batch_in_epoch)
+        self.validated = self.best = False
 
     def on_batch_end(self, state: LoopState) -> None:
         """Save every `checkpoint_every` updates."""
@@ -170,12 +189,12 @@ class Checkpointer(Callback):
             self._write(state)
 
     def on_validation_end(self, state: LoopState, record: dict[str, Any]) -> None:
-        """Save last, and best when the monitored metric improved."""
-        self._write(state, best=state.improved)
+        """Remember that the next save follows a validation (and whether it is the best)."""
+        self.validated, self.best = True, state.improved
 
     def on_epoch_end(self, state: LoopState) -> None:
-        """Save last unless this epoch's validation just did."""
-        if self.saved_at != (state.step, state.epoch, state.batch_in_epoch):
+        """Save last (and best), unless nothing changed since the last save."""
+        if self.validated or self.saved_at != (state.step, state.epoch, state.batch_in_epoch):
             self._write(state)
 
 
@@ -216,7 +235,7 @@ class Validator(Callback):
 class ProgressBar(Callback):
     """A tqdm bar per epoch on a terminal (or always with trainer.progress=always): loss, lr, images/s."""
 
-    order = 90
+    order = 1  # closes its bar before the validator prints
 
     def __init__(self, mode: Any) -> None:
         self.mode, self.bar = mode, None
@@ -322,6 +341,7 @@ class CSVLogger(Callback):
         import csv
 
         path = state.run_dir / self.filename
+        self.rows = []
         if state.is_main and state.step > 0 and path.is_file():
             with open(path, newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(float(r.get("step") or 0)) <= state.step]

@@ -75,3 +75,18 @@ def inference_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     if not ema:
         return ckpt["model"]
     return {k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")}
+
+
+def check_same_facts(saved: dict[str, Any] | None, facts: Any, path: Any) -> None:
+    """Refuse to resume on data whose classes or channels differ from the checkpoint's (DataError)."""
+    from visionkit.errors import DataError
+
+    if not saved:
+        return
+    for key in ("class_names", "num_classes", "channels"):
+        old, new = saved.get(key), getattr(facts, key)
+        if old is not None and new is not None and old != new:
+            raise DataError(
+                f"Checkpoint '{path}' was trained on data with {key} {old!r}, but the data now has {new!r}. "
+                "Resume only on the same data (same classes in the same order), or start a new run."
+            )

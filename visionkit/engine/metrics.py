@@ -61,15 +61,28 @@ def build_metrics(specs: Sequence[Any] | None, scopes: Sequence[str], offered: M
         )
     metrics = []
     for i, spec in enumerate(specs):
-        metric = METRICS.build(spec, key=f"metrics[{i}]", task=list(scopes), **offered)
+        name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, Mapping) else spec
+        try:
+            metric = METRICS.build(spec, key=f"metrics[{i}]", task=list(scopes), **offered)
+        except (TypeError, ValueError) as exc:  # a builder's own check of its options
+            raise ConfigError(f"metrics[{i}] '{name}' cannot be built with these options: {exc}") from exc
         if not isinstance(metric, torchmetrics.Metric):
-            name = spec if isinstance(spec, str) else spec.get("name")
             raise ConfigError(
                 f"metric '{name}' built a {type(metric).__name__}, not a visionkit.engine.metrics.Metric "
                 "(a torchmetrics.Metric whose update takes the validation step's output dict)."
             )
         metrics.append(metric)
     return metrics
+
+
+LOWER_IS_BETTER = ("loss", "fd", "error", "mae", "mse", "distance")
+
+
+def monitor_mode(monitor: str, task: Any) -> str:
+    """The task's mode for its own monitor; for another metric, `min` for losses and distances, else `max`."""
+    if monitor == task.monitor:
+        return task.monitor_mode
+    return "min" if any(word in monitor.lower() for word in LOWER_IS_BETTER) else "max"
 
 
 def batch_size_of(batch: Any, _nested: bool = False) -> int:
@@ -104,9 +117,10 @@ class WeightedMean(torchmetrics.Metric):
         self.total += value.detach().to(self.total) * weight
         self.weight += weight
 
-    def compute(self) -> torch.Tensor:
-        """The weighted mean (NaN when nothing was added)."""
-        return self.total / self.weight if self.weight > 0 else torch.tensor(math.nan, dtype=torch.float64)
+    def compute(self) -> tuple[float, float]:  # type: ignore[override]
+        """(weighted mean, total weight); the mean is NaN when nothing was added on any rank."""
+        weight = float(self.weight)
+        return (float(self.total) / weight if weight > 0 else math.nan), weight
 
 
 class Evaluator:
@@ -119,7 +133,9 @@ class Evaluator:
     def __init__(self, metrics: Sequence[Metric], device: torch.device | str = "cpu") -> None:
         self.metrics = list(metrics)
         self.loss = WeightedMean()
-        self.device = torch.device(device)
+        # Metric states are float64, which MPS lacks: there they live on the CPU and outputs are moved to them.
+        self.device = torch.device("cpu") if torch.device(device).type == "mps" else torch.device(device)
+        self.move = self.device != torch.device(device)
         for m in (*self.metrics, self.loss):
             m.to(self.device)
 
@@ -133,6 +149,10 @@ class Evaluator:
         """Add one batch: its outputs to every metric, its loss (weighted by `batch_size`) to the mean."""
         if not outputs:
             return
+        if self.move:
+            from visionkit.tasks.base import to_device
+
+            outputs = to_device(outputs, self.device)
         loss = outputs.get("loss")
         if loss is not None:
             self.loss.update(torch.as_tensor(loss), float(batch_size))
@@ -151,7 +171,7 @@ class Evaluator:
                     scalars[f"val/{key}"] = float(value)
                 else:
                     extras[key] = value.tolist() if isinstance(value, torch.Tensor) else value
-        if self.loss.update_called:
-            loss = float(self.loss.compute())
-            scalars["val/loss"] = loss if math.isfinite(loss) else math.nan
+        loss, weight = self.loss.compute()  # on every rank: it is a collective under torchrun
+        if weight > 0:
+            scalars["val/loss"] = loss
         return scalars, extras

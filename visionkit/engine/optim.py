@@ -108,3 +108,17 @@ def validate_optimizer(spec: Mapping[str, Any]) -> None:
     cls = optimizer_class(spec.get("name"))
     user = {k: v for k, v in spec.items() if k != "name"}
     check_kwargs(cls, {"params": [], **user}, f"optimizer '{spec['name']}'", user_keys=set(user))
+
+
+def fast_forward_scheduler(spec: dict[str, Any], optimizer: torch.optim.Optimizer, horizon: int, steps: int) -> Any:
+    """The schedule rebuilt over a new horizon and advanced `steps` updates (a resumed run with more epochs)."""
+    import warnings
+
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"]
+    scheduler = build_scheduler(spec, optimizer, horizon)
+    with warnings.catch_warnings():  # stepping a schedule without its optimizer is the point here
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+        for _ in range(steps):
+            scheduler.step()
+    return scheduler

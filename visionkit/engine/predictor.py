@@ -35,7 +35,19 @@ def check_options(task: Any, options: Mapping[str, Any]) -> dict[str, Any]:
             f"Unknown predict option '{unknown[0]}' for task '{task.name}'.{hint} "
             f"Accepted: {', '.join(f'{k} (default {v!r})' for k, v in accepted.items())}."
         )
-    return {**accepted, **options}
+    opts = {**accepted, **options}
+    for key, value in options.items():
+        default = accepted[key]
+        kind = type(default)
+        if default is None or value is None or isinstance(value, kind) or (kind is float and type(value) is int):
+            continue
+        if kind in (int, float, bool) or not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(
+                f"Predict option '{key}' is {value!r}; it takes a {kind.__name__} like its default {default!r}."
+            )
+    if not isinstance(opts["batch_size"], int) or opts["batch_size"] < 1:
+        raise ConfigError(f"Predict option 'batch_size' must be a positive integer, got {opts['batch_size']!r}.")
+    return opts
 
 
 def supports_predict(task: Any) -> bool:

@@ -6,7 +6,6 @@ import contextlib
 import math
 import shutil
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,11 @@ from visionkit.engine.callbacks import (
     RunFiles,
     Validator,
 )
-from visionkit.engine.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from visionkit.engine.checkpoint import check_same_facts, load_checkpoint, rng_state, save_atomic, set_rng_state
 from visionkit.engine.evaluation import run_validation
 from visionkit.engine.loader import build_loader
-from visionkit.engine.metrics import Evaluator
-from visionkit.engine.optim import build_optimizer, build_scheduler
+from visionkit.engine.metrics import Evaluator, monitor_mode
+from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
 from visionkit.engine.report import RunResult, default_run_dir
 from visionkit.errors import VisionkitError
@@ -83,12 +82,10 @@ class Trainer:
         if t["channels_last"]:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.task.setup(self.module, self.device)
-        self.evaluator = Evaluator(self.task.build_metrics(self.facts), self.device)
+        with torch.random.fork_rng(devices=[]):  # metric networks must not change the training run's RNG
+            self.evaluator = Evaluator(self.task.build_metrics(self.facts), self.device)
         self.monitor = t["monitor"] or self.task.monitor
-        guess = (
-            self.task.monitor_mode if self.monitor == self.task.monitor else "min" if "loss" in self.monitor else "max"
-        )
-        self.monitor_mode = t["monitor_mode"] or guess
+        self.monitor_mode = t["monitor_mode"] or monitor_mode(self.monitor, self.task)
         self.last_extras: dict[str, Any] = {}
         self._build_loaders()
         if dist.is_main():
@@ -125,7 +122,9 @@ class Trainer:
         from visionkit.registry import CALLBACKS
 
         t = self.cfg["trainer"]
-        hooks: list[Any] = [Validator(self._validate, t["val_every"], self._done)] if self.val_loader else []
+        hooks: list[Any] = []
+        if self.val_loader is not None:
+            hooks.append(Validator(self._validate, t["val_every"], self._done))
         hooks.append(Checkpointer(self._save, t["checkpoint_every"], self._emit))
         if t["early_stop_patience"]:
             hooks.append(EarlyStopping(t["early_stop_patience"]))
@@ -188,6 +187,7 @@ class Trainer:
         return paths
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
+        check_same_facts(ckpt.get("facts"), self.facts, self.resume)
         self.module.load_state_dict(ckpt["model"])
         for name, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
@@ -196,13 +196,7 @@ class Trainer:
                 sched.load_state_dict(ckpt["schedulers"][name])
         else:  # trainer.epochs changed: the same schedule over the new horizon, fast-forwarded
             for name, opt in self.optimizers.items():
-                for group in opt.param_groups:
-                    group["lr"] = group["initial_lr"]
-                self.schedulers[name] = build_scheduler(self.cfg["scheduler"], opt, self.horizon)
-                with warnings.catch_warnings():  # stepping a schedule without its optimizer is the point here
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                    for _ in range(ckpt["step"]):
-                        self.schedulers[name].step()
+                self.schedulers[name] = fast_forward_scheduler(self.cfg["scheduler"], opt, self.horizon, ckpt["step"])
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and ckpt.get("ema"):
             self.ema.model.load_state_dict(ckpt["ema"])
@@ -305,7 +299,7 @@ class Trainer:
             if updated and (self.step % t["log_every"] == 0 or (max_steps is not None and self.step >= max_steps)):
                 self._log_train(rate=True)
             self._emit("on_batch_end", state)
-            if updated and max_steps is not None and self.step >= max_steps:
+            if updated and (state.stop or (max_steps is not None and self.step >= max_steps)):
                 return self.batch_in_epoch >= n_batches
         if self.count:
             self._log_train(rate=False)
@@ -317,6 +311,8 @@ class Trainer:
             for opt in self.optimizers.values():  # a skipped step leaves weights, state, schedule and step alone
                 opt.zero_grad(set_to_none=True)
             return False
+        for name in skipped:  # several optimizers: drop what a skipped one accumulated in this update
+            self.optimizers[name].zero_grad(set_to_none=True)
         if not bool(finite):
             self._skip_update()
             return False
@@ -377,13 +373,18 @@ class Trainer:
             self.task, eval_model, self.val_loader, self.device, self.autocast, ctx, self.evaluator
         )
         if self.monitor not in metrics:
+            self._save()  # keep the epoch's training
             raise VisionkitError(
                 f"The monitored metric '{self.monitor}' is not among this run's validation metrics "
                 f"({', '.join(metrics) or 'none'}). Set trainer.monitor to one of them, or add the metric to 'metrics'."
             )
-        value = metrics[self.monitor]
-        best = self.best_value
-        improved = best is None or (value > best if self.monitor_mode == "max" else value < best)
+        value, best = metrics[self.monitor], self.best_value
+        if math.isnan(value):
+            improved = False
+        elif best is None or math.isnan(best):
+            improved = True
+        else:
+            improved = value > best if self.monitor_mode == "max" else value < best
         if improved:
             self.best_value, self.best_metrics = value, dict(metrics)
         self.last_metrics = metrics

@@ -71,10 +71,12 @@ class Task:
     # -- config ---------------------------------------------------------------------------------
     def validate(self) -> None:
         """Check component specs (model, datasets, loss, metrics, callbacks) before anything is built."""
+        from visionkit.data.facts import declared_facts
         from visionkit.errors import ConfigError
         from visionkit.registry import CALLBACKS, DATASETS, LOSSES, METRICS, MODELS
 
         cfg = self.cfg
+        declared_facts(cfg["data"])  # declared facts have the right shape
         # Facts are known only once the data is read: stand-ins let builders that require them pass the check.
         known = {k: v if v is not None else "<from the data>" for k, v in self.model_defaults(self.facts).items()}
         check_spec(MODELS, cfg.get("model"), "model", known, self.scopes())

@@ -17,6 +17,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from visionkit.data.images import read_image
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import ConfigError, DataError
 
@@ -154,12 +155,9 @@ class DetectionDataset(Dataset):
         """The image as an RGB uint8 array (checked against the annotated size)."""
         rec = self.records[index]
         try:
-            with Image.open(rec.path) as im:
-                image = np.array(im.convert("RGB"))
-        except FileNotFoundError as exc:
-            raise DataError(f"{self.source}: image file '{rec.path}' is missing.") from exc
-        except OSError as exc:
-            raise DataError(f"{self.source}: image file '{rec.path}' cannot be read: {exc}") from exc
+            image = read_image(rec.path, 3)  # 16-bit files are scaled, as at predict time
+        except DataError as exc:
+            raise DataError(f"{self.source}: {exc}") from exc
         if image.shape[:2] != (rec.height, rec.width):
             raise DataError(
                 f"{self.source}: image '{rec.path}' is {image.shape[1]}x{image.shape[0]} but its annotation says "

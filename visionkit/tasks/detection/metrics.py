@@ -73,6 +73,7 @@ class CocoMAP(Metric):
         self.add_state("image_ids", [], dist_reduce_fx="cat")
         self.add_state("counts", [], dist_reduce_fx="cat")
         self.add_state("detections", [], dist_reduce_fx="cat")
+        self.set_dtype(torch.float64)  # a rank with nothing to gather sends an empty tensor of this dtype
 
     def update(self, outputs: Mapping[str, Any]) -> None:  # type: ignore[override]
         """Add one batch: image ids and, per image, its detection rows (all kept as flat float64 tensors)."""

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visionkit.data.facts import DataFacts, declared_facts, facts_of, resolve_facts
+from visionkit.data.images import as_rgb
 from visionkit.engine.metrics import facts_kwargs
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
@@ -236,7 +237,7 @@ class DetectionTask(Task):
         self._annotation_ids(options)  # a bad ann_file stops before any image is predicted
         if not hasattr(self, "_val_pipeline"):
             self._val_pipeline = build_pipeline(self.cfg["data"].get("val_transforms"), key="data.val_transforms")
-        pixels = rgb(image)
+        pixels = as_rgb(image)
         transformed = self._val_pipeline(image=pixels)["image"]
         tensor = torch.from_numpy(np.array(transformed)).permute(2, 0, 1)
         tensor = tensor.float().div(255) if tensor.dtype == torch.uint8 else tensor.float()
@@ -290,7 +291,7 @@ class DetectionTask(Task):
         shown = self._shown(output, options)
         boxes = [[x, y, x + w, y + h] for _, _, (x, y, w, h) in shown]
         labels, scores = [s[0] for s in shown], [s[1] for s in shown]
-        return {"images": draw_boxes(rgb(image), boxes, labels, scores, self.facts.names, min_side=0)}
+        return {"images": draw_boxes(as_rgb(image), boxes, labels, scores, self.facts.names, min_side=0)}
 
     def finish_predictions(self, records: list[dict[str, Any]], out_dir: Path, options: dict[str, Any]) -> dict:
         """results.json (every detection, COCO format) and images.json; image ids 1..N or from `ann_file`."""
@@ -302,9 +303,3 @@ class DetectionTask(Task):
             records, found, image_ids, self._output_category_ids(options), self.facts.names, Path(out_dir)
         )
         return {**summary, "score_threshold": float(options["score_threshold"])}
-
-
-def rgb(image: np.ndarray) -> np.ndarray:
-    """An HWC uint8 image with three channels (grey repeated)."""
-    image = image[:, :, None] if image.ndim == 2 else image
-    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]

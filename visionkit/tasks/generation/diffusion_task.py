@@ -105,7 +105,8 @@ class DiffusionTask(GenerationTask):
         """An image and its `<name>_mask.<ext>` file when one lies beside it; mask files themselves are skipped."""
         if path.stem.endswith("_mask"):
             return None
-        sibling = next((p for p in path.parent.glob(f"{path.stem}_mask.*") if p.suffix.lower() in IMAGE_SUFFIXES), None)
+        candidates = (path.with_name(f"{path.stem}_mask{suffix}") for suffix in (path.suffix, *IMAGE_SUFFIXES))
+        sibling = next((p for p in candidates if p.is_file()), None)
         return super().read_input(path, options), sibling
 
     def preprocess(self, image: Any, options: dict[str, Any]) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from visionkit.data.facts import DataFacts, declared_facts, facts_of, resolve_facts
-from visionkit.data.images import to_tensor, to_uint8_image
+from visionkit.data.images import as_rgb, to_tensor, to_uint8_image
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
@@ -225,7 +225,7 @@ class SegmentationTask(Task):
                 logits = logits_of(net(sample["image"].unsqueeze(0).to(ctx.device)))
                 pred = resize_to(logits.float(), sample["mask"].shape[-2:]).argmax(1)[0].cpu().numpy()
                 image = to_uint8_image(sample["image"], self.facts.mean, self.facts.std)
-                rows.append((self._rgb(image), sample["mask"].numpy(), pred))
+                rows.append((as_rgb(image), sample["mask"].numpy(), pred))
         net.train(was_training)
         alpha = float(self.cfg["segmentation"]["overlay_alpha"])
         grid = sample_grid(rows, self.num_classes, self.ignore_index, alpha, self.class_names)
@@ -234,16 +234,10 @@ class SegmentationTask(Task):
         grid.save(folder / f"epoch_{epoch:03d}.png")
 
     # -- prediction (the core Predictor walks, reads, batches and names the files) ---------------
-    def _rgb(self, image: np.ndarray) -> np.ndarray:
-        """An HxWx3 view of a grey (HxW or HxWx1) image; RGB images unchanged."""
-        if image.ndim == 2:
-            image = image[:, :, None]
-        return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
-
     def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> torch.Tensor:
         """An HWC uint8 image at its own size -> a normalised CHW tensor (mean/std of the data facts)."""
         channels = len(self.facts.mean or IMAGENET_MEAN)
-        return to_tensor(self._rgb(image) if channels == 3 else image, self.facts.mean, self.facts.std)
+        return to_tensor(as_rgb(image) if channels == 3 else image, self.facts.mean, self.facts.std)
 
     def predict_batch(self, model: nn.Module, inputs: list[torch.Tensor], options: dict[str, Any]) -> list[Any]:
         """Class-index maps (HxW uint8) at each input's size; inputs of equal size share a forward pass."""
@@ -275,4 +269,4 @@ class SegmentationTask(Task):
         if not 0 <= alpha <= 1:
             raise ConfigError(f"The predict option alpha must lie in [0, 1], got {alpha}.")
         masks: Image.Image = index_png(output, self.num_classes)
-        return {"masks": masks, "overlays": overlay(self._rgb(image), output, self.num_classes, None, alpha)}
+        return {"masks": masks, "overlays": overlay(as_rgb(image), output, self.num_classes, None, alpha)}
