@@ -3,22 +3,27 @@
 Each side runs N1 and N2 optimizer steps in this process; the per-step time is
 (T(N2) - T(N1)) / (N2 - N1), which cancels set-up costs (building data, model, workers).
 The trainer runs with its progress bar forced on and logging every 20 steps. When `lightning` is
-installed it is timed too, two ways: barebones, and with its progress bar, logger and checkpointing.
+installed it is timed too, two ways: barebones, and with its progress bar, logger and checkpointing
+(in child processes, since importing Lightning slows everything else in a process).
 Usage: python benchmarks/trainer_overhead.py [--repeats 3] [--out FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +31,7 @@ from torch import nn
 import visionkit
 from visionkit.registry import DATASETS, LOSSES, MODELS
 
+ROOT = str(Path(__file__).resolve().parent.parent)
 CASES = {
     # name: (model spec, image size, batch size, steps N1, N2)
     "small_cnn": ({"name": "small_cnn", "width": 32, "depth": 3, "dropout": 0.0}, 32, 64, 10, 40),
@@ -94,7 +100,14 @@ def time_hand_loop(model_spec: dict, size: int, batch: int, steps: int) -> float
 
 def time_lightning(model_spec: dict, size: int, batch: int, steps: int, full: bool = False) -> float:
     """Wall time of lightning.Trainer.fit: barebones, or (full) with progress bar, CSV logger and checkpoints."""
+    import logging
+    import warnings
+
     import lightning as L
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # its banners bypass redirect_stderr
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
 
     class Module(L.LightningModule):
         def __init__(self, net: nn.Module, loss_fn: nn.Module) -> None:
@@ -124,6 +137,19 @@ def time_lightning(model_spec: dict, size: int, batch: int, steps: int, full: bo
         return time.perf_counter() - start
 
 
+def lightning_child(full: bool) -> Any:
+    """A timing function that runs `time_lightning` in a fresh process and reads back its seconds."""
+
+    def run(model: dict, size: int, batch: int, steps: int) -> float:
+        args = json.dumps([model, size, batch, steps, full])
+        code = f"import json, sys; sys.path.insert(0, {ROOT!r}); from benchmarks.trainer_overhead import "
+        code += f"time_lightning; print(time_lightning(*json.loads({args!r})))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return float(done.stdout.strip().splitlines()[-1])
+
+    return run
+
+
 def per_step(fn, spec: tuple, repeats: int) -> list[float]:  # noqa: ANN001
     """Per-step seconds from the difference of two run lengths, `repeats` times."""
     model, size, batch, n1, n2 = spec
@@ -146,12 +172,11 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "cases": {},
     }
-    try:
-        import lightning  # noqa: F401
-
-        sides = {"hand": time_hand_loop, "trainer": time_trainer, "lightning": time_lightning}
-        sides["lightning_full"] = lambda *a: time_lightning(*a, full=True)
-    except ImportError:
+    if importlib.util.find_spec("lightning") is not None:
+        # Lightning runs in child processes: importing it slows the other sides of the same process.
+        sides = {"hand": time_hand_loop, "trainer": time_trainer, "lightning": lightning_child(False)}
+        sides["lightning_full"] = lightning_child(True)
+    else:
         sides = {"hand": time_hand_loop, "trainer": time_trainer}
         print("lightning is not installed: timing the hand loop and the trainer only", flush=True)
     for name in args.cases:

@@ -1,5 +1,10 @@
 """visionkit: one registry-driven core that trains and runs image models for many tasks."""
 
+import os
+
+# albumentations asks a web server for its latest version at import time; visionkit never goes online unasked.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
 from visionkit.api import evaluate, load_model, predict, train
 from visionkit.config import load_config
 from visionkit.registry import DATASETS, LOSSES, METRICS, MODELS, TASKS, TRANSFORMS, Registry

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -56,3 +57,20 @@ def test_fit_leaves_a_callers_process_group_open(tmp_path: Path, monkeypatch) ->
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_importing_visionkit_and_its_tasks_goes_nowhere_on_the_network() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import socket\n"
+        "def refuse(self, address): raise SystemExit(f'network access to {address}')\n"
+        "socket.socket.connect = refuse\n"
+        "import visionkit\n"
+        "from visionkit.registry import TASKS\n"
+        "TASKS.names()\n"  # loads every built-in task and plugin (albumentations included)
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr

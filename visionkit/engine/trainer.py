@@ -294,7 +294,10 @@ class Trainer:
                 if multi:
                     self._toggle(None)
                 updated = self._update(skipped, finite, multi)
-                skipped, finite = set(), torch.ones((), dtype=torch.bool, device=self.device)
+                if skipped:
+                    skipped = set()
+                if not updated:  # the flag may have gone false: start the next update afresh
+                    finite = torch.ones((), dtype=torch.bool, device=self.device)
             state.step, state.batch_in_epoch, state.updated = self.step, self.batch_in_epoch, updated
             if updated and (self.step % t["log_every"] == 0 or (max_steps is not None and self.step >= max_steps)):
                 self._log_train(rate=True)
