@@ -29,7 +29,7 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
             else:
                 grey = im.mode in ("L", "1", "LA")
                 mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if grey else "RGB")
-                array = np.asarray(im.convert(mode))
+                array = np.array(im.convert(mode))  # a writable copy (torch warns about read-only arrays)
     except FileNotFoundError as exc:
         raise DataError(f"Image file '{path}' does not exist.") from exc
     except OSError as exc:

@@ -9,6 +9,7 @@ goes to summary.json.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -83,6 +84,15 @@ def monitor_mode(monitor: str, task: Any) -> str:
     if monitor == task.monitor:
         return task.monitor_mode
     return "min" if any(word in monitor.lower() for word in LOWER_IS_BETTER) else "max"
+
+
+def improves(value: float, best: float | None, mode: str) -> bool:
+    """Whether `value` beats `best` in `mode` ("min"/"max"); NaN never improves, and anything beats NaN."""
+    if math.isnan(value):
+        return False
+    if best is None or math.isnan(best):
+        return True
+    return value > best if mode == "max" else value < best
 
 
 def batch_size_of(batch: Any, _nested: bool = False) -> int:
@@ -171,7 +181,9 @@ class Evaluator:
                     scalars[f"val/{key}"] = float(value)
                 else:
                     extras[key] = value.tolist() if isinstance(value, torch.Tensor) else value
-        loss, weight = self.loss.compute()  # on every rank: it is a collective under torchrun
+        with warnings.catch_warnings():  # a task without a validation loss never updates it: that is fine
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method")
+            loss, weight = self.loss.compute()  # on every rank: it is a collective under torchrun
         if weight > 0:
             scalars["val/loss"] = loss
         return scalars, extras

@@ -29,7 +29,7 @@ from visionkit.engine.callbacks import (
 from visionkit.engine.checkpoint import check_same_facts, load_checkpoint, rng_state, save_atomic, set_rng_state
 from visionkit.engine.evaluation import run_validation
 from visionkit.engine.loader import build_loader
-from visionkit.engine.metrics import Evaluator, monitor_mode
+from visionkit.engine.metrics import Evaluator, improves, monitor_mode
 from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
 from visionkit.engine.report import RunResult, default_run_dir
@@ -381,13 +381,8 @@ class Trainer:
                 f"The monitored metric '{self.monitor}' is not among this run's validation metrics "
                 f"({', '.join(metrics) or 'none'}). Set trainer.monitor to one of them, or add the metric to 'metrics'."
             )
-        value, best = metrics[self.monitor], self.best_value
-        if math.isnan(value):
-            improved = False
-        elif best is None or math.isnan(best):
-            improved = True
-        else:
-            improved = value > best if self.monitor_mode == "max" else value < best
+        value = metrics[self.monitor]
+        improved = improves(value, self.best_value, self.monitor_mode)
         if improved:
             self.best_value, self.best_metrics = value, dict(metrics)
         self.last_metrics = metrics
