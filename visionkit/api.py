@@ -58,6 +58,11 @@ def train(
         cfg = load_config(config, overrides, task=task)
     if work_dir is not None:
         cfg["work_dir"] = str(work_dir)
+    if checkpoint is None and cfg.get("work_dir") and (Path(cfg["work_dir"]) / "checkpoints" / "last.pt").is_file():
+        raise ConfigError(
+            f"The work dir '{cfg['work_dir']}' already holds a run (checkpoints/last.pt). Continue it with "
+            "--resume auto (resume='auto'), or choose another --work-dir for a new run."
+        )
     return Trainer(cfg, resume=checkpoint, callbacks=callbacks).fit()
 
 

@@ -35,6 +35,11 @@ def user_message(exc: BaseException) -> str:
     return text
 
 
+def _prog(command: str) -> str:
+    """`visionkit COMMAND` under the console script, `COMMAND.py` under tools/."""
+    return f"visionkit {command}" if not sys.argv[0].endswith(".py") else f"{command}.py"
+
+
 def _plugins(names: Sequence[str]) -> None:
     from visionkit.plugins import import_plugin
 
@@ -44,7 +49,7 @@ def _plugins(names: Sequence[str]) -> None:
 
 def train_main(argv: Sequence[str] | None = None) -> int:
     """`tools/train.py`: train a task from its default config or a YAML file, with key=value overrides."""
-    p = argparse.ArgumentParser(prog="train.py", description="Train a visionkit model.")
+    p = argparse.ArgumentParser(prog=_prog("train"), description="Train a visionkit model.")
     p.add_argument("--task", help="task name or alias (cls, seg, det, gen, or a plugin's task)")
     p.add_argument("--config", help="YAML config (default: the task's packaged visionkit/configs/<task>/default.yaml)")
     p.add_argument("--work-dir", help="run directory (default: runs/<task>/<timestamp>)")
@@ -66,7 +71,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
     """`tools/eval.py`: metrics of a checkpoint on its validation data (or data.val=... overrides)."""
-    p = argparse.ArgumentParser(prog="eval.py", description="Evaluate a visionkit checkpoint.")
+    p = argparse.ArgumentParser(prog=_prog("eval"), description="Evaluate a visionkit checkpoint.")
     p.add_argument("checkpoint", nargs="?", help="checkpoint .pt (e.g. runs/cls/<time>/checkpoints/best.pt)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--results", help="detection: a COCO results JSON to score against --ann")
@@ -90,11 +95,15 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
             from visionkit.api import evaluate
 
             metrics = evaluate(args.checkpoint, args.overrides, device=args.device)
-        text = json.dumps(metrics, indent=2, default=float)
-        print(text)
         if args.out:
             from pathlib import Path
 
+            if Path(args.out).is_dir():
+                raise VisionkitError(f"--out '{args.out}' is a folder; give a JSON file name such as metrics.json.")
+        text = json.dumps(metrics, indent=2, default=float)
+        print(text)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(text + "\n")
 
     return _run(go)
@@ -102,7 +111,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
 def predict_main(argv: Sequence[str] | None = None) -> int:
     """`tools/predict.py`: run a checkpoint on images or folders; JSON and annotated images out."""
-    p = argparse.ArgumentParser(prog="predict.py", description="Predict with a visionkit checkpoint.")
+    p = argparse.ArgumentParser(prog=_prog("predict"), description="Predict with a visionkit checkpoint.")
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="*", help="image files or folders (generation: none)")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
@@ -131,7 +140,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
 
 def list_main(argv: Sequence[str] | None = None) -> int:
     """`tools/list.py`: every registered component by kind and task, with its origin."""
-    p = argparse.ArgumentParser(prog="list.py", description="List registered visionkit components.")
+    p = argparse.ArgumentParser(prog=_prog("list"), description="List registered visionkit components.")
     p.add_argument("--task", help="only components for this task")
     p.add_argument("--kind", help="only this kind (tasks, models, datasets, losses, metrics, transforms, callbacks)")
     p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
@@ -142,6 +151,11 @@ def list_main(argv: Sequence[str] | None = None) -> int:
 
         _plugins(args.plugin)
         task = TASKS.canonical(args.task) if args.task else None
+        if args.kind and args.kind not in ALL:
+            from visionkit.errors import did_you_mean
+
+            hint = did_you_mean(args.kind, ALL)
+            raise VisionkitError(f"--kind {args.kind!r} is unknown.{hint} Kinds: {', '.join(ALL)}.")
         for kind, registry in ALL.items():
             if args.kind and kind != args.kind:
                 continue
@@ -165,7 +179,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`visionkit train|eval|predict|list ...`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"train": train_main, "eval": eval_main, "predict": predict_main, "list": list_main}
+    usage = (
+        "usage: visionkit {train,eval,predict,list} ...\n\n"
+        "  train    train a task (--task cls|seg|det|gen|<plugin task>, or --config FILE) with key=value overrides\n"
+        "  eval     metrics of a checkpoint (or run folder) on its validation data\n"
+        "  predict  run a checkpoint on image files, folders or globs; writes predictions.json and pictures\n"
+        "  list     every registered component, its task and origin\n\n"
+        "`visionkit COMMAND --help` shows a command's options."
+    )
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(usage)
+        return 0
+    if argv and argv[0] == "--version":
+        from visionkit import __version__
+
+        print(f"visionkit {__version__}")
+        return 0
     if not argv or argv[0] not in commands:
-        print("usage: visionkit {train,eval,predict,list} ...", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])

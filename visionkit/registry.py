@@ -180,7 +180,7 @@ class Registry:
             f"Unknown {self.kind} '{name}'{where}.{did_you_mean(name, known)} "
             f"Known: {', '.join(sorted(self.names(task))) or '(none)'}"
             + (f"; or a prefix {', '.join(p + '/' for p in spaces)}" if spaces else "")
-            + ". Run `python tools/list.py` to see every component and where it comes from."
+            + ". Run `visionkit list` (or python tools/list.py) to see every component and where it comes from."
         )
 
     def _task_name(self, task: str | None) -> str | None:

@@ -142,9 +142,23 @@ def test_monitor_override_and_a_missing_monitor(tmp_path: Path) -> None:
     summary = json.loads((run.run_dir / "summary.json").read_text())
     assert summary["monitor"] == "val/loss" and summary["monitor_mode"] == "min"
     assert summary["best_value"] == min(r["val/loss"] for r in _records(run.run_dir) if "val/loss" in r)
-    with pytest.raises(VisionkitError, match="'val/top1' is not among.*val/acc"):
+    with pytest.raises(VisionkitError, match="'val/top1' is not a validation metric.*val/acc"):
         visionkit.train({"task": "toy"}, [*FAST, "trainer.monitor=val/top1"], work_dir=tmp_path / "x")
-    assert (tmp_path / "x" / "checkpoints" / "last.pt").is_file()  # the epoch's training was kept
+    assert not (tmp_path / "x" / "checkpoints" / "last.pt").exists()  # refused before training, nothing to resume
+
+
+def test_a_work_dir_holding_a_run_is_not_overwritten(run) -> None:
+    with pytest.raises(ConfigError, match="already holds a run.*--resume auto"):
+        visionkit.train({"task": "toy"}, FAST, work_dir=run.run_dir)
+
+
+def test_checkpoint_paths_accept_run_folders_and_refuse_other_files(run, tmp_path: Path) -> None:
+    from visionkit.errors import VisionkitError
+
+    assert visionkit.evaluate(run.run_dir)["val/count"] == 48  # a run folder means its best checkpoint
+    (tmp_path / "fake.pt").write_text("not a checkpoint\n")
+    with pytest.raises(VisionkitError, match="^'.*fake.pt' is not a visionkit checkpoint: it could not be read"):
+        visionkit.evaluate(tmp_path / "fake.pt")
 
 
 def _records(run_dir: Path) -> list[dict]:

@@ -21,7 +21,12 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     """
     try:
         with Image.open(path) as im:
-            if im.mode in _SIXTEEN_BIT:
+            if im.mode == "F":  # floating point: [0, 1] images are scaled, others read as 0-255
+                wide = np.asarray(im, dtype=np.float64)
+                scale = 255.0 if np.nanmax(wide, initial=0) <= 1.0 else 1.0
+                grey = np.round(np.nan_to_num(wide) * scale).clip(0, 255).astype(np.uint8)
+                array = grey if channels != 3 else np.repeat(grey[:, :, None], 3, axis=2)
+            elif im.mode in _SIXTEEN_BIT:
                 wide = np.asarray(im).astype(np.float64)
                 bits = 16 if im.mode.startswith("I;16") or wide.max(initial=0) <= 65535 else 32
                 grey = np.round(wide * (255.0 / (2**bits - 1))).clip(0, 255).astype(np.uint8)

@@ -58,12 +58,18 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a visionkit checkpoint on the CPU with `weights_only=True`."""
     path = Path(path)
+    if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():
+        path = path / "checkpoints" / "best.pt"  # a run directory: its best checkpoint
     if not path.is_file():
-        raise VisionkitError(f"Checkpoint '{path}' does not exist. Pass a .pt file from <run>/checkpoints/.")
+        what = "is a folder without checkpoints/best.pt" if path.is_dir() else "does not exist"
+        raise VisionkitError(f"Checkpoint '{path}' {what}. Pass a .pt file from <run>/checkpoints/ or a run folder.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise VisionkitError(f"Checkpoint '{path}' could not be read ({type(exc).__name__}: {exc}).") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VisionkitError(
+            f"'{path}' is not a visionkit checkpoint: it could not be read as a PyTorch file ({first[:200]})."
+        ) from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise VisionkitError(f"'{path}' is not a visionkit checkpoint (no 'model' and 'config' entries).")
     return ckpt

@@ -53,3 +53,26 @@ def run_validation(
     scalars, extras = evaluator.compute()
     model.train(was_training)
     return scalars, extras
+
+
+def metric_names(
+    task: Task, model: nn.Module, loader: Any, device: torch.device, autocast: Any, evaluator: Evaluator
+) -> list[str]:
+    """The val/ scalars the metrics produce, from one validation batch (RNG and metric state left as found)."""
+    from visionkit.engine.checkpoint import rng_state, set_rng_state
+
+    saved, was_training = rng_state(), model.training
+    model.eval()
+    evaluator.reset()
+    ctx = StepContext(model, model, device, autocast=autocast)
+    with torch.no_grad():
+        for batch in loader:
+            batch = task.move_to_device(batch, device)
+            with autocast():
+                evaluator.update(task.validation_step(batch, ctx), task.batch_size(batch))
+            break
+    scalars, _ = evaluator.compute()
+    evaluator.reset()
+    model.train(was_training)
+    set_rng_state(saved)
+    return list(scalars)

@@ -76,6 +76,8 @@ class Predictor:
         from visionkit.tasks.base import Task
 
         opts = check_options(task, options or {})
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"The output folder '{out}' is a file; pass a folder for --out.")
         out.mkdir(parents=True, exist_ok=True)
         if not inputs and type(task).sample is Task.sample:
             raise ConfigError(f"Task '{task.name}' needs input images: pass files, folders or glob patterns.")

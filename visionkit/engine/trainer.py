@@ -27,13 +27,13 @@ from visionkit.engine.callbacks import (
     Validator,
 )
 from visionkit.engine.checkpoint import check_same_facts, load_checkpoint, rng_state, save_atomic, set_rng_state
-from visionkit.engine.evaluation import run_validation
+from visionkit.engine.evaluation import metric_names, run_validation
 from visionkit.engine.loader import build_loader
 from visionkit.engine.metrics import Evaluator, improves, monitor_mode
 from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
 from visionkit.engine.report import RunResult, default_run_dir
-from visionkit.errors import VisionkitError
+from visionkit.errors import ConfigError, VisionkitError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
 
@@ -104,6 +104,10 @@ class Trainer:
         self.state = LoopState(cfg, self.run_dir, dist.is_main(), t["epochs"], self.monitor, self.monitor_mode)
         self.state.batches_per_epoch = len(self.sampler)
         self.hooks = self._build_callbacks()
+        if t["monitor"] and self.val_loader is not None:  # a chosen monitor is checked before training
+            names = metric_names(self.task, self.module, self.val_loader, self.device, self.autocast, self.evaluator)
+            if self.monitor not in names:
+                raise ConfigError(f"trainer.monitor '{self.monitor}' is not a validation metric of this run: {names}.")
         if self.resume:
             self._restore(load_checkpoint(self.resume))
         self._sync_state()
