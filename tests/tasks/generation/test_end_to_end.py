@@ -94,7 +94,8 @@ def test_tools_train_and_sample_then_inpaint(tmp_path: Path) -> None:
         env=ONE_THREAD,
     )
     assert proc.returncode == 0, proc.stderr
-    result = json.loads((out / "samples.json").read_text())
+    result = json.loads((out / "predictions.json").read_text())
+    assert result["task"] == "generation" and result["grid"] == "grid.png"
     assert [p["label"] for p in result["predictions"]] == [3, 7, 3, 7, 3, 7]
     assert len(list((out / "samples").glob("*.png"))) == 6 and (out / "grid.png").is_file()
     assert Image.open(out / "samples" / "sample_00000.png").size == (8, 8)
@@ -141,7 +142,11 @@ def test_python_api_gan_train_and_seeded_predict(tmp_path: Path) -> None:
     first = visionkit.predict(result.best_checkpoint, out_dir=tmp_path / "a", num_samples=4, seed=1)
     again = visionkit.predict(result.best_checkpoint, out_dir=tmp_path / "b", num_samples=4, seed=1)
     other = visionkit.predict(result.best_checkpoint, out_dir=tmp_path / "c", num_samples=4, seed=2)
-    pixels = [[np.asarray(Image.open(p["file"])) for p in r["predictions"]] for r in (first, again, other)]
+    folders = (tmp_path / "a", tmp_path / "b", tmp_path / "c")
+    pixels = [
+        [np.asarray(Image.open(folder / p["samples"])) for p in r["predictions"]]
+        for folder, r in zip(folders, (first, again, other), strict=True)
+    ]
     assert all(np.array_equal(x, y) for x, y in zip(pixels[0], pixels[1], strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(pixels[0], pixels[2], strict=True))
     with pytest.raises(ConfigError, match="diffusion"):

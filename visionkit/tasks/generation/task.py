@@ -236,7 +236,7 @@ class GenerationTask(Task):
 
     # -- prediction -----------------------------------------------------------------------------
     def sample(self, model: nn.Module, out_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
-        """Write `num_samples` images to out_dir/samples/, a grid to out_dir/grid.png and samples.json."""
+        """Write `num_samples` images to out_dir/samples/, a grid to out_dir/grid.png and predictions.json."""
         n, batch, seed = int(options["num_samples"]), int(options["batch_size"]), int(options["seed"])
         if n < 1 or batch < 1:
             raise ConfigError(f"num_samples and batch_size must be positive, got {n} and {batch}.")
@@ -254,12 +254,18 @@ class GenerationTask(Task):
         if nrow is None and labels is not None and n % model.num_classes == 0:
             nrow = model.num_classes
         grid = save_grid(samples, out_dir / "grid.png", int(nrow) if nrow else None)
-        preds = [
-            {"file": str(p), **({"label": int(labels[i])} if labels is not None else {})} for i, p in enumerate(paths)
-        ]
-        result = {"predictions": preds, "grid": str(grid), "options": {**sampling, "seed": seed}}
-        (out_dir / "samples.json").write_text(json.dumps(result, indent=2) + "\n")
-        return result
+        preds = [{"samples": Path(p).relative_to(out_dir).as_posix()} for p in paths]
+        for i, record in enumerate(preds if labels is not None else []):
+            record["label"] = int(labels[i])
+        result = {
+            "task": self.name,
+            "data": self.facts.to_dict(),
+            "predictions": preds,
+            "grid": Path(grid).relative_to(out_dir).as_posix(),
+            "options": {**sampling, "seed": seed},
+        }
+        (out_dir / "predictions.json").write_text(json.dumps(result, indent=2) + "\n")  # the same file as predict
+        return {**result, "json": str(out_dir / "predictions.json")}
 
     def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> Any:
         """Image inputs are for inpainting, which only a diffusion model does: this task refuses them."""
