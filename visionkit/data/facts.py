@@ -119,15 +119,19 @@ def _valid_fact(key: str, value: Any) -> bool:
 
 def resolve_facts(declared: DataFacts, train: DataFacts, val: DataFacts | None = None) -> DataFacts:
     """Declared facts win; the training data fills the rest; disagreements are errors naming the key."""
-    if declared.num_classes is not None and train.num_classes is not None and declared.num_classes != train.num_classes:
-        raise DataError(
-            f"data.num_classes is {declared.num_classes} but data.train has {train.num_classes} classes "
-            f"{(train.class_names or [])[:10]}. Set data.num_classes: {train.num_classes} or null."
-        )
-    if declared.class_names and train.class_names and declared.class_names != train.class_names:
-        raise DataError(
-            f"data.class_names {declared.class_names} differ from the classes of data.train: {train.class_names}."
-        )
+    for split, found in (("train", train), ("val", val)):
+        if found is None:
+            continue
+        counts = (declared.num_classes, found.num_classes)
+        if None not in counts and counts[0] != counts[1]:
+            raise DataError(
+                f"data.num_classes is {declared.num_classes} but data.{split} defines {found.num_classes} classes "
+                f"{(found.class_names or [])[:10]}. Set data.num_classes: {found.num_classes} or null (from the data)."
+            )
+        if declared.class_names and found.class_names and declared.class_names != found.class_names:
+            raise DataError(
+                f"data.class_names {declared.class_names} differ from the classes of data.{split}: {found.class_names}."
+            )
     facts = declared.merged(train)
     if val is not None and val.class_names and facts.class_names and val.class_names != facts.class_names:
         raise DataError(

@@ -71,10 +71,10 @@ def test_classes_come_from_the_data_as_facts_and_are_checked(tmp_path) -> None:
     assert cfg["data"]["num_classes"] is None and cfg["data"]["class_names"] is None  # nothing written into cfg
     assert cfg["data"]["category_ids"] is None
     wrong = TASKS.get("det")(config(tmp_path / "b", num_classes=5))
-    with pytest.raises(ConfigError, match="data.num_classes is 5 but data.train defines 3 classes"):
+    with pytest.raises(DataError, match="data.num_classes is 5 but data.train defines 3 classes"):
         wrong.data_facts(wrong.build_dataset("train"), None)
     named = TASKS.get("det")(config(tmp_path / "c", class_names=["cat", "bird", "dog"]))
-    with pytest.raises(ConfigError, match=r"data.class_names \['cat', 'bird', 'dog'\] differ .* data.train"):
+    with pytest.raises(DataError, match=r"data.class_names \['cat', 'bird', 'dog'\] differ .* data.train"):
         named.data_facts(named.build_dataset("train"), None)
 
 

@@ -86,7 +86,7 @@ def test_named_classes_must_agree_with_num_classes() -> None:
         class_names = ["background", "cat", "dog"]
 
     task = TASKS.get("seg")(load_config(None, ["data.class_names=null"], task="seg"))  # data.num_classes: 4
-    with pytest.raises(DataError, match=r"data.num_classes is 4 but data.train has 3 classes"):
+    with pytest.raises(DataError, match=r"data.num_classes is 4 but data.train defines 3 classes"):
         task.data_facts(Named(), None)
 
     class Generic(torch.utils.data.Dataset):

@@ -95,17 +95,6 @@ class DetectionTask(Task):
     def data_facts(self, train: Dataset | None, val: Dataset | None) -> DataFacts:
         """Classes and category ids from the data (checked against data.num_classes / class_names), RGB input."""
         data = self.cfg["data"]
-        for split, dataset in (("train", train), ("val", val)):
-            names = list(getattr(dataset, "class_names", None) or [])
-            if data["num_classes"] is not None and names and len(names) != data["num_classes"]:
-                raise ConfigError(
-                    f"data.num_classes is {data['num_classes']} but data.{split} defines {len(names)} classes "
-                    f"({names[:10]}). Set data.num_classes: {len(names)} or null (null takes it from the data)."
-                )
-            if data["class_names"] is not None and names and list(data["class_names"]) != names:
-                raise ConfigError(
-                    f"data.class_names {data['class_names']} differ from the classes of data.{split}: {names}."
-                )
         declared, found = declared_facts(data), facts_of(train)
         if found.class_names:  # the data's own category ids, so predictions carry them
             declared = declared.replace(category_ids=None)
