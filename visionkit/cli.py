@@ -178,13 +178,26 @@ def list_main(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """`visionkit train|eval|predict|list ...`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": train_main, "eval": eval_main, "predict": predict_main, "list": list_main}
+    from visionkit.deploy.commands import explain_main, export_main, profile_main
+
+    commands = {
+        "train": train_main,
+        "eval": eval_main,
+        "predict": predict_main,
+        "list": list_main,
+        "export": export_main,
+        "profile": profile_main,
+        "explain": explain_main,
+    }
     usage = (
-        "usage: visionkit {train,eval,predict,list} ...\n\n"
+        "usage: visionkit {train,eval,predict,list,export,profile,explain} ...\n\n"
         "  train    train a task (--task cls|seg|det|gen|<plugin task>, or --config FILE) with key=value overrides\n"
         "  eval     metrics of a checkpoint (or run folder) on its validation data\n"
         "  predict  run a checkpoint on image files, folders or globs; writes predictions.json and pictures\n"
-        "  list     every registered component, its task and origin\n\n"
+        "  list     every registered component, its task and origin\n"
+        "  export   ONNX or TorchScript file plus sidecar JSON, checked against PyTorch (onnxruntime)\n"
+        "  profile  parameters, FLOPs, latency and throughput (eager, torch.compile, onnxruntime)\n"
+        "  explain  Grad-CAM family heatmaps over images\n\n"
         "`visionkit COMMAND --help` shows a command's options."
     )
     if argv and argv[0] in ("-h", "--help", "help"):

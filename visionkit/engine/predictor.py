@@ -20,6 +20,7 @@ from torch import nn
 
 from visionkit.data import walk_inputs
 from visionkit.data.images import save_image
+from visionkit.deploy.spec import device_of
 from visionkit.errors import ConfigError, did_you_mean
 
 CORE_OPTIONS = {"batch_size": 16, "progress": True}
@@ -63,7 +64,7 @@ class Predictor:
 
     def __init__(self, task: Any, model: nn.Module, autocast: Any = None) -> None:
         self.task, self.model, self.autocast = task, model, autocast
-        self.device = next(model.parameters()).device
+        self.device = device_of(model)
 
     def run(self, inputs: Sequence[str | Path], out_dir: str | Path, options: Mapping[str, Any] | None = None) -> dict:
         """Predict every input (or sample, for a task that generates from nothing); return what was written."""

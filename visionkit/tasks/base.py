@@ -216,7 +216,9 @@ class Task:
 
     def predict_batch(self, model: nn.Module, inputs: list[Any], options: dict[str, Any]) -> list[Any]:
         """Run the model on a batch of preprocessed inputs; one output per input."""
-        return list(model(torch.stack(inputs).to(next(model.parameters()).device)))
+        from visionkit.deploy.spec import device_of
+
+        return list(model(torch.stack(inputs).to(device_of(model))))
 
     def postprocess(self, output: Any, image: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
         """One input's JSON record for predictions.json (plain types). Tasks that predict implement this."""
@@ -233,6 +235,17 @@ class Task:
     def sample(self, model: nn.Module, out_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
         """Predict without inputs (generative tasks): write samples into out_dir and return what was written."""
         raise NotImplementedError
+
+    # -- export (tools/export.py; see visionkit/deploy/) -----------------------------------------
+    def export_spec(self, model: nn.Module, options: Any) -> Any:
+        """The module, inputs and outputs to export (a `visionkit.deploy.spec.ExportSpec`); None: not exportable."""
+        return None
+
+    def exported_model(self, session: Any, sidecar: dict[str, Any]) -> Any:
+        """A stand-in for the eager model in `predict_batch`, running an exported file's `session`."""
+        from visionkit.deploy.runtime import ExportedModel
+
+        return ExportedModel(session, sidecar)
 
 
 def check_spec(registry: Any, spec: Any, key: str, defaults: Mapping[str, Any], task: Any = None) -> None:

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from visionkit.data.images import read_image, to_tensor
 from visionkit.data.transforms import build_pipeline
+from visionkit.deploy.spec import device_of
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
@@ -87,7 +88,7 @@ class ClassificationTask(Task):
 
     def predict_batch(self, model: nn.Module, inputs: list[Any], options: dict[str, Any]) -> list[Any]:
         """Class probabilities (softmax of the logits) for each input, on the CPU."""
-        x = torch.stack(inputs).to(next(model.parameters()).device)
+        x = torch.stack(inputs).to(device_of(model))
         return list(model(x).float().softmax(1).cpu())
 
     def postprocess(self, output: torch.Tensor, image: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from visionkit.data.facts import DataFacts, declared_facts, facts_of, resolve_facts
 from visionkit.data.images import as_rgb
+from visionkit.deploy.spec import device_of
 from visionkit.engine.metrics import facts_kwargs
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
@@ -234,7 +235,7 @@ class DetectionTask(Task):
 
     def predict_batch(self, model: nn.Module, inputs: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
         """Detect on a list of any-size images (same-size ones together); boxes (x, y, w, h) in original pixels."""
-        device = next(model.parameters()).device
+        device = device_of(model)
         outputs: list[Any] = [None] * len(inputs)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, (tensor, _) in enumerate(inputs):

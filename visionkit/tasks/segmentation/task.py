@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from visionkit.data.facts import DataFacts, declared_facts, facts_of, resolve_facts
 from visionkit.data.images import as_rgb, to_tensor, to_uint8_image
 from visionkit.data.transforms import build_pipeline
+from visionkit.deploy.spec import device_of
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
@@ -241,7 +242,7 @@ class SegmentationTask(Task):
 
     def predict_batch(self, model: nn.Module, inputs: list[torch.Tensor], options: dict[str, Any]) -> list[Any]:
         """Class-index maps (HxW uint8) at each input's size; inputs of equal size share a forward pass."""
-        device = next(model.parameters()).device
+        device = device_of(model)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(inputs):
             groups.setdefault(tuple(x.shape), []).append(i)

@@ -1,0 +1,1 @@
+"""Taking a trained model out of the training stack: export with a parity check, run, profile, explain."""

@@ -1,0 +1,138 @@
+"""Command lines of tools/export.py, tools/profile.py and tools/explain.py (argument parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from visionkit.cli import _plugins, _prog, _run
+from visionkit.errors import ConfigError
+
+
+def _positive_ints(text: str) -> list[int]:
+    message = f"expected comma-separated positive integers such as 1,8, got {text!r}"
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(message) from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(message)
+    return values
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """`tools/export.py`: write an ONNX or TorchScript file and its sidecar JSON, checked against PyTorch."""
+    p = argparse.ArgumentParser(prog=_prog("export"), description="Export a visionkit checkpoint.")
+    p.add_argument("checkpoint", help="checkpoint .pt or run folder")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    p.add_argument("--dynamic-batch", action="store_true", help="let the batch dimension vary")
+    p.add_argument("--image-size", type=int, help="input size to export at (default: the model's)")
+    p.add_argument("--softmax", action="store_true", help="classification/segmentation: output probabilities")
+    p.add_argument("--out", help="output folder (default: <run dir>/export)")
+    p.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
+    p.add_argument("--dynamo", action="store_true", help="ONNX through torch.export instead of the tracer")
+    p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from visionkit.deploy.export import export_model
+
+        _plugins(args.plugin)
+        sidecar = export_model(
+            args.checkpoint,
+            args.format,
+            args.out,
+            opset=args.opset,
+            dynamic_batch=args.dynamic_batch,
+            image_size=args.image_size,
+            softmax=args.softmax,
+            check=not args.no_check,
+            dynamo=args.dynamo,
+        )
+        print(f"wrote {sidecar['path']} and {sidecar['sidecar_path']}")
+
+    return _run_export(go)
+
+
+def _run_export(fn: object) -> int:
+    """Like the other commands, plus exit status 1 and the difference table when the parity check fails."""
+    from visionkit.deploy.parity import ExportCheckError
+
+    try:
+        return _run(fn)  # type: ignore[arg-type]
+    except ExportCheckError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def profile_main(argv: Sequence[str] | None = None) -> int:
+    """`tools/profile.py`: parameters, FLOPs, memory, latency and throughput of a checkpoint or config's model."""
+    p = argparse.ArgumentParser(prog=_prog("profile"), description="Profile a visionkit model.")
+    p.add_argument("checkpoint", nargs="?", help="checkpoint .pt or run folder")
+    p.add_argument("--config", help="profile the model a config (or task default, with --task) builds instead")
+    p.add_argument("--task", help="task whose default config to profile (with no checkpoint or --config)")
+    p.add_argument("--batch", type=_positive_ints, default=[1, 8], help="batch sizes, comma-separated (1,8)")
+    p.add_argument("--image-size", type=int, help="input height/width (default: the model's)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--iters", type=int, default=30, help="timed iterations per setting (default 30)")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
+    p.add_argument("--out", help="folder for profile.json (default: the current folder)")
+    p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (with --config/--task)")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from visionkit.deploy.profile import profile
+
+        _plugins(args.plugin)
+        if not (args.checkpoint or args.config or args.task):
+            raise ConfigError("Give a checkpoint (or run folder), --config FILE, or --task NAME to profile.")
+        profile(
+            checkpoint=args.checkpoint,
+            config=args.config,
+            task=args.task,
+            overrides=args.overrides,
+            batches=args.batch,
+            image_size=args.image_size,
+            device=args.device,
+            iters=args.iters,
+            compile=not args.no_compile,
+            onnx=not args.no_onnx,
+            out=args.out,
+        )
+
+    return _run(go)
+
+
+def explain_main(argv: Sequence[str] | None = None) -> int:
+    """`tools/explain.py`: class activation maps over images, as overlays and explain.json."""
+    p = argparse.ArgumentParser(prog=_prog("explain"), description="Explain a visionkit model's predictions.")
+    p.add_argument("checkpoint", help="checkpoint .pt or run folder")
+    p.add_argument("inputs", nargs="+", help="image files, folders or globs")
+    p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "eigencam", "scorecam"])
+    p.add_argument("--class", dest="target_class", help="class name or index to explain (default: the predicted)")
+    p.add_argument("--target-layer", default="auto", help="'auto' or a module name from model.named_modules()")
+    p.add_argument("--out", default="explain", help="output folder (default: explain)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from visionkit.deploy.explain import explain
+
+        _plugins(args.plugin)
+        explain(
+            args.checkpoint,
+            args.inputs,
+            args.out,
+            method=args.method,
+            target_class=args.target_class,
+            target_layer=args.target_layer,
+            device=args.device,
+        )
+        print(f"wrote overlays and explain.json to {args.out}")
+
+    return _run(go)

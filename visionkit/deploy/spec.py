@@ -1,0 +1,113 @@
+"""What a task declares to be exported: the module, its named inputs and outputs, and how to check it."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from visionkit.errors import ConfigError
+
+# Optional libraries and the extra that installs them.
+EXTRAS = {"onnx": "deploy", "onnxruntime": "deploy", "onnxscript": "deploy", "pytorch_grad_cam": "deploy"}
+
+
+def require(module: str, feature: str) -> Any:
+    """Import an optional library, or stop with a message naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra = EXTRAS.get(module, "deploy")
+        package = {"pytorch_grad_cam": "grad-cam"}.get(module, module)
+        raise ConfigError(
+            f"{feature} needs the '{package}' package, which is not installed ({exc}). "
+            f"Install it with: pip install 'visionkit[{extra}]'"
+        ) from None
+
+
+@dataclass
+class ExportOptions:
+    """What the user asked for on the export command line."""
+
+    image_size: int | None = None  # input height/width to trace with (and the fixed size where the task fixes it)
+    dynamic_batch: bool = False  # False: the batch dimension is fixed to the example's (1)
+    softmax: bool = False  # classification/segmentation: export probabilities instead of logits
+
+
+@dataclass
+class TensorInfo:
+    """One named input or output of an exported model; a str in `shape` is a dynamic axis."""
+
+    name: str
+    shape: list[int | str]
+    dtype: str = "float32"
+    meaning: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON form, for the sidecar."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class CheckRow:
+    """The parity check's verdict on one output."""
+
+    output: str
+    max_abs_diff: float
+    tolerance: float
+    passed: bool
+    detail: str = ""  # where the worst difference is, or why it failed (e.g. different detection counts)
+
+
+@dataclass
+class ExportSpec:
+    """A task's export signature: the module to trace and everything the sidecar and the check need.
+
+    `module(*example)` returns a tensor or a tuple of tensors, one per entry of `outputs`, in order.
+    `make_inputs(samples, limit)` turns up to `limit` validation samples (items of the task's validation
+    dataset), or random data when `samples` is None, into input tuples for the parity check.
+    `compare(reference, exported, names)` judges one input tuple's outputs; None means the dense check
+    (every output within `atol`).
+    """
+
+    module: nn.Module
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    example: tuple[torch.Tensor, ...]
+    make_inputs: Callable[[Sequence[Any] | None, int], list[tuple[torch.Tensor, ...]]]
+    compare: Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[str]], list[CheckRow]] | None = None
+    atol: float = 1e-4
+    notes: dict[str, Any] = field(default_factory=dict)  # extra facts for the sidecar (e.g. score threshold)
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """{tensor name: {axis: axis name}} for every str entry of the input and output shapes."""
+        axes: dict[str, dict[int, str]] = {}
+        for info in [*self.inputs, *self.outputs]:
+            named = {i: d for i, d in enumerate(info.shape) if isinstance(d, str)}
+            if named:
+                axes[info.name] = named
+        return axes
+
+
+def image_of(sample: Any) -> torch.Tensor:
+    """The image tensor of a dataset sample: the sample itself, its first element, or its 'image' key."""
+    if isinstance(sample, torch.Tensor):
+        return sample
+    if isinstance(sample, dict) and "image" in sample:
+        return sample["image"]
+    if isinstance(sample, (list, tuple)) and sample and isinstance(sample[0], torch.Tensor):
+        return sample[0]
+    raise TypeError(f"Cannot find the image in a dataset sample of type {type(sample).__name__}.")
+
+
+def device_of(model: Any) -> torch.device:
+    """The device of a model's first parameter; the CPU for models without parameters (e.g. an ONNX session)."""
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
