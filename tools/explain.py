@@ -4,7 +4,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+# Run from a checkout without installing; the repository root replaces tools/ on the path, because
+# tools/profile.py would otherwise shadow the standard library's `profile` module (imported by torch).
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from visionkit.deploy.commands import explain_main  # noqa: E402
 
