@@ -175,9 +175,18 @@ def predict(
     device: str | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Run a checkpoint on image files, folders or globs (or sample, for generation); write results to out_dir."""
+    """Run a checkpoint on image files, folders or globs (or sample, for generation); write results to out_dir.
+
+    An exported model (`model.onnx`, `model.torchscript` or its sidecar JSON) runs through onnxruntime or
+    TorchScript on the CPU with the same preprocessing and output files.
+    """
+    from visionkit.deploy.runtime import is_exported, predict_exported
     from visionkit.engine.predictor import Predictor
 
+    if is_exported(checkpoint):
+        if overrides or (device not in (None, "cpu", "auto")):
+            raise ConfigError("An exported model runs on the CPU as exported: drop the overrides and --device.")
+        return predict_exported(checkpoint, inputs, out_dir, **options)
     task, model, cfg = load_model(checkpoint, overrides, device)
     dev = next(model.parameters()).device
     return Predictor(task, model, _autocast(cfg, dev)).run([str(i) for i in inputs], out_dir, options)

@@ -112,7 +112,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 def predict_main(argv: Sequence[str] | None = None) -> int:
     """`tools/predict.py`: run a checkpoint on images or folders; JSON and annotated images out."""
     p = argparse.ArgumentParser(prog=_prog("predict"), description="Predict with a visionkit checkpoint.")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="checkpoint .pt, run folder, or an exported model.onnx / model.torchscript")
     p.add_argument("inputs", nargs="*", help="image files or folders (generation: none)")
     p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")

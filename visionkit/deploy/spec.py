@@ -82,6 +82,7 @@ class ExportSpec:
     make_inputs: Callable[[Sequence[Any] | None, int], list[tuple[torch.Tensor, ...]]]
     compare: Callable[[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[str]], list[CheckRow]] | None = None
     atol: float = 1e-4
+    reads_data: bool = True  # False: the check always uses random inputs (e.g. a generator takes noise)
     notes: dict[str, Any] = field(default_factory=dict)  # extra facts for the sidecar (e.g. score threshold)
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
@@ -111,3 +112,67 @@ def device_of(model: Any) -> torch.device:
         for p in model.parameters():
             return p.device
     return torch.device("cpu")
+
+
+def image_spec(
+    module: nn.Module,
+    options: ExportOptions,
+    *,
+    channels: int,
+    size: int,
+    output: TensorInfo,
+    dynamic_size: bool = False,
+    spatial_output: bool = False,
+    input_name: str = "images",
+    input_meaning: str = "",
+    notes: dict[str, Any] | None = None,
+) -> ExportSpec:
+    """The spec of an image-in, tensor-out model: NCHW float32 in, one output `[batch, *output.shape(, H, W)]`.
+
+    The batch axis is fixed to 1 unless `options.dynamic_batch`; height and width are fixed to `size` unless
+    `dynamic_size`. Validation images feed the check (resized to `size` when it is fixed).
+    """
+    batch: int | str = "batch" if options.dynamic_batch else 1
+    side: list[int | str] = ["height", "width"] if dynamic_size else [size, size]
+    example = torch.rand(
+        2 if options.dynamic_batch else 1, channels, size, size, generator=torch.Generator().manual_seed(0)
+    )
+
+    def make_inputs(samples: Sequence[Any] | None, limit: int) -> list[tuple[torch.Tensor, ...]]:
+        if samples is None:
+            g = torch.Generator().manual_seed(1)
+            sizes = [size, size + 8] if dynamic_size else [size]
+            shapes = [(3 if options.dynamic_batch else 1, channels, s, s) for s in sizes]
+            return [(torch.randn(*shape, generator=g),) for shape in shapes for _ in range(2)]
+        images = [image_of(s).float() for s in samples[:limit]]
+        if not dynamic_size:
+            images = [_resized(x, size) for x in images]
+        elif len({tuple(x.shape) for x in images}) == 1:  # exercise the dynamic height and width too
+            height, width = images[0].shape[-2:]
+            images.append(torch.nn.functional.interpolate(images[0][None], size=(height + 8, width + 24))[0])
+        if not options.dynamic_batch:
+            return [(x[None],) for x in images]
+        groups: dict[tuple[int, ...], list[torch.Tensor]] = {}
+        for x in images:
+            groups.setdefault(tuple(x.shape), []).append(x)
+        return [(torch.stack(group),) for group in groups.values()]
+
+    return ExportSpec(
+        module=module,
+        inputs=[TensorInfo(input_name, [batch, channels, *side], "float32", input_meaning)],
+        outputs=[
+            TensorInfo(
+                output.name, [batch, *output.shape, *(side if spatial_output else [])], output.dtype, output.meaning
+            )
+        ],
+        example=(example,),
+        make_inputs=make_inputs,
+        notes=notes or {},
+    )
+
+
+def _resized(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A CHW image at size x size (bilinear), unchanged when it already is."""
+    if tuple(image.shape[-2:]) == (size, size):
+        return image
+    return torch.nn.functional.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)[0]

@@ -105,6 +105,26 @@ class ClassificationTask(Task):
             ]
         }
 
+    def export_spec(self, model: nn.Module, options: Any) -> Any:
+        """Normalised images [N, C, S, S] in (S: facts.image_size or --image-size), logits or probabilities out."""
+        from visionkit.deploy.spec import TensorInfo, image_spec
+
+        size = options.image_size or self.facts.image_size
+        if not size:
+            raise ConfigError("The checkpoint records no image size (data facts); pass --image-size to export.")
+        what = "probabilities" if options.softmax else "logits"
+        mean, std = self.facts.mean, self.facts.std
+        return image_spec(
+            Scores(model, options.softmax),
+            options,
+            channels=int(self.facts.channels or 3),
+            size=int(size),
+            output=TensorInfo(
+                what, [len(self.facts.names)], "float32", f"class {what}, in the order of data.class_names"
+            ),
+            input_meaning=f"RGB/grey pixels /255, minus mean {mean}, divided by std {std}; resized to the model size",
+        )
+
     def finish_predictions(self, records: list[dict[str, Any]], out_dir: Path, options: dict[str, Any]) -> dict:
         """Write predictions.png: the first images with their top-1 label and score, as a grid."""
         if not records:
@@ -114,3 +134,16 @@ class ClassificationTask(Task):
         path = out_dir / "predictions.png"
         prediction_grid(images, [r["top"][0] for r in shown], path, max_images=GRID_IMAGES)
         return {"grid": str(path)}
+
+
+class Scores(nn.Module):
+    """A classifier's logits, or their softmax, as one exported output."""
+
+    def __init__(self, model: nn.Module, softmax: bool) -> None:
+        super().__init__()
+        self.model, self.softmax = model, softmax
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class scores for a batch of normalised images."""
+        logits = self.model(images)
+        return logits.softmax(1) if self.softmax else logits

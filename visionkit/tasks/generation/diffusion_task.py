@@ -169,3 +169,9 @@ class DiffusionTask(GenerationTask):
         self._inpaint, self._mask = None, (None, None)
         grid = inpaint_grid(records, Path(out_dir), self._size(), self.facts.channels)
         return {"grid": str(grid), "options": {**sampling, "mask": str(options["mask"]), "seed": options["seed"]}}
+
+    def export_spec(self, model: nn.Module, options: Any) -> Any:
+        """The network to export (denoiser); sampling stays in Python."""
+        from visionkit.tasks.generation.export import diffusion_spec
+
+        return diffusion_spec(model, options)

@@ -61,3 +61,9 @@ class GANTask(GenerationTask):
             logs["r1"] = out["r1"].detach()
             loss = loss + 0.5 * gamma * out["r1"]
         return {"loss": loss, **logs}
+
+    def export_spec(self, model: nn.Module, options: Any) -> Any:
+        """The network to export (generator); sampling stays in Python."""
+        from visionkit.tasks.generation.export import gan_spec
+
+        return gan_spec(model, options)

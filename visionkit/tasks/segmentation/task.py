@@ -263,6 +263,22 @@ class SegmentationTask(Task):
             "class_pixels": {names[i]: int(c) for i, c in enumerate(counts) if c},
         }
 
+    def export_spec(self, model: nn.Module, options: Any) -> Any:
+        """Normalised images [N, C, H, W] of any size in; per-pixel logits (or probabilities) at the input size out."""
+        from visionkit.deploy.spec import TensorInfo, image_spec
+
+        what = "probabilities" if options.softmax else "logits"
+        return image_spec(
+            PixelScores(model, options.softmax),
+            options,
+            channels=int(self.facts.channels or len(self.facts.mean or IMAGENET_MEAN)),
+            size=int(options.image_size or self.facts.image_size or 64),
+            dynamic_size=True,
+            spatial_output=True,
+            output=TensorInfo(what, [self.num_classes], "float32", f"per-pixel class {what} at the input size"),
+            input_meaning=f"pixels /255, minus mean {self.facts.mean}, divided by std {self.facts.std}; any size",
+        )
+
     def draw(self, image: np.ndarray, output: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
         """A class-index palette PNG (`masks`) and the class colours blended over the image (`overlays`)."""
         alpha = options.get("alpha")
@@ -271,3 +287,16 @@ class SegmentationTask(Task):
             raise ConfigError(f"The predict option alpha must lie in [0, 1], got {alpha}.")
         masks: Image.Image = index_png(output, self.num_classes)
         return {"masks": masks, "overlays": overlay(as_rgb(image), output, self.num_classes, None, alpha)}
+
+
+class PixelScores(nn.Module):
+    """A segmenter's main logits resized to the input (or their softmax), as one exported output."""
+
+    def __init__(self, model: nn.Module, softmax: bool) -> None:
+        super().__init__()
+        self.model, self.softmax = model, softmax
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class scores at the input size."""
+        logits = resize_to(logits_of(self.model(images)), images.shape[-2:])
+        return logits.softmax(1) if self.softmax else logits

@@ -1,0 +1,142 @@
+"""Run an exported model (ONNX through onnxruntime, or TorchScript) with the task's own pre/post-processing.
+
+Prediction from an exported file builds no model, dataset or optimizer: the sidecar JSON written beside
+the file holds the task, its data facts and the run's config, so the task's `preprocess`, `postprocess`
+and `draw` run exactly as for a checkpoint, and only the network call goes to the exported file.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from visionkit.deploy.spec import require
+from visionkit.errors import ConfigError
+
+EXPORTED_SUFFIXES = (".onnx", ".torchscript")
+
+
+def is_exported(path: str | Path) -> bool:
+    """True for an exported model file or its sidecar JSON (what tools/predict.py runs through this module)."""
+    path = Path(path)
+    return path.suffix in EXPORTED_SUFFIXES or (path.suffix == ".json" and path.is_file() and _is_sidecar(path))
+
+
+def _is_sidecar(path: Path) -> bool:
+    try:
+        return "visionkit_export" in json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def sidecar_path(model_file: str | Path) -> Path:
+    """Where an exported file's sidecar JSON lives: beside it, named `<file>.json` (e.g. model.onnx.json)."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.name + ".json")
+
+
+def load_sidecar(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """The sidecar JSON of an exported model (given the model file or the JSON) and the model file's path."""
+    path = Path(path)
+    sidecar_file = path if path.suffix == ".json" else sidecar_path(path)
+    if not path.is_file():
+        raise ConfigError(f"Exported model '{path}' does not exist. Export one with tools/export.py CHECKPOINT.")
+    if not sidecar_file.is_file():
+        raise ConfigError(
+            f"'{path}' has no sidecar '{sidecar_file.name}' beside it; it holds the task, classes and preprocessing. "
+            "Keep the JSON that tools/export.py wrote next to the model file."
+        )
+    try:
+        sidecar = json.loads(sidecar_file.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"Sidecar '{sidecar_file}' is not valid JSON ({exc}).") from None
+    if not isinstance(sidecar, dict) or "visionkit_export" not in sidecar:
+        raise ConfigError(f"'{sidecar_file}' is not a visionkit export sidecar (no 'visionkit_export' key).")
+    model_path = sidecar_file.parent / sidecar["file"] if path.suffix == ".json" else path
+    return sidecar, model_path
+
+
+class ExportedSession:
+    """An exported file ready to run on the CPU: `.run(*tensors) -> list of tensors`, in the declared order."""
+
+    def __init__(self, path: str | Path, fmt: str | None = None, input_names: Sequence[str] = ()) -> None:
+        self.path = Path(path)
+        self.format = fmt or ("onnx" if self.path.suffix == ".onnx" else "torchscript")
+        self.fixed_batch: int | None = None
+        if self.format == "onnx":
+            ort = require("onnxruntime", "Running an ONNX model")
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            first = self.session.get_inputs()[0]
+            self.input_names = [i.name for i in self.session.get_inputs()]
+            self.output_names = [o.name for o in self.session.get_outputs()]
+            self.fixed_batch = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit.load announces its deprecation
+                self.module = torch.jit.load(str(self.path), map_location="cpu").eval()
+            self.input_names = list(input_names)
+            self.output_names = []
+
+    def run(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs for these inputs (CPU tensors)."""
+        if self.format == "onnx":
+            feed = {name: t.detach().cpu().numpy() for name, t in zip(self.input_names, inputs, strict=True)}
+            return [torch.from_numpy(np.asarray(o)) for o in self.session.run(None, feed)]
+        with torch.no_grad():
+            out = self.module(*[t.cpu() for t in inputs])
+        return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+class ExportedModel(nn.Module):
+    """The eager model's stand-in for image-in, tensor-out tasks: `forward(x)` is the exported first output.
+
+    Inputs larger than a fixed export batch are run in chunks; an export with `--softmax` returns
+    log-probabilities, so code that applies softmax or argmax to logits gets the same answer.
+    """
+
+    def __init__(self, session: ExportedSession, sidecar: dict[str, Any]) -> None:
+        super().__init__()
+        self.session = session
+        batch = sidecar["inputs"][0]["shape"][0]
+        self.fixed_batch = batch if isinstance(batch, int) else None
+        self.probabilities = bool(sidecar.get("export", {}).get("softmax"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The exported model's first output for a batch of preprocessed inputs."""
+        step = self.fixed_batch or x.shape[0]
+        parts = [self.session.run(x[i : i + step])[0] for i in range(0, x.shape[0], step)]
+        out = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return out.clamp_min(1e-30).log() if self.probabilities else out
+
+
+def predict_exported(
+    path: str | Path, inputs: Sequence[str | Path], out_dir: str | Path = "predictions", **options: Any
+) -> dict[str, Any]:
+    """tools/predict.py on an exported model: the task's preprocessing and output files, the exported network."""
+    from visionkit.config import load_config
+    from visionkit.data.facts import DataFacts
+    from visionkit.engine.predictor import Predictor
+    from visionkit.registry import TASKS
+
+    sidecar, model_path = load_sidecar(path)
+    cfg = load_config(sidecar["config"])  # imports the run's plugins, as the checkpoint path does
+    task = TASKS.get(sidecar["task"])(cfg)
+    task.facts = DataFacts.from_dict(sidecar["data"])
+    if not sidecar.get("predict", True):
+        raise ConfigError(
+            f"An exported {task.name} model is its network only ({', '.join(i['name'] for i in sidecar['inputs'])} "
+            "in); sampling runs in Python. Predict with the checkpoint instead: tools/predict.py CHECKPOINT."
+        )
+    session = ExportedSession(model_path, sidecar["format"], [i["name"] for i in sidecar["inputs"]])
+    model = task.exported_model(session, sidecar)
+    result = Predictor(task, model).run([str(i) for i in inputs], out_dir, options)
+    return {**result, "model": str(model_path)}
