@@ -110,6 +110,22 @@ def test_predict_writes_restored_images_and_json(run, tmp_path: Path) -> None:
         assert im.size == (20, 12) and im.mode == "RGB"  # a grey file is read as the model's 3 channels
 
 
+def test_plugin_task_exports_and_predicts_through_onnxruntime(run, tmp_path: Path) -> None:
+    from visionkit.deploy.export import export_model
+
+    sidecar = export_model(run.best_checkpoint, "onnx", tmp_path / "x", dynamic_batch=True)
+    assert sidecar["task"] == "restoration" and sidecar["check"]["passed"] is True
+    assert sidecar["outputs"][0]["shape"] == ["batch", 3, "out_height", "out_width"]
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    exported = visionkit.predict(tmp_path / "x" / "model.onnx", [tmp_path / "a.png"], tmp_path / "o1")
+    reference = visionkit.predict(run.best_checkpoint, [tmp_path / "a.png"], tmp_path / "o2")
+    assert exported["predictions"][0]["size"] == [20, 12]
+    assert exported["predictions"][0]["mean_abs_change"] == pytest.approx(
+        reference["predictions"][0]["mean_abs_change"], abs=1e-3
+    )
+
+
 def test_sr2x_upscales_at_predict_time(tmp_path: Path) -> None:
     over = [*FAST, "restoration.mode=sr2x", "trainer.max_steps=2"]
     result = visionkit.train(None, over, task="restoration", work_dir=tmp_path / "run")

@@ -101,3 +101,13 @@ class RestorationTask(Task):
     def draw(self, image: np.ndarray, output: torch.Tensor, options: dict[str, Any]) -> dict[str, Any]:
         """The restored image, saved by the core as restored/<input path>.png."""
         return {"restored": to_uint8_image(output)}
+
+    def export_spec(self, model: torch.nn.Module, options: Any) -> Any:
+        """Export signature: degraded images in [0, 1], any size, in; restored images out."""
+        from visionkit.deploy.spec import TensorInfo, image_spec
+
+        c, sr = int(self.facts.channels or 3), self.cfg["restoration"]["mode"] == "sr2x"
+        meaning = f"restored images in [0, 1] at {'twice' if sr else ''} the input size"
+        out = TensorInfo("restored", [c, "out_height", "out_width"], "float32", meaning.replace("  ", " "))
+        size = int(options.image_size or self.facts.image_size or 32)
+        return image_spec(model, options, channels=c, size=size, output=out, dynamic_size=True)
