@@ -24,7 +24,9 @@ BASE_DEFAULTS: dict[str, Any] = {
     "work_dir": None,
     "model": {"name": None},
     "data": {
-        "batch_size": 32,
+        "batch_size": 32,  # or "auto" (visionkit/engine/batching.py)
+        "effective_batch_size": None,  # with batch_size auto: keep this many samples per update by accumulation
+        "sampler": None,  # null (shuffle) or "balanced" (class-balanced sampling)
         "num_workers": 2,
         "train": None,
         "val": None,
@@ -49,6 +51,7 @@ BASE_DEFAULTS: dict[str, Any] = {
         "ema": None,
         "val_every": 1,
         "early_stop_patience": None,
+        "unfreeze_at": None,  # epoch at which `model.freeze` patterns are trained again
         "log_every": 20,
         "checkpoint_every": None,
         "channels_last": False,

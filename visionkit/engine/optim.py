@@ -33,8 +33,12 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     return cls
 
 
-def build_optimizer(spec: Mapping[str, Any], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """Build a torch optimizer from `{name, lr, **kwargs}`."""
+def build_optimizer(
+    spec: Mapping[str, Any],
+    params: Iterable[torch.nn.Parameter],
+    names: Mapping[torch.nn.Parameter, str] | None = None,
+) -> torch.optim.Optimizer:
+    """Build a torch optimizer from `{name, lr, **kwargs}` (`names`: each parameter's name in the model)."""
     cls = optimizer_class(spec["name"])
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     kwargs = check_kwargs(cls, {"params": [], **kwargs}, f"optimizer '{spec['name']}'", user_keys=set(kwargs))

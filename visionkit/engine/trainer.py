@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from visionkit.config import dump_config
 from visionkit.engine import distributed as dist
+from visionkit.engine.batching import build_loaders
 from visionkit.engine.callbacks import (
     EMA,
     CallbackList,
@@ -28,7 +28,7 @@ from visionkit.engine.callbacks import (
 )
 from visionkit.engine.checkpoint import check_same_facts, load_checkpoint, rng_state, save_atomic, set_rng_state
 from visionkit.engine.evaluation import metric_names, run_validation
-from visionkit.engine.loader import build_loader
+from visionkit.engine.finetune import apply_freeze, finetune_callbacks
 from visionkit.engine.metrics import Evaluator, improves, monitor_mode
 from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
@@ -45,8 +45,11 @@ class TrainingError(VisionkitError):
 class Trainer:
     """Trains `cfg["task"]`: builds it from the registries, runs the loop, validates, checkpoints."""
 
-    def __init__(self, cfg: dict[str, Any], resume: str | Path | None = None, callbacks: Sequence[Any] = ()) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], resume: str | Path | None = None, callbacks: Sequence[Any] = (), write: bool = True
+    ) -> None:
         self.cfg, self.resume, self.callbacks = cfg, resume, list(callbacks)
+        self.write = write  # False: build everything but create no run folder (dry run, LR finder)
         t = cfg["trainer"]
         self.device = select_device(t["device"])
         if t["num_threads"] and self.device.type == "cpu":
@@ -79,6 +82,7 @@ class Trainer:
         # What the data tells (classes, channels, ...) is a value handed to the builders and saved with checkpoints.
         self.facts = self.task.facts = self.task.data_facts(self.train_set, self.val_set)
         self.module = self.task.build_model(self.facts).to(self.device)
+        apply_freeze(self.module, cfg)  # model.freeze patterns (trainer.unfreeze_at lifts them)
         if t["channels_last"]:
             self.module = self.module.to(memory_format=torch.channels_last)
         self.task.setup(self.module, self.device)
@@ -87,16 +91,17 @@ class Trainer:
         self.monitor = t["monitor"] or self.task.monitor
         self.monitor_mode = t["monitor_mode"] or monitor_mode(self.monitor, self.task)
         self.last_extras: dict[str, Any] = {}
-        self._build_loaders()
-        if dist.is_main():
+        build_loaders(self)  # train/val loaders, sampler, updates_per_epoch (data.batch_size may be 'auto')
+        if dist.is_main() and self.write:
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.run_dir / "config.yaml")
         self.groups = self.task.optimizer_groups(self.module)
         self.optimizers = {}
+        names = {p: n for n, p in self.module.named_parameters()}
         for name, group in self.groups.items():
             group.params = list(group.params)
             spec = {**cfg["optimizer"], **group.overrides}
-            self.optimizers[name] = build_optimizer(spec, group.params)
+            self.optimizers[name] = build_optimizer(spec, group.params, names)
         self.horizon = t["epochs"] * self.updates_per_epoch
         self.schedulers = {n: build_scheduler(cfg["scheduler"], o, self.horizon) for n, o in self.optimizers.items()}
         self.scaler = make_scaler(self.precision, self.device)
@@ -133,28 +138,10 @@ class Trainer:
         if t["early_stop_patience"]:
             hooks.append(EarlyStopping(t["early_stop_patience"]))
         hooks += [RunFiles(), ProgressBar(t["progress"])] + ([self.ema] if self.ema else [])
+        hooks += finetune_callbacks(self.cfg, self.module)
         specs = self.cfg["callbacks"] or []
         hooks += [CALLBACKS.build(spec, key=f"callbacks[{i}]", task=self.task.scopes()) for i, spec in enumerate(specs)]
         return CallbackList([*hooks, *self.callbacks])
-
-    def _build_loaders(self) -> None:
-        d, t = self.cfg["data"], self.cfg["trainer"]
-        common = dict(
-            batch_size=d["batch_size"],
-            seed=t["seed"],
-            collate=self.task.collate,
-            num_workers=d["num_workers"],
-            rank=dist.rank(),
-            world=dist.world_size(),
-            pin_memory=self.device.type == "cuda",
-        )
-        self.train_loader, self.sampler = build_loader(self.train_set, shuffle=True, train=True, **common)
-        self.val_loader = None
-        if self.val_set is not None:
-            self.val_loader, _ = build_loader(self.val_set, shuffle=False, train=False, **common)
-        if len(self.sampler) == 0:
-            raise VisionkitError("The training set is empty; check data.train.")
-        self.updates_per_epoch = math.ceil(len(self.sampler) / t["accumulate"])
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
