@@ -293,3 +293,16 @@ class DetectionTask(Task):
             records, found, image_ids, self._output_category_ids(options), self.facts.names, Path(out_dir)
         )
         return {**summary, "score_threshold": float(options["score_threshold"])}
+
+    # -- export (visionkit/tasks/detection/export.py) -------------------------------------------
+    def export_spec(self, model: nn.Module, options: Any) -> Any:
+        """One [1, 3, H, W] image in 0..1 in; final boxes (xyxy, input pixels), scores and labels out."""
+        from visionkit.tasks.detection.export import detection_export_spec
+
+        return detection_export_spec(self, model, options)
+
+    def exported_model(self, session: Any, sidecar: dict[str, Any]) -> Any:
+        """The exported detector behind the eager Detector's interface (lists of images in, dicts out)."""
+        from visionkit.tasks.detection.export import DetectionExportedModel
+
+        return DetectionExportedModel(session, sidecar)
