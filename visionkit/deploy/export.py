@@ -146,8 +146,9 @@ def export_model(
             raise
         except Exception as exc:  # noqa: BLE001 - an exporter failure is reported with the model and the step
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = " torch.export cannot capture this model; export without --dynamo." if dynamo else ""
             raise ConfigError(
-                f"Exporting the {task.name} model '{cfg['model'].get('name')}' to {fmt} failed: {first[:300]}"
+                f"Exporting the {task.name} model '{cfg['model'].get('name')}' to {fmt} failed: {first[:300]}{hint}"
             ) from exc
         check_record: dict[str, Any] = {"passed": None, "skipped": True}
         if check:
