@@ -176,3 +176,15 @@ def test_dynamo_exporter_matches_too(cls_run: Path, tmp_path: Path) -> None:
     sidecar = export_model(cls_run, "onnx", tmp_path / "x", dynamo=True, dynamic_batch=True)
     assert sidecar["versions"]["opset"] == 18 and sidecar["export"]["exporter"] == "torch.export (dynamo)"
     assert sidecar["check"]["passed"] is True
+
+
+def test_missing_optional_libraries_name_the_extra(cls_run: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    from visionkit.deploy.commands import explain_main
+
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # grad-cam not installed
+    assert explain_main([str(cls_run), str(_digit_pngs(tmp_path / "in", 1)), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "'grad-cam' package" in err and "pip install 'visionkit[deploy]'" in err
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert export_main([str(cls_run), "--out", str(tmp_path / "x")]) == 2
+    assert "'onnxruntime' package" in capsys.readouterr().err
