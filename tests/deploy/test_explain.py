@@ -26,13 +26,6 @@ HELD_OUT = 20
 ENV = {"OMP_NUM_THREADS": "1"}  # tiny models: a second thread only spins on a busy 2-core machine
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread for the test, then the previous setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -16,24 +16,13 @@ from torch import nn
 
 import visionkit
 from tests.conftest import TINY_CLS
+from tests.tasks.segmentation.test_end_to_end import TINY as SEG_TINY_RUN
 from visionkit.deploy.commands import export_main
 from visionkit.deploy.export import export_model
 from visionkit.deploy.parity import ExportCheckError
 from visionkit.registry import MODELS
 
-SEG_TINY = [
-    "data.train.num_images=8",
-    "data.val.num_images=4",
-    "data.train.image_size=32",
-    "data.val.image_size=32",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "trainer.max_steps=2",
-    "trainer.progress=false",
-    "model.encoder=test_efficientnet",
-    "model.decoder_channels=[16,16,8,8,8]",
-    "segmentation.num_samples=0",
-]
+SEG_TINY = [*SEG_TINY_RUN, "segmentation.num_samples=0"]
 
 
 @MODELS.register("test_branchy_net", task="classification")
