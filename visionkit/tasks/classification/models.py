@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import timm
 from torch import nn
 
+from visionkit.engine.weights import load_timm
 from visionkit.errors import ConfigError, did_you_mean
 from visionkit.registry import MODELS
 
@@ -65,8 +64,12 @@ def timm_model(
     drop_rate: float = 0.0,
     drop_path_rate: float | None = None,
 ) -> nn.Module:
-    """Any timm model: `model.name: timm/resnet18`; `weights: FILE` loads local pretrained weights."""
-    if arch not in timm.list_models() and not timm.list_models(arch):
+    """Any timm model: `model.name: timm/resnet18` (or a tagged `timm/resnet18.a1_in1k`).
+
+    `pretrained: true` loads timm's weights through the Hugging Face hub cache; `weights: FILE` a local
+    .pth/.safetensors file. A classifier of another class count is left freshly initialised.
+    """
+    if not timm.is_model(arch):
         raise ConfigError(
             f"timm has no model '{arch}' (model.name=timm/{arch}).{did_you_mean(arch, timm.list_models())} "
             "See timm.list_models('pattern*')."
@@ -74,16 +77,9 @@ def timm_model(
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
-    if weights:
-        if not Path(weights).is_file():
-            raise ConfigError(f"model.weights file '{weights}' does not exist; give a local .pth/.safetensors file.")
-        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": str(weights)}, **kwargs)
-    if pretrained:
-        raise ConfigError(
-            "model.pretrained=true would download weights, which visionkit never does at run time; "
-            "download them yourself and set model.weights=/path/to/file instead."
-        )
-    return timm.create_model(arch, pretrained=False, **kwargs)
+    model = timm.create_model(arch, pretrained=False, **kwargs)
+    load_timm(model, arch, pretrained, weights, in_chans, f"timm/{arch}", "model.weights")
+    return model
 
 
 MODELS.register_namespace("timm", timm_model, task=TASK)

@@ -15,6 +15,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from visionkit.engine.weights import carry_reports, check_choice, load_timm, load_torchvision, loading_enabled
 from visionkit.errors import ConfigError, DataError, did_you_mean
 
 TINY_WIDTHS = {"tiny": (16, 32, 64, 96, 128), "small": (24, 48, 96, 160, 256)}
@@ -96,7 +97,10 @@ def _load_state(module: nn.Module, path: str | Path, what: str) -> None:
     """Load a local state dict into `module`, skipping classifier keys; every other key must match."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{what} file '{path}' does not exist. Give a local .pth state dict (nothing is downloaded).")
+        raise DataError(
+            f"{what} file '{path}' does not exist. Give a local .pth state dict, or model.pretrained=true for the "
+            "library's ImageNet weights (torchvision and timm backbones)."
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
@@ -148,17 +152,32 @@ def _extra_block(extra: str, channels: int) -> ExtraFPNBlock | None:
 
 
 def multiscale_body(
-    name: str, strides: Sequence[int], weights: str | None = None, norm: str | None = None, frozen_stages: int = 0
+    name: str,
+    strides: Sequence[int],
+    weights: str | None = None,
+    norm: str | None = None,
+    frozen_stages: int = 0,
+    pretrained: bool = False,
 ) -> tuple[nn.Module, dict[str, int], list[int], str]:
-    """Build a classifier trunk; return (module, return_layers, channels per stride, kind) for the strides asked."""
-    norm = norm or ("frozen_bn" if weights else "bn")
+    """Build a classifier trunk; return (module, return_layers, channels per stride, kind) for the strides asked.
+
+    `pretrained` loads the library's ImageNet weights (torchvision: torch.hub cache; timm: Hugging Face hub
+    cache); `weights` a local state dict. Either makes frozen batch norm the default.
+    """
+    check_choice(pretrained, weights, "model.backbone_weights")
+    norm = norm or ("frozen_bn" if weights or pretrained else "bn")
     if norm not in NORMS:
         raise ConfigError(f"model.norm is '{norm}'; accepted: {', '.join(NORMS)}.{did_you_mean(norm, NORMS)}")
     if name.startswith("timm/"):
-        return _timm_body(name[5:], strides, weights, norm, frozen_stages)
+        return _timm_body(name[5:], strides, weights, norm, frozen_stages, bool(pretrained))
     if name in TINY_WIDTHS:
+        if pretrained:
+            raise ConfigError(
+                f"Backbone '{name}' is visionkit's own small CNN and has no pretrained weights; drop "
+                "model.pretrained, give model.backbone_weights=FILE, or pick a torchvision or timm backbone."
+            )
         trunk: nn.Module = TinyBackbone(TINY_WIDTHS[name])
-        if weights:
+        if weights and loading_enabled():
             _load_state(trunk, weights, "model.backbone_weights")
         if norm != "bn":
             _swap_norm(trunk, norm)
@@ -167,9 +186,12 @@ def multiscale_body(
         if not name.startswith(("convnext", "vgg", "mnasnet")):
             kwargs["norm_layer"] = _norm_layer(norm)
         model = tv_models.get_model(name, **kwargs)
-        if weights:
-            _load_state(model, weights, "model.backbone_weights")
         trunk = model if _torchvision_family(name) == "resnet" else model.features  # type: ignore[assignment]
+        if weights and loading_enabled():
+            _load_state(model, weights, "model.backbone_weights")
+        elif pretrained:
+            enum = tv_models.get_model_weights(name).DEFAULT
+            load_torchvision(model, enum, f"backbone {name}", owner=trunk)
     else:
         raise ConfigError(
             f"Unknown backbone '{name}'.{did_you_mean(name, backbone_names())} Use a torchvision classifier "
@@ -184,19 +206,17 @@ def multiscale_body(
 
 
 def _timm_body(
-    name: str, strides: Sequence[int], weights: str | None, norm: str, frozen_stages: int
+    name: str, strides: Sequence[int], weights: str | None, norm: str, frozen_stages: int, pretrained: bool
 ) -> tuple[nn.Module, dict[str, int], list[int], str]:
     import timm
     from timm.layers import freeze_batch_norm_2d
 
     if not timm.is_model(name):
         raise ConfigError(f"Unknown timm model '{name}'.{did_you_mean(name, timm.list_models())}")
-    kwargs: dict[str, Any] = {"features_only": True, "pretrained": bool(weights)}
-    if weights:
-        if not Path(weights).is_file():
-            raise DataError(f"model.backbone_weights file '{weights}' does not exist (nothing is downloaded).")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
-    model = timm.create_model(name, **kwargs)
+    if weights and not Path(weights).is_file():
+        raise DataError(f"model.backbone_weights file '{weights}' does not exist; give a local state dict file.")
+    model = timm.create_model(name, features_only=True, pretrained=False)
+    load_timm(model, name, pretrained, weights, 3, f"backbone timm/{name}", "model.backbone_weights")
     reductions = list(model.feature_info.reduction())
     channels = list(model.feature_info.channels())
     missing = [s for s in strides if s not in reductions]
@@ -256,13 +276,14 @@ def build_fpn_backbone(
     weights: str | None = None,
     norm: str | None = None,
     frozen_stages: int = 0,
+    pretrained: bool = False,
 ) -> nn.Module:
     """Backbone by name + FPN; outputs an ordered dict of `fpn_channels`-wide maps with `.out_channels`."""
-    body, return_layers, channels, kind = multiscale_body(name, strides, weights, norm, frozen_stages)
+    body, return_layers, channels, kind = multiscale_body(name, strides, weights, norm, frozen_stages, pretrained)
     extra_block = _extra_block(extra, fpn_channels)
     if kind == "timm":
         return TimmWithFPN(body, channels, fpn_channels, extra_block)  # type: ignore[arg-type]
-    return BackboneWithFPN(body, return_layers, channels, fpn_channels, extra_blocks=extra_block)
+    return carry_reports(body, BackboneWithFPN(body, return_layers, channels, fpn_channels, extra_blocks=extra_block))
 
 
 def fpn_strides(strides: Sequence[int], extra: str) -> list[int]:

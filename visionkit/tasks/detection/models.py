@@ -24,6 +24,7 @@ from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import Conv2dNormActivation
 
+from visionkit.engine.weights import announce, carry_reports, load_matching, loading_enabled
 from visionkit.errors import ConfigError, DataError
 from visionkit.registry import MODELS
 from visionkit.tasks.detection.backbones import TimmFeatures, build_fpn_backbone, fpn_strides, multiscale_body
@@ -84,6 +85,8 @@ def _anchor_sizes(anchor_sizes: Sequence[Any] | None, strides: list[int], defaul
 
 def _load_detector_weights(net: nn.Module, weights: str) -> None:
     """Load a local detector state dict (torchvision file or visionkit checkpoint), skipping mismatched heads."""
+    if not loading_enabled():
+        return  # a checkpoint's state dict follows
     path = Path(weights)
     if not path.is_file():
         raise DataError(f"model.weights file '{path}' does not exist. Give a local .pth file (nothing is downloaded).")
@@ -91,18 +94,20 @@ def _load_detector_weights(net: nn.Module, weights: str) -> None:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     state = {k.removeprefix("module.").removeprefix("net."): v for k, v in state.items()}
-    own = net.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not usable:
-        raise DataError(f"model.weights file '{path}' shares no tensor with this model; is it the same architecture?")
-    skipped = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
+    try:
+        report = load_matching(net, state, "detector", str(path))
+    except ConfigError:
+        raise DataError(
+            f"model.weights file '{path}' shares no tensor with this model; is it the same architecture?"
+        ) from None
+    skipped = report.missing  # resized or new tensors, left as initialised
     if skipped:
         warnings.warn(
             f"model.weights '{path}': {len(skipped)} tensors not loaded (new or resized, e.g. class heads): "
             f"{skipped[:4]}",
             stacklevel=2,
         )
-    net.load_state_dict(usable, strict=False)
+    announce(net, report)
 
 
 @MODELS.register("fasterrcnn", task=TASK, aliases=["faster_rcnn"])
@@ -112,6 +117,7 @@ def fasterrcnn(
     backbone: str = "resnet50",
     backbone_weights: str | None = None,
     weights: str | None = None,
+    pretrained: bool = False,
     strides: list[int] = (4, 8, 16, 32),  # type: ignore[assignment]
     fpn_channels: int = 256,
     norm: str | None = None,
@@ -128,7 +134,9 @@ def fasterrcnn(
 ) -> Detector:
     """Faster R-CNN with an FPN over the named backbone; anchors default to 8x the level stride."""
     classes = _check_common(num_classes, image_size)
-    body = build_fpn_backbone(backbone, list(strides), fpn_channels, "pool", backbone_weights, norm, frozen_stages)
+    body = build_fpn_backbone(
+        backbone, list(strides), fpn_channels, "pool", backbone_weights, norm, frozen_stages, pretrained
+    )
     levels = fpn_strides(list(strides), "pool")
     sizes = _anchor_sizes(anchor_sizes, levels, lambda s: (8 * s,))
     anchors = AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
@@ -164,6 +172,7 @@ def retinanet(
     backbone: str = "resnet50",
     backbone_weights: str | None = None,
     weights: str | None = None,
+    pretrained: bool = False,
     strides: list[int] = (8, 16, 32),  # type: ignore[assignment]
     fpn_channels: int = 256,
     norm: str | None = None,
@@ -177,7 +186,9 @@ def retinanet(
 ) -> Detector:
     """RetinaNet (P3-P7 FPN); anchors default to 4x the level stride at three octave scales."""
     classes = _check_common(num_classes, image_size)
-    body = build_fpn_backbone(backbone, list(strides), fpn_channels, "p6p7", backbone_weights, norm, frozen_stages)
+    body = build_fpn_backbone(
+        backbone, list(strides), fpn_channels, "p6p7", backbone_weights, norm, frozen_stages, pretrained
+    )
     levels = fpn_strides(list(strides), "p6p7")
     sizes = _anchor_sizes(anchor_sizes, levels, lambda s: tuple(round(4 * s * 2 ** (k / 3)) for k in range(3)))
     anchors = AnchorGenerator(sizes, (tuple(aspect_ratios),) * len(sizes))
@@ -206,6 +217,7 @@ def fcos(
     backbone: str = "resnet50",
     backbone_weights: str | None = None,
     weights: str | None = None,
+    pretrained: bool = False,
     strides: list[int] = (8, 16, 32),  # type: ignore[assignment]
     fpn_channels: int = 256,
     extra_levels: bool = True,
@@ -224,7 +236,9 @@ def fcos(
         # GroupNorm(32) in the heads needs whole groups, and more than one value per group on a 1x1 top level
         raise ConfigError(f"model.fpn_channels is {fpn_channels}; FCOS needs a multiple of 32 that is >= 64.")
     extra = "p6p7" if extra_levels else "none"
-    body = build_fpn_backbone(backbone, list(strides), fpn_channels, extra, backbone_weights, norm, frozen_stages)
+    body = build_fpn_backbone(
+        backbone, list(strides), fpn_channels, extra, backbone_weights, norm, frozen_stages, pretrained
+    )
     levels = fpn_strides(list(strides), extra)
     sizes = _anchor_sizes(anchor_sizes, levels, lambda s: (s,))
     anchors = AnchorGenerator(sizes, ((1.0,),) * len(sizes))
@@ -281,6 +295,7 @@ def ssdlite(
     backbone: str = "mobilenet_v3_large",
     backbone_weights: str | None = None,
     weights: str | None = None,
+    pretrained: bool = False,
     strides: list[int] = (16, 32),  # type: ignore[assignment]
     extra_channels: list[int] = (512, 256, 256, 128),  # type: ignore[assignment]
     norm: str | None = None,
@@ -295,9 +310,13 @@ def ssdlite(
     """SSDlite: square input of image_size, backbone levels + depthwise extra levels, default boxes by ratio."""
     classes = _check_common(num_classes, image_size)
     trunk, return_layers, channels, _kind = multiscale_body(
-        backbone, list(strides), backbone_weights, norm, frozen_stages
+        backbone, list(strides), backbone_weights, norm, frozen_stages, pretrained
     )
-    body = trunk if isinstance(trunk, TimmFeatures) else IntermediateLayerGetter(trunk, return_layers)
+    body = (
+        trunk
+        if isinstance(trunk, TimmFeatures)
+        else carry_reports(trunk, IntermediateLayerGetter(trunk, return_layers))
+    )
     norm_layer = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
     features = SSDFeatures(body, channels[-1], list(extra_channels), norm_layer)
     out_channels = [*channels, *extra_channels]

@@ -7,6 +7,7 @@ BxCxhxw (the task resizes them to the mask size when h, w differ), or in trainin
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionkit.engine.weights import (
+    LoadReport,
+    announce,
+    check_choice,
+    load_matching,
+    load_timm,
+    load_torchvision,
+    loading_enabled,
+    read_state_file,
+)
 from visionkit.errors import ConfigError, did_you_mean
 from visionkit.registry import MODELS
 
@@ -63,25 +74,27 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-def load_weights(model: nn.Module, path: str, what: str) -> None:
-    """Load a local state-dict file; head layers whose shape differs (other class count) are skipped."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"{what}: weights file '{file}' does not exist (only local files are loaded).")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a visionkit checkpoint
+def load_weights(model: nn.Module, path: str, what: str) -> LoadReport | None:
+    """Load a local state-dict file; head layers whose shape differs (other class count) are left initialised."""
+    if not loading_enabled():
+        return None  # a checkpoint's state dict follows
+    state = read_state_file(path, f"{what}: weights")
     state = {k.removeprefix("net."): v for k, v in state.items()}  # saved from the wrapper below
-    own = model.state_dict()
-    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    unexpected = [k for k in state if k not in own]
-    missing = [k for k in own if k not in kept]
-    if unexpected or len(missing) > len(own) // 4:
+    report = load_matching(model, state, what, str(Path(path).expanduser()), heads=_heads(model))
+    if report.unexpected or len(report.missing) > len(model.state_dict()) // 4:
         raise ConfigError(
-            f"{what}: weights file '{file}' does not match the model: {len(unexpected)} unexpected keys "
-            f"(e.g. {unexpected[:3]}), {len(missing)} missing or differently shaped (e.g. {missing[:3]})."
+            f"{what}: weights file '{path}' does not match the model: {len(report.unexpected)} unexpected keys "
+            f"(e.g. {report.unexpected[:3]}), {len(report.missing)} missing or differently shaped "
+            f"(e.g. {report.missing[:3]})."
         )
-    model.load_state_dict(kept, strict=False)
+    return announce(model, report)
+
+
+def _heads(net: nn.Module) -> tuple[str, ...]:
+    """The class-scoring layers of a torchvision segmentation model (re-initialised for another class count)."""
+    names = ("classifier.4", "aux_classifier.4", "classifier.low_classifier", "classifier.high_classifier")
+    present = {name for name, _ in net.named_modules()}
+    return tuple(n for n in names if n in present)
 
 
 @MODELS.register("unet", task="segmentation")
@@ -92,8 +105,10 @@ def build_unet(
     in_chans: int = 3,
     encoder_weights: str | None = None,
     encoder_kwargs: dict[str, Any] | None = None,
+    pretrained: bool = False,
 ) -> UNet:
-    """U-Net; `encoder` is any timm model name, `encoder_weights` an optional local timm checkpoint file."""
+    """U-Net; `encoder` is any timm model name; `pretrained` loads timm's weights for it through the Hugging
+    Face hub cache, `encoder_weights` from a local timm checkpoint file."""
     import timm
 
     if not timm.is_model(encoder):
@@ -102,15 +117,11 @@ def build_unet(
             "See timm.list_models() for names (e.g. resnet18, resnet10t, mobilenetv3_small_100)."
         )
     kwargs: dict[str, Any] = {"features_only": True, "in_chans": in_chans, **(encoder_kwargs or {})}
-    if encoder_weights:
-        file = Path(encoder_weights).expanduser()
-        if not file.is_file():
-            raise ConfigError(f"model.encoder_weights '{file}' does not exist (only local files are loaded).")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(file)})
     try:
-        body = timm.create_model(encoder, **kwargs)
+        body = timm.create_model(encoder, pretrained=False, **kwargs)
     except (TypeError, RuntimeError) as exc:
         raise ConfigError(f"model.encoder '{encoder}' could not be built with features_only=True: {exc}") from exc
+    load_timm(body, encoder, pretrained, encoder_weights, in_chans, f"unet encoder {encoder}", "model.encoder_weights")
     levels = len(body.feature_info.channels())
     widths = list(decoder_channels) if decoder_channels else [256, 128, 64, 32, 16][-levels:]
     return UNet(body, num_classes, widths, in_chans)
@@ -138,35 +149,68 @@ class TorchvisionSegmenter(nn.Module):
 
 
 def _torchvision(
-    kind: str, backbones: dict[str, Any], backbone: str, num_classes: int, weights: str | None, **kwargs: Any
+    kind: str,
+    backbones: dict[str, Any],
+    backbone: str,
+    num_classes: int,
+    weights: str | None,
+    pretrained: bool | str,
+    **kwargs: Any,
 ) -> TorchvisionSegmenter:
     if backbone not in backbones:
         raise ConfigError(
             f"model.backbone '{backbone}' is not available for {kind}.{did_you_mean(backbone, backbones)} "
             f"Accepted: {', '.join(backbones)}."
         )
-    net = backbones[backbone](weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    if pretrained not in (True, False, None, "backbone"):
+        raise ConfigError(
+            f"model.pretrained is {pretrained!r} for {kind}; accepted: true (the whole model's torchvision "
+            "weights), backbone (ImageNet weights for the backbone only) or false."
+        )
+    check_choice(bool(pretrained), weights)
+    builder = backbones[backbone]
+    net = builder(weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
     if weights:
         load_weights(net, weights, f"model '{kind}'")
+    elif pretrained == "backbone":
+        # the ImageNet weights torchvision itself would give this backbone (its `weights_backbone` default)
+        enum = inspect.signature(builder).parameters["weights_backbone"].default
+        prefix = "features." if backbone.startswith("mobilenet") else ""  # torchvision keeps mobilenet's .features
+        load_torchvision(
+            net, enum, f"{kind} backbone {backbone}", rename=lambda k: "backbone." + k.removeprefix(prefix)
+        )
+    elif pretrained:
+        from torchvision.models import get_model_weights
+
+        enum = get_model_weights(builder).DEFAULT
+        load_torchvision(net, enum, f"{kind} {backbone}", heads=_heads(net))
     return TorchvisionSegmenter(net)
 
 
 @MODELS.register("fcn", task="segmentation")
 def build_fcn(
-    num_classes: int, backbone: str = "resnet50", aux_loss: bool = True, weights: str | None = None
+    num_classes: int,
+    backbone: str = "resnet50",
+    aux_loss: bool = True,
+    weights: str | None = None,
+    pretrained: bool | str = False,
 ) -> TorchvisionSegmenter:
-    """torchvision FCN; `weights` is an optional local state-dict file (never downloaded)."""
+    """torchvision FCN; `pretrained` (true or backbone) via torch.hub's cache, or `weights` a local file."""
     from torchvision.models import segmentation as tvs
 
     backbones = {"resnet50": tvs.fcn_resnet50, "resnet101": tvs.fcn_resnet101}
-    return _torchvision("fcn", backbones, backbone, num_classes, weights, aux_loss=aux_loss)
+    return _torchvision("fcn", backbones, backbone, num_classes, weights, pretrained, aux_loss=aux_loss)
 
 
 @MODELS.register("deeplabv3", task="segmentation")
 def build_deeplabv3(
-    num_classes: int, backbone: str = "resnet50", aux_loss: bool = True, weights: str | None = None
+    num_classes: int,
+    backbone: str = "resnet50",
+    aux_loss: bool = True,
+    weights: str | None = None,
+    pretrained: bool | str = False,
 ) -> TorchvisionSegmenter:
-    """torchvision DeepLabV3 (resnet50, resnet101, mobilenet_v3_large); `weights` a local file."""
+    """torchvision DeepLabV3 (resnet50, resnet101, mobilenet_v3_large); `pretrained` or `weights` a local file."""
     from torchvision.models import segmentation as tvs
 
     backbones = {
@@ -174,14 +218,16 @@ def build_deeplabv3(
         "resnet101": tvs.deeplabv3_resnet101,
         "mobilenet_v3_large": tvs.deeplabv3_mobilenet_v3_large,
     }
-    return _torchvision("deeplabv3", backbones, backbone, num_classes, weights, aux_loss=aux_loss)
+    return _torchvision("deeplabv3", backbones, backbone, num_classes, weights, pretrained, aux_loss=aux_loss)
 
 
 @MODELS.register("lraspp", task="segmentation")
 def build_lraspp(
-    num_classes: int, backbone: str = "mobilenet_v3_large", weights: str | None = None
+    num_classes: int, backbone: str = "mobilenet_v3_large", weights: str | None = None, pretrained: bool | str = False
 ) -> TorchvisionSegmenter:
-    """torchvision LR-ASPP (no auxiliary head); `weights` is an optional local state-dict file."""
+    """torchvision LR-ASPP (no auxiliary head); `pretrained` (true or backbone) or `weights` a local file."""
     from torchvision.models import segmentation as tvs
 
-    return _torchvision("lraspp", {"mobilenet_v3_large": tvs.lraspp_mobilenet_v3_large}, backbone, num_classes, weights)
+    return _torchvision(
+        "lraspp", {"mobilenet_v3_large": tvs.lraspp_mobilenet_v3_large}, backbone, num_classes, weights, pretrained
+    )
