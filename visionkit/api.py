@@ -11,6 +11,7 @@ from torch import nn
 
 from visionkit.config import get, load_config
 from visionkit.data.facts import DataFacts, declared_facts
+from visionkit.engine.batching import adopt_saved_batch
 from visionkit.engine.checkpoint import inference_weights, load_checkpoint
 from visionkit.engine.evaluation import run_validation
 from visionkit.engine.metrics import Evaluator
@@ -51,6 +52,7 @@ def train(
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint)["config"]
         cfg = load_config(config if config is not None else saved, overrides)
+        adopt_saved_batch(saved, cfg)  # `batch_size: auto` resumes with the batch the run chose
         check_resume_changes(saved, cfg)
         if work_dir is None and not any(o.startswith("work_dir=") for o in overrides):
             cfg["work_dir"] = str(Path(checkpoint).resolve().parent.parent)

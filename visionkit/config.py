@@ -25,7 +25,7 @@ BASE_DEFAULTS: dict[str, Any] = {
     "model": {"name": None},
     "data": {
         "batch_size": 32,  # or "auto" (visionkit/engine/batching.py)
-        "effective_batch_size": None,  # with batch_size auto: keep this many samples per update by accumulation
+        "effective_batch_size": None,  # samples per update: sets trainer.accumulate from the (auto) batch size
         "sampler": None,  # null (shuffle) or "balanced" (class-balanced sampling)
         "num_workers": 2,
         "train": None,
@@ -86,7 +86,7 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
-POSITIVE = {"data.batch_size", "trainer.accumulate", "trainer.val_every", "trainer.log_every", "trainer.epochs"}
+POSITIVE = {"trainer.accumulate", "trainer.val_every", "trainer.log_every", "trainer.epochs"}
 NON_NEGATIVE = {"data.num_workers"}
 
 
@@ -241,6 +241,8 @@ def check_keys(user: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) 
             if not isinstance(value, Mapping):
                 raise ConfigError(f"Config key '{path}' must be a mapping, got {value!r}.")
             check_keys(value, expected, path + ".")
+        elif path == "data.batch_size":
+            pass  # a positive integer or "auto": check_values
         elif path == "trainer.progress":
             if value not in (True, False, "always"):
                 raise ConfigError(
@@ -296,10 +298,22 @@ def check_values(cfg: Mapping[str, Any]) -> None:
     for key in POSITIVE:
         if not isinstance(get(cfg, key), int) or get(cfg, key) < 1:
             raise ConfigError(f"Config key '{key}' must be a positive integer, got {get(cfg, key)!r}.")
+    batch = get(cfg, "data.batch_size")
+    if batch != "auto" and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ConfigError(
+            f"Config key 'data.batch_size' must be a positive integer or 'auto' (chosen by a trial on the device), "
+            f"got {batch!r}."
+        )
+    if get(cfg, "data.sampler") not in (None, "balanced"):
+        raise ConfigError(
+            f"Config key 'data.sampler' is {get(cfg, 'data.sampler')!r}; accepted: null (shuffle every sample once "
+            "per epoch) or balanced (class-balanced sampling with replacement)."
+        )
     for key in NON_NEGATIVE:
         if not isinstance(get(cfg, key), int) or get(cfg, key) < 0:
             raise ConfigError(f"Config key '{key}' must be an integer >= 0, got {get(cfg, key)!r}.")
-    for key in ("trainer.max_steps", "trainer.early_stop_patience", "trainer.checkpoint_every", "trainer.num_threads"):
+    optional_positive = ("trainer.max_steps", "trainer.early_stop_patience", "trainer.checkpoint_every")
+    for key in (*optional_positive, "trainer.num_threads", "data.effective_batch_size"):
         value = get(cfg, key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"Config key '{key}' must be a positive integer or null, got {value!r}.")

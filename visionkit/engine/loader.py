@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler, Subset, get_worker_info
+
+from visionkit.errors import ConfigError
 
 
 def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
@@ -66,6 +68,65 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
 
+class BalancedBatchSampler(EpochBatchSampler):
+    """Class-balanced training batches: each epoch draws `size` indices with replacement, a sample's chance
+    proportional to 1/(its class's count), from a generator seeded by (seed, epoch). Every rank makes the same
+    global draw and takes its own interleaved slice, so ranks are disjoint and a resume restarts mid-epoch
+    exactly (`set_epoch(epoch, start_batch)` as for EpochBatchSampler)."""
+
+    def __init__(self, labels: Sequence[int], batch_size: int, *, seed: int, rank: int = 0, world: int = 1) -> None:
+        super().__init__(len(labels), batch_size, shuffle=True, seed=seed, rank=rank, world=world, pad=True)
+        targets = np.asarray(labels, dtype=np.int64)
+        counts = np.bincount(targets) if len(targets) else np.zeros(0, np.int64)
+        self.class_counts = counts
+        self.weights = torch.from_numpy(1.0 / counts[targets]) if len(targets) else torch.zeros(0, dtype=torch.float64)
+
+    def global_draw(self, epoch: int) -> list[int]:
+        """The epoch's draw over all ranks (padded to a multiple of the world size), before sharding."""
+        per_rank = -(-self.size // self.world)
+        if per_rank == 0:
+            return []
+        generator = torch.Generator().manual_seed(batch_seed(self.seed, epoch, 0, 0) + 1)
+        return torch.multinomial(self.weights, per_rank * self.world, replacement=True, generator=generator).tolist()
+
+    def _indices(self) -> list[int]:
+        return self.global_draw(self.epoch)[self.rank :: self.world]
+
+
+def class_labels(dataset: Dataset, key: str = "data.sampler") -> list[int]:
+    """One integer class per sample, from `class_of(i)`, a `targets`/`labels` attribute, or through a
+    Subset/ConcatDataset; a ConfigError naming `key` when the dataset cannot tell."""
+    if isinstance(dataset, Subset):
+        inner = class_labels(dataset.dataset, key)
+        return [inner[i] for i in dataset.indices]
+    if isinstance(dataset, ConcatDataset):
+        return [label for part in dataset.datasets for label in class_labels(part, key)]
+    name = type(dataset).__name__
+    if callable(getattr(dataset, "class_of", None)):
+        raw: Any = [dataset.class_of(i) for i in range(len(dataset))]  # type: ignore[attr-defined,arg-type]
+    else:
+        raw = next((getattr(dataset, a) for a in ("targets", "labels") if getattr(dataset, a, None) is not None), None)
+    if raw is None:
+        raise ConfigError(
+            f"{key}=balanced needs the class of every training sample, but the training set ({name}) does not "
+            "tell it: give the dataset a `targets` or `labels` sequence of integer classes or a `class_of(index)` "
+            f"method, or remove {key}. Balanced sampling is for single-label data such as classification."
+        )
+    labels = [_single_label(v, key, name) for v in (raw.tolist() if hasattr(raw, "tolist") else list(raw))]
+    if len(labels) != len(dataset):  # type: ignore[arg-type]
+        raise ConfigError(f"{key}=balanced: {name} has {len(labels)} labels for {len(dataset)} samples.")  # type: ignore[arg-type]
+    return labels
+
+
+def _single_label(value: Any, key: str, name: str) -> int:
+    if isinstance(value, (bool, float)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(
+            f"{key}=balanced needs one class index (an integer >= 0) per training sample, but {name} labels a "
+            f"sample with {value!r}. Balanced sampling is for single-label data; remove {key} for this dataset."
+        )
+    return int(value)
+
+
 class SeededDataset(Dataset):
     """Wraps a dataset so each batch reseeds python/numpy/torch RNGs and the dataset's `transform`."""
 
@@ -116,18 +177,28 @@ def build_loader(
     world: int = 1,
     train: bool = True,
     pin_memory: bool = False,
+    labels: Sequence[int] | None = None,
 ) -> tuple[DataLoader, EpochBatchSampler]:
-    """A DataLoader over `dataset` with a resumable, seeded batch sampler (returned alongside)."""
-    sampler = EpochBatchSampler(
-        len(dataset),
-        batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        rank=rank,
-        world=world,  # type: ignore[arg-type]
-        drop_last=False,
-        pad=train,
-    )
+    """A DataLoader over `dataset` with a resumable, seeded batch sampler (returned alongside); with
+    `labels` (one class per sample) the training batches are class-balanced (BalancedBatchSampler)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(
+            f"data.batch_size must be a positive integer here, got {batch_size!r} ('auto' is chosen when training)."
+        )
+    sampler: EpochBatchSampler
+    if labels is not None:
+        sampler = BalancedBatchSampler(labels, batch_size, seed=seed, rank=rank, world=world)
+    else:
+        sampler = EpochBatchSampler(
+            len(dataset),  # type: ignore[arg-type]
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            rank=rank,
+            world=world,
+            drop_last=False,
+            pad=train,
+        )
     loader = DataLoader(
         SeededDataset(dataset),
         batch_sampler=sampler,
