@@ -16,6 +16,7 @@ from visionkit.engine.checkpoint import inference_weights, load_checkpoint
 from visionkit.engine.evaluation import run_validation
 from visionkit.engine.metrics import Evaluator
 from visionkit.engine.trainer import RunResult, Trainer
+from visionkit.engine.weights import skip_pretrained
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
@@ -126,7 +127,8 @@ def load_model(
     # Checkpoints before format 2 kept the data facts in their config's data section.
     task.facts = DataFacts.from_dict(ckpt.get("facts") or declared_facts(ckpt["config"].get("data", {})).to_dict())
     dev = select_device(device or cfg["trainer"]["device"])
-    model = task.build_model(task.facts)
+    with skip_pretrained():  # the checkpoint's weights replace them: no cache or network needed
+        model = task.build_model(task.facts)
     model.load_state_dict(inference_weights(ckpt))
     model.to(dev).eval()
     task.setup(model, dev)

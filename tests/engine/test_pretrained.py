@@ -153,6 +153,15 @@ def test_train_with_pretrained_weights_and_exit_2_offline_with_an_empty_cache(ca
     assert train_main([*args, "trainer.max_steps=2", "--work-dir", str(tmp_path / "run")]) == 0
     assert "re-initialised head fc (1000 -> 10 classes)" in capsys.readouterr().out  # digits: 10 classes
 
+    import shutil
+
+    import visionkit
+
+    shutil.rmtree(caches["hf"])  # the run's checkpoint holds its weights: eval and resume need no cache
+    task, model, _ = visionkit.load_model(tmp_path / "run")
+    assert model.fc.out_features == 10
+    assert train_main([*args, "trainer.max_steps=3", "--work-dir", str(tmp_path / "run"), "--resume", "auto"]) == 0
+
 
 def test_torch_hub_offline_error_names_the_file_and_how_to_fetch_it(caches) -> None:
     expected = caches["torch"] / "resnet18-f37072fd.pth"

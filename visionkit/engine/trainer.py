@@ -33,6 +33,7 @@ from visionkit.engine.metrics import Evaluator, improves, monitor_mode
 from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
 from visionkit.engine.report import RunResult, default_run_dir
+from visionkit.engine.weights import skip_pretrained
 from visionkit.errors import ConfigError, VisionkitError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
@@ -81,7 +82,8 @@ class Trainer:
         self.val_set = self.task.build_dataset("val") if cfg["data"].get("val") is not None else None
         # What the data tells (classes, channels, ...) is a value handed to the builders and saved with checkpoints.
         self.facts = self.task.facts = self.task.data_facts(self.train_set, self.val_set)
-        self.module = self.task.build_model(self.facts).to(self.device)
+        with skip_pretrained() if self.resume else contextlib.nullcontext():  # a resume loads its own weights
+            self.module = self.task.build_model(self.facts).to(self.device)
         apply_freeze(self.module, cfg)  # model.freeze patterns (trainer.unfreeze_at lifts them)
         if t["channels_last"]:
             self.module = self.module.to(memory_format=torch.channels_last)
