@@ -55,14 +55,36 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work-dir", help="run directory (default: runs/<task>/<timestamp>)")
     p.add_argument("--resume", help="'auto' (latest last.pt of the run dir/task) or a checkpoint path")
     p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build data, model, loss and optimizer, run one training and one validation batch, print summaries, "
+        "write nothing",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     args = p.parse_args(argv)
 
     def go() -> None:
         from visionkit.api import train
+        from visionkit.engine.shape_errors import explain_training_error
 
         _plugins(args.plugin)
-        result = train(args.config, args.overrides, task=args.task, work_dir=args.work_dir, resume=args.resume)
+        if args.dry_run:
+            from visionkit.engine.dry_run import dry_run
+
+            if args.resume:
+                raise VisionkitError(
+                    "--dry-run checks a new run; leave out --resume (a resumed run reuses its config)."
+                )
+            dry_run(args.config, args.overrides, task=args.task, work_dir=args.work_dir)
+            return
+        try:
+            result = train(args.config, args.overrides, task=args.task, work_dir=args.work_dir, resume=args.resume)
+        except (RuntimeError, ValueError) as exc:  # a shape mismatch before the first update: name layer and key
+            error = explain_training_error(exc)
+            if error is None:
+                raise
+            raise error from None
         if result.metrics and os.environ.get("RANK", "0") == "0":
             print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
 
