@@ -66,7 +66,24 @@ def train(
             f"The work dir '{cfg['work_dir']}' already holds a run (checkpoints/last.pt). Continue it with "
             "--resume auto (resume='auto'), or choose another --work-dir for a new run."
         )
-    return Trainer(cfg, resume=checkpoint, callbacks=callbacks).fit()
+    try:
+        return Trainer(cfg, resume=checkpoint, callbacks=callbacks).fit()
+    except (RuntimeError, ValueError) as exc:  # a shape mismatch before the first update: name the layer and key
+        from visionkit.engine.shape_errors import explain_training_error
+
+        error = explain_training_error(exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def dry_run(
+    config: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = (), *, task: str | None = None
+) -> dict[str, Any]:
+    """Build a run, train and validate one batch, print model and data summaries; write nothing."""
+    from visionkit.engine.dry_run import dry_run as run_dry
+
+    return run_dry(config, list(overrides), task=task)
 
 
 def find_resume(

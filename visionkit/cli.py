@@ -66,7 +66,6 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
     def go() -> None:
         from visionkit.api import train
-        from visionkit.engine.shape_errors import explain_training_error
 
         _plugins(args.plugin)
         if args.dry_run:
@@ -78,13 +77,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                 )
             dry_run(args.config, args.overrides, task=args.task, work_dir=args.work_dir)
             return
-        try:
-            result = train(args.config, args.overrides, task=args.task, work_dir=args.work_dir, resume=args.resume)
-        except (RuntimeError, ValueError) as exc:  # a shape mismatch before the first update: name layer and key
-            error = explain_training_error(exc)
-            if error is None:
-                raise
-            raise error from None
+        result = train(args.config, args.overrides, task=args.task, work_dir=args.work_dir, resume=args.resume)
         if result.metrics and os.environ.get("RANK", "0") == "0":
             print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
 
