@@ -72,6 +72,7 @@ class Task:
     def validate(self) -> None:
         """Check component specs (model, datasets, loss, metrics, callbacks) before anything is built."""
         from visionkit.data.facts import declared_facts
+        from visionkit.engine.finetune import validate_finetune
         from visionkit.errors import ConfigError
         from visionkit.registry import CALLBACKS, DATASETS, LOSSES, METRICS, MODELS
 
@@ -79,7 +80,8 @@ class Task:
         declared_facts(cfg["data"])  # declared facts have the right shape
         # Facts are known only once the data is read: stand-ins let builders that require them pass the check.
         known = {k: v if v is not None else "<from the data>" for k, v in self.model_defaults(self.facts).items()}
-        check_spec(MODELS, cfg.get("model"), "model", known, self.scopes())
+        check_spec(MODELS, builder_spec(cfg.get("model")), "model", known, self.scopes())
+        validate_finetune(cfg)  # model.freeze and trainer.unfreeze_at
         for split in ("train", "val"):
             if cfg["data"].get(split) is not None:
                 check_spec(
@@ -129,7 +131,8 @@ class Task:
         """Build the model from `cfg.model`, offering the data facts as defaults."""
         from visionkit.registry import MODELS
 
-        return MODELS.build(self.cfg["model"], key="model", task=self.scopes(), **self.model_defaults(facts))
+        spec = builder_spec(self.cfg["model"])
+        return MODELS.build(spec, key="model", task=self.scopes(), **self.model_defaults(facts))
 
     def build_dataset(self, split: str) -> Dataset:
         """Build the `train` or `val` dataset from `cfg.data.<split>`."""
@@ -163,8 +166,15 @@ class Task:
         return default_collate(samples)
 
     def optimizer_groups(self, model: nn.Module) -> dict[str, OptimizerGroup]:
-        """Name each optimizer and its parameters; one optimizer called 'main' by default."""
-        return {"main": OptimizerGroup([p for p in model.parameters() if p.requires_grad])}
+        """Name each optimizer and its parameters; one optimizer called 'main' by default.
+
+        Parameters frozen by `model.freeze` are included (they get no gradient while frozen, and
+        `trainer.unfreeze_at` trains them with the same optimizer); those the model froze itself are not.
+        """
+        from visionkit.engine.finetune import frozen_parameters
+
+        frozen = {id(p) for p in frozen_parameters(model)}
+        return {"main": OptimizerGroup([p for p in model.parameters() if p.requires_grad or id(p) in frozen])}
 
     # -- steps ----------------------------------------------------------------------------------
     def training_step(self, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor] | None:
@@ -260,6 +270,13 @@ def check_spec(registry: Any, spec: Any, key: str, defaults: Mapping[str, Any], 
     builder = registry.get(spec["name"], task or None)
     kwargs = {k: v for k, v in spec.items() if k != "name"}
     check_kwargs(builder, {**defaults, **kwargs}, f"{key} '{spec['name']}'", user_keys=set(kwargs))
+
+
+def builder_spec(spec: Any) -> Any:
+    """The model spec as its builder takes it: without `freeze`, which the trainer applies (engine/finetune.py)."""
+    if isinstance(spec, Mapping) and "freeze" in spec:
+        return {k: v for k, v in spec.items() if k != "freeze"}
+    return spec
 
 
 def to_device(obj: Any, device: torch.device) -> Any:
