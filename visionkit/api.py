@@ -52,6 +52,8 @@ def train(
     checkpoint = find_resume(resume, config, overrides, task, work_dir) if resume else None
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint)["config"]
+        if "decay_norm_and_bias" not in saved.get("optimizer", {}):  # saved before biases/norms went undecayed
+            saved["optimizer"] = {**saved.get("optimizer", {}), "decay_norm_and_bias": True}
         cfg = load_config(config if config is not None else saved, overrides)
         adopt_saved_batch(saved, cfg)  # `batch_size: auto` resumes with the batch the run chose
         check_resume_changes(saved, cfg)

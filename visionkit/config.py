@@ -38,7 +38,8 @@ BASE_DEFAULTS: dict[str, Any] = {
     "loss": None,
     "metrics": [],
     "callbacks": [],
-    "optimizer": {"name": "adamw", "lr": 1e-3},
+    # decay_norm_and_bias false: biases and norm weights get no weight decay (visionkit/engine/optim.py)
+    "optimizer": {"name": "adamw", "lr": 1e-3, "decay_norm_and_bias": False},
     "scheduler": {"name": "cosine", "warmup_steps": 0},
     "trainer": {
         "epochs": 10,

@@ -226,3 +226,16 @@ def test_bad_specs_fail_when_the_config_loads(overrides: list[str], message: str
 def test_patterns_that_match_badly_fail_before_training(tmp_path: Path, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         visionkit.train(None, [*SMALL, override], task="cls", work_dir=tmp_path)
+
+
+def test_a_run_saved_before_the_no_decay_default_resumes_as_it_was(tmp_path: Path) -> None:
+    # Such a run had one parameter group with weight decay on everything and no decay_norm_and_bias key.
+    over = [*SMALL, "optimizer.weight_decay=0.05", "optimizer.decay_norm_and_bias=true", "trainer.max_steps=2"]
+    visionkit.train(None, over, task="cls", work_dir=tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    del ckpt["config"]["optimizer"]["decay_norm_and_bias"]
+    assert len(ckpt["optimizers"]["main"]["param_groups"]) == 1
+    torch.save(ckpt, last)
+    result = visionkit.train(None, ["trainer.max_steps=4"], work_dir=tmp_path / "run", resume="auto")
+    assert result.summary["steps"] == 4
