@@ -18,7 +18,7 @@ def test_base_inheritance_and_overrides(tmp_path) -> None:
     cfg = load_config(tmp_path / "child.yaml", ["optimizer.lr=1e-3", "trainer.ema=0.99", "data.train_transforms=[]"])
     assert cfg["task"] == "classification"
     assert cfg["trainer"]["epochs"] == 5 and cfg["trainer"]["seed"] == 7
-    assert cfg["optimizer"] == {"name": "sgd", "lr": 0.001}
+    assert cfg["optimizer"] == {"name": "sgd", "lr": 0.001, "decay_norm_and_bias": False}
     assert cfg["trainer"]["ema"] == 0.99
     assert cfg["trainer"]["precision"] == "auto"  # defaults fill every shared key
 
