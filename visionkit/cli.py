@@ -194,6 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`visionkit train|eval|predict|list ...`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     from visionkit.deploy.commands import explain_main, export_main, profile_main
+    from visionkit.tune.commands import tune_main
 
     commands = {
         "train": train_main,
@@ -203,16 +204,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "export": export_main,
         "profile": profile_main,
         "explain": explain_main,
+        "tune": tune_main,
     }
     usage = (
-        "usage: visionkit {train,eval,predict,list,export,profile,explain} ...\n\n"
+        "usage: visionkit {train,eval,predict,list,export,profile,explain,tune} ...\n\n"
         "  train    train a task (--task cls|seg|det|gen|<plugin task>, or --config FILE) with key=value overrides\n"
         "  eval     metrics of a checkpoint (or run folder) on its validation data\n"
         "  predict  run a checkpoint on image files, folders or globs; writes predictions.json and pictures\n"
         "  list     every registered component, its task and origin\n"
         "  export   ONNX or TorchScript file plus sidecar JSON, checked against PyTorch (onnxruntime)\n"
         "  profile  parameters, FLOPs, latency and throughput (eager, torch.compile, onnxruntime)\n"
-        "  explain  Grad-CAM family heatmaps over images\n\n"
+        "  explain  Grad-CAM family heatmaps over images\n"
+        "  tune     `tune lr`: learning-rate range test; `tune sweep`: Optuna search over any config keys\n\n"
         "`visionkit COMMAND --help` shows a command's options."
     )
     if argv and argv[0] in ("-h", "--help", "help"):
