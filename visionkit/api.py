@@ -52,9 +52,12 @@ def train(
     checkpoint = find_resume(resume, config, overrides, task, work_dir) if resume else None
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint)["config"]
-        if "decay_norm_and_bias" not in saved.get("optimizer", {}):  # saved before biases/norms went undecayed
+        before_no_decay = "decay_norm_and_bias" not in saved.get("optimizer", {})
+        if before_no_decay:  # saved before biases and norms went undecayed: it keeps decaying them
             saved["optimizer"] = {**saved.get("optimizer", {}), "decay_norm_and_bias": True}
         cfg = load_config(config if config is not None else saved, overrides)
+        if before_no_decay and not any(o.startswith("optimizer.decay_norm_and_bias=") for o in overrides):
+            cfg["optimizer"]["decay_norm_and_bias"] = True
         adopt_saved_batch(saved, cfg)  # `batch_size: auto` resumes with the batch the run chose
         check_resume_changes(saved, cfg)
         if work_dir is None and not any(o.startswith("work_dir=") for o in overrides):
@@ -80,12 +83,16 @@ def train(
 
 
 def dry_run(
-    config: str | Path | Mapping[str, Any] | None = None, overrides: Sequence[str] = (), *, task: str | None = None
+    config: str | Path | Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    task: str | None = None,
+    work_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build a run, train and validate one batch, print model and data summaries; write nothing."""
     from visionkit.engine.dry_run import dry_run as run_dry
 
-    return run_dry(config, list(overrides), task=task)
+    return run_dry(config, list(overrides), task=task, work_dir=work_dir)
 
 
 def find_resume(

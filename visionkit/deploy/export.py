@@ -129,7 +129,9 @@ def export_model(
             "(see docs/deploy.md, 'Exporting a plugin task')."
         )
     spec.module.eval()
-    out_dir = Path(out) if out is not None else source.resolve().parent.parent / "export"
+    folder = source.resolve().parent
+    run_dir = folder.parent if folder.name == "checkpoints" else folder  # <run>/checkpoints/best.pt -> <run>
+    out_dir = Path(out) if out is not None else run_dir / "export"
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out '{out_dir}' is a file; give a folder for the exported model.")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -158,9 +160,10 @@ def export_model(
             table = format_table(rows)
             runtime = "onnxruntime (CPU)" if fmt == "onnx" else "TorchScript"
             if not all(r.passed for r in rows):
+                earlier = f" (the earlier {final.name} there is left as it was)" if final.exists() else ""
                 raise ExportCheckError(
                     f"the exported model disagrees with PyTorch on {what} ({runtime} vs eager); nothing was "
-                    f"written to {out_dir}.\n{table}",
+                    f"written to {out_dir}{earlier}.\n{table}",
                     rows,
                 )
             print(f"parity check passed on {what} ({runtime} vs eager PyTorch):\n{table}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
@@ -178,9 +177,9 @@ def _run_torch(module: nn.Module, inputs: tuple[torch.Tensor, ...], calls: int) 
 
 
 def write_model_onnx(target: Target, path: Path) -> None:
-    """The target as ONNX (opset 17, dynamic batch where it has one): the lead's write_onnx for specs."""
+    """The target as ONNX (opset 17, dynamic batch where it has one): `write_onnx` for an export signature."""
     spec = target.spec
-    if spec is not None and importlib.util.find_spec("visionkit.deploy.export") is not None:
+    if spec is not None:
         from visionkit.deploy.export import write_onnx
 
         write_onnx(spec, path, opset=OPSET)
@@ -347,10 +346,12 @@ def profile(
 
     if iters < 1:
         raise ConfigError(f"--iters must be at least 1, got {iters}.")
+    if image_size is not None and image_size < 8:
+        raise ConfigError(f"--image-size must be at least 8 pixels, got {image_size}.")
     if checkpoint is not None and (config is not None or task is not None):
         raise ConfigError("Profile a checkpoint, or a --config / --task default's model, not both.")
     if onnx:
-        require("onnxruntime", ONNX_FEATURE)
+        require("onnxruntime", ONNX_FEATURE + " (or pass --no-onnx)")
     train = None
     if checkpoint is not None:
         from visionkit.api import load_model

@@ -102,6 +102,10 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     def go() -> None:
         from visionkit.tune.sweep import require_optuna, run_sweep
 
+        for flag in ("trials", "jobs", "startup_trials", "prune_startup", "prune_warmup"):
+            value, least = getattr(args, flag), 1 if flag in ("trials", "jobs") else 0
+            if value is not None and value < least:
+                raise ConfigError(f"--{flag.replace('_', '-')} must be an integer >= {least}, got {value}.")
         require_optuna()
         _plugins(args.plugin)
         config, overrides = _config_and_overrides(args)

@@ -146,7 +146,8 @@ def lr_range_test(
     module, cfg = trainer.module, trainer.cfg
     base_lr = float(cfg["optimizer"]["lr"])
     # Keep each parameter group's ratio to optimizer.lr (layer-wise learning rates, lr_scale).
-    ratios = [g.get("initial_lr", g["lr"]) / base_lr for g in opt.param_groups]
+    # OneCycleLR rewrites initial_lr to max_lr / div_factor: a group's unscheduled lr is its max_lr then.
+    ratios = [g.get("max_lr", g.get("initial_lr", g["lr"])) / base_lr for g in opt.param_groups]
     saved = {
         "model": copy.deepcopy(module.state_dict()),
         "optimizer": copy.deepcopy(opt.state_dict()),

@@ -250,10 +250,11 @@ class Objective:
             value = result.summary.get("best_value")
             trial.set_user_attr("epochs", result.summary.get("epochs"))
             trial.set_user_attr("best_metrics", result.best)
-            if value is None or not math.isfinite(value):
+            if callback.pruned_at is None and (value is None or not math.isfinite(value)):
                 raise VisionkitError(f"{spec.monitor} was {value} (no finite validation value).")
-        except VisionkitError as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except Exception as exc:  # noqa: BLE001 - a user error, out of memory, a diverged trial: record it, go on
+            text = str(exc).splitlines()[0] if str(exc) else ""
+            message = text if isinstance(exc, VisionkitError) else f"{type(exc).__name__}: {text}"
             trial.set_user_attr("error", message)
             print(f"== trial {trial.number} failed: {message}", flush=True)
             raise TrialFailed(message) from None

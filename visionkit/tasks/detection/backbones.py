@@ -213,8 +213,6 @@ def _timm_body(
 
     if not timm.is_model(name):
         raise ConfigError(f"Unknown timm model '{name}'.{did_you_mean(name, timm.list_models())}")
-    if weights and not Path(weights).is_file():
-        raise DataError(f"model.backbone_weights file '{weights}' does not exist; give a local state dict file.")
     model = timm.create_model(name, features_only=True, pretrained=False)
     load_timm(model, name, pretrained, weights, 3, f"backbone timm/{name}", "model.backbone_weights")
     reductions = list(model.feature_info.reduction())
