@@ -109,3 +109,9 @@ def test_errors_raised_in_loader_workers_print_only_their_message() -> None:
         next(iter(DataLoader(Broken(), num_workers=1)))
     assert "Original Traceback" in str(info.value)
     assert user_message(info.value) == "Mask file 'x.png' is 10x10 but its image is 12x12."
+
+
+def test_a_user_config_may_inherit_a_packaged_one(tmp_path) -> None:
+    (tmp_path / "mine.yaml").write_text("_base_: cls/default.yaml\ntrainer: {epochs: 2}\n")
+    cfg = load_config(tmp_path / "mine.yaml")
+    assert cfg["task"] == "classification" and cfg["model"]["name"] == "small_cnn" and cfg["trainer"]["epochs"] == 2

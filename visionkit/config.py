@@ -121,7 +121,7 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and resolve its `_base_` chain (paths relative to the file)."""
+    """Read a YAML config file and resolve its `_base_` chain (relative to the file, else the packaged configs)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
@@ -137,7 +137,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     bases = data.pop("_base_", [])
     merged: dict[str, Any] = {}
     for base in [bases] if isinstance(bases, str) else bases:
-        merged = deep_merge(merged, read_yaml(path.parent / base))
+        candidate = path.parent / base  # relative to the file; else a packaged config such as cls/default.yaml
+        if not candidate.is_file() and not Path(base).is_absolute() and (CONFIG_ROOT / base).is_file():
+            candidate = CONFIG_ROOT / base
+        merged = deep_merge(merged, read_yaml(candidate))
     return deep_merge(merged, data)
 
 
