@@ -87,3 +87,11 @@ def test_bad_range_exits_2(tmp_path):
     from visionkit.tune.commands import tune_main
 
     assert tune_main(["lr", "--task", "cls", *TINY_CLS, "--min-lr", "1", "--max-lr", "0.1"]) == 2
+
+
+def test_an_even_descent_up_to_divergence_suggests_a_decade_below_the_minimum():
+    lrs = [10 ** (-7 + 7 * i / 89) for i in range(90)]
+    # down ever more steeply until the test stopped (divergence): the steepest point is the last one
+    losses = [2.3 - 0.01 * (math.log10(lr) + 7) ** 2 for lr in lrs]
+    suggestion, rule = suggest_lr(lrs, zero_phase(losses, 0.9))
+    assert suggestion == pytest.approx(lrs[-1] / 10) and "a tenth" in rule

@@ -61,17 +61,22 @@ class LRFinderResult:
 def suggest_lr(
     lrs: Sequence[float], smoothed: Sequence[float], skip_start: int | None = None
 ) -> tuple[float | None, str]:
-    """The learning rate at the steepest descent of the smoothed loss against log10(lr), and the rule used."""
+    """The lr of steepest descent of the smoothed loss vs log10(lr), at most a tenth of the lr at its minimum."""
     if len(lrs) < 3:
         return None, "too few points"
     losses = np.asarray(smoothed, dtype=float)
     x = np.log10(np.asarray(lrs, dtype=float))
     skip = max(1, len(lrs) // 10) if skip_start is None else skip_start
     lowest = int(np.nanargmin(losses))
+    tenth = float(lrs[lowest]) / 10
     if lowest - skip >= 2:
         slopes = np.gradient(losses, x)[skip : lowest + 1]
-        return float(lrs[skip + int(np.argmin(slopes))]), "steepest descent of the smoothed loss"
-    return float(lrs[lowest]) / 10, "a tenth of the lr at the smoothed loss minimum (no descent before it)"
+        steepest = float(lrs[skip + int(np.argmin(slopes))])
+        # A loss that falls evenly until it diverges has its "steepest" point at the edge: stay a decade below.
+        if steepest <= tenth:
+            return steepest, "steepest descent of the smoothed loss"
+        return tenth, "a tenth of the lr at the smoothed loss minimum (the descent was steepest next to it)"
+    return tenth, "a tenth of the lr at the smoothed loss minimum (no descent before it)"
 
 
 def ema(values: Sequence[float], beta: float) -> list[float]:
