@@ -110,7 +110,6 @@ def test_callbacks_from_the_config_and_csv_logger(tmp_path: Path) -> None:
 
 
 def test_tensorboard_logger_writes_events(tmp_path: Path) -> None:
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is part of the dev install")
     register()
     visionkit.train({"task": "toy", "callbacks": [{"name": "tensorboard"}]}, FAST, work_dir=tmp_path / "t")
     assert list((tmp_path / "t" / "tb").glob("events.out.tfevents.*"))

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -19,8 +20,6 @@ from visionkit.deploy.spec import ExportOptions, ExportSpec
 from visionkit.errors import ConfigError
 from visionkit.registry import MODELS, TASKS
 from visionkit.tasks.detection.export import DetectionExportedModel, compare_detections
-
-ort = pytest.importorskip("onnxruntime")
 
 FAMILIES = {
     "fasterrcnn": {
