@@ -177,3 +177,28 @@ def test_missing_optional_libraries_name_the_extra(cls_run: Path, tmp_path: Path
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert export_main([str(cls_run), "--out", str(tmp_path / "x")]) == 2
     assert "'onnxruntime' package" in capsys.readouterr().err
+
+
+def test_an_export_at_another_size_predicts_at_that_size(cls_run: Path, tmp_path: Path, capsys) -> None:
+    from visionkit.cli import predict_main
+
+    sidecar = export_model(cls_run, "onnx", tmp_path / "x", image_size=16)
+    assert sidecar["inputs"][0]["shape"] == [1, 1, 16, 16] and sidecar["data"]["image_size"] == 16
+    result = visionkit.predict(tmp_path / "x" / "model.onnx", [_digit_pngs(tmp_path / "in", 2)], tmp_path / "o")
+    assert len(result["predictions"]) == 2
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.onnx").write_bytes((tmp_path / "x" / "model.onnx").read_bytes()[:100])  # truncated
+    (tmp_path / "bad" / "model.onnx.json").write_text((tmp_path / "x" / "model.onnx.json").read_text())
+    assert predict_main([str(tmp_path / "bad" / "model.onnx"), str(tmp_path / "in")]) == 2
+    err = capsys.readouterr().err
+    assert "could not be loaded as an ONNX model" in err and "Traceback" not in err
+
+
+def test_profile_takes_overrides_for_a_task_and_refuses_them_for_a_checkpoint(cls_run: Path, tmp_path, capsys) -> None:
+    from visionkit.deploy.commands import profile_main
+
+    args = ["--batch", "1", "--iters", "2", "--no-compile", "--no-onnx", "--out", str(tmp_path)]
+    assert profile_main(["--task", "cls", *TINY_CLS, *args]) == 0
+    assert json.loads((tmp_path / "profile.json").read_text())["params"]["total"] < 10_000  # width 8, depth 2
+    assert profile_main([str(cls_run), "model.width=16", *args]) == 2
+    assert "profiled as it was trained" in capsys.readouterr().err

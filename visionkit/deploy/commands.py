@@ -85,8 +85,18 @@ def profile_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
+        from pathlib import Path
+
         from visionkit.deploy.profile import profile
 
+        if args.checkpoint and "=" in args.checkpoint and not Path(args.checkpoint).exists():
+            args.overrides.insert(0, args.checkpoint)  # `--task cls model.width=8`: an override, not a checkpoint
+            args.checkpoint = None
+        if args.checkpoint and args.overrides:
+            raise ConfigError(
+                f"Overrides ({' '.join(args.overrides)}) apply to --config/--task models; a checkpoint's model is "
+                "profiled as it was trained."
+            )
         _plugins(args.plugin)
         if not (args.checkpoint or args.config or args.task):
             raise ConfigError("Give a checkpoint (or run folder), --config FILE, or --task NAME to profile.")

@@ -72,6 +72,15 @@ def sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def exported_facts(facts: Any, spec: ExportSpec) -> dict[str, Any]:
+    """The data facts for the sidecar; a fixed square input size (e.g. from --image-size) is the image size."""
+    data = facts.to_dict()
+    shape = spec.inputs[0].shape if spec.inputs else []
+    if data.get("image_size") and len(shape) == 4 and isinstance(shape[2], int) and shape[2] == shape[3]:
+        data["image_size"] = shape[2]  # predict resizes to what the exported model takes
+    return data
+
+
 def checkpoint_file(checkpoint: str | Path) -> Path:
     """The checkpoint file a path names (a run folder means its checkpoints/best.pt)."""
     path = Path(checkpoint)
@@ -179,7 +188,7 @@ def export_model(
             "format": fmt,
             "file": final.name,
             "task": task.name,
-            "data": task.facts.to_dict(),
+            "data": exported_facts(task.facts, spec),
             "inputs": [i.to_dict() for i in spec.inputs],
             "outputs": [o.to_dict() for o in spec.outputs],
             "preprocess": {

@@ -59,7 +59,9 @@ def load_sidecar(path: str | Path) -> tuple[dict[str, Any], Path]:
         raise ConfigError(f"Sidecar '{sidecar_file}' is not valid JSON ({exc}).") from None
     if not isinstance(sidecar, dict) or "visionkit_export" not in sidecar:
         raise ConfigError(f"'{sidecar_file}' is not a visionkit export sidecar (no 'visionkit_export' key).")
-    model_path = sidecar_file.parent / sidecar["file"] if path.suffix == ".json" else path
+    model_path = sidecar_file.parent / str(sidecar.get("file", "")) if path.suffix == ".json" else path
+    if not model_path.is_file():
+        raise ConfigError(f"Sidecar '{sidecar_file}' names the model file '{model_path}', which does not exist.")
     return sidecar, model_path
 
 
@@ -74,15 +76,23 @@ class ExportedSession:
             ort = require("onnxruntime", "Running an ONNX model")
             options = ort.SessionOptions()
             options.log_severity_level = 3
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            try:
+                self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is the user's to fix
+                raise ConfigError(f"'{self.path}' could not be loaded as an ONNX model: {_first_line(exc)}") from None
             first = self.session.get_inputs()[0]
             self.input_names = [i.name for i in self.session.get_inputs()]
             self.output_names = [o.name for o in self.session.get_outputs()]
             self.fixed_batch = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit.load announces its deprecation
-                self.module = torch.jit.load(str(self.path), map_location="cpu").eval()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", category=FutureWarning)  # torch.jit.load announces its deprecation
+                    self.module = torch.jit.load(str(self.path), map_location="cpu").eval()
+            except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is the user's to fix
+                raise ConfigError(
+                    f"'{self.path}' could not be loaded as a TorchScript model: {_first_line(exc)}"
+                ) from None
             self.input_names = list(input_names)
             self.output_names = []
 
@@ -94,6 +104,11 @@ class ExportedSession:
         with torch.no_grad():
             out = self.module(*[t.cpu() for t in inputs])
         return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 class ExportedModel(nn.Module):

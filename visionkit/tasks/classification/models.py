@@ -77,7 +77,11 @@ def timm_model(
     kwargs: dict = {"num_classes": num_classes, "in_chans": in_chans, "drop_rate": drop_rate}
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
-    model = timm.create_model(arch, pretrained=False, **kwargs)
+    try:
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+    except RuntimeError as exc:  # e.g. an unknown pretrained tag in `timm/<arch>.<tag>`
+        tags = timm.list_pretrained(arch.split(".")[0] + ".*")[:8]
+        raise ConfigError(f"model.name=timm/{arch}: {exc}. Tags timm knows: {', '.join(tags) or 'none'}.") from None
     load_timm(model, arch, pretrained, weights, in_chans, f"timm/{arch}", "model.weights")
     return model
 
