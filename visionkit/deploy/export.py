@@ -141,6 +141,8 @@ def export_model(
     folder = source.resolve().parent
     run_dir = folder.parent if folder.name == "checkpoints" else folder  # <run>/checkpoints/best.pt -> <run>
     out_dir = Path(out) if out is not None else run_dir / "export"
+    if out is not None and not out_dir.is_dir() and out_dir.suffix in (".onnx", ".torchscript", ".json", ".pt"):
+        raise ConfigError(f"--out '{out_dir}' looks like a file name; give a folder (the model is {FILE_NAMES[fmt]}).")
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out '{out_dir}' is a file; give a folder for the exported model.")
     out_dir.mkdir(parents=True, exist_ok=True)

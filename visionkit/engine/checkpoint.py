@@ -60,6 +60,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir() and (path / "checkpoints" / "best.pt").is_file():
         path = path / "checkpoints" / "best.pt"  # a run directory: its best checkpoint
+    if path.suffix in (".onnx", ".torchscript"):
+        raise VisionkitError(
+            f"'{path}' is an exported model; this command needs a checkpoint (.pt) or a run folder. Exported "
+            "models run with predict (tools/predict.py MODEL IMAGES)."
+        )
     if not path.is_file():
         what = "is a folder without checkpoints/best.pt" if path.is_dir() else "does not exist"
         raise VisionkitError(f"Checkpoint '{path}' {what}. Pass a .pt file from <run>/checkpoints/ or a run folder.")
