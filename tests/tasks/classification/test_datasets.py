@@ -92,3 +92,27 @@ def test_mnist_idx(tmp_path: Path, compress: bool) -> None:
     (tmp_path / "train-labels-idx1-ubyte").write_bytes(b"")
     with pytest.raises(DataError, match="bad magic number"):
         build("mnist", root=str(tmp_path), split="train")
+
+
+class _RunsCode:
+    """A crafted pickle: loading it would call os.system to create a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_cifar_pickle_never_runs_code(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "test_batch", "wb") as fh:
+        pickle.dump({b"data": _RunsCode(marker), b"labels": [0]}, fh)
+    with pytest.raises(DataError, match=r"test_batch.*not a plain data pickle.*posix.system|system"):
+        build("cifar10", root=str(tmp_path), split="val")
+    assert not marker.exists()
+    with open(tmp_path / "test_batch", "wb") as fh:
+        pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [2]}, fh, protocol=5)  # numpy arrays load
+    assert build("cifar10", root=str(tmp_path), split="val").labels == [2]

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import gzip
-import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +14,7 @@ from torch.utils.data import Dataset
 from visionkit.data import IMAGE_SUFFIXES
 from visionkit.data.facts import DataFacts
 from visionkit.data.images import read_image, to_tensor
+from visionkit.data.safe_pickle import load_pickle
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
@@ -245,8 +244,9 @@ def cifar10(
         )
     images, labels = [], []
     for f in present:
-        with open(f, "rb") as fh:
-            batch: dict[Any, Any] = pickle.load(fh, encoding="bytes")  # noqa: S301 - the dataset's own format
+        batch = load_pickle(f, f"CIFAR-10 batch file (data.{split}.root)")
+        if not isinstance(batch, dict):
+            raise DataError(f"CIFAR-10 batch file '{f}' does not hold a dict with 'data' and 'labels'.")
         data = batch.get(b"data", batch.get("data"))
         images.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.extend(batch.get(b"labels", batch.get("labels")))
@@ -254,8 +254,7 @@ def cifar10(
     classes = CIFAR10_CLASSES
     meta = base / "batches.meta"
     if meta.is_file():
-        with open(meta, "rb") as fh:
-            info = pickle.load(fh, encoding="bytes")  # noqa: S301
+        info = load_pickle(meta, f"CIFAR-10 meta file (data.{split}.root)")
         classes = [c.decode() if isinstance(c, bytes) else c for c in info.get(b"label_names", classes)]
     return ClassificationDataset(
         ArrayImages(array), labels, classes, transforms, mean, std, image_size, key=f"data.{split}_transforms"
