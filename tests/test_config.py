@@ -115,3 +115,37 @@ def test_a_user_config_may_inherit_a_packaged_one(tmp_path) -> None:
     (tmp_path / "mine.yaml").write_text("_base_: cls/default.yaml\ntrainer: {epochs: 2}\n")
     cfg = load_config(tmp_path / "mine.yaml")
     assert cfg["task"] == "classification" and cfg["model"]["name"] == "small_cnn" and cfg["trainer"]["epochs"] == 2
+
+
+def test_yaml_alias_bomb_is_refused_without_expanding(tmp_path) -> None:
+    import time
+
+    lines = ["a0: &a0 [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10^9 values
+    bomb = "\n".join(lines) + "\ntask: cls\ndata:\n  mean: *a8\n"
+    assert len(bomb) < 1000
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to more than 100000 values"):
+        load_config(tmp_path / "bomb.yaml")
+    assert time.perf_counter() - start < 5
+    with pytest.raises(ConfigError, match="bytes"):
+        parse_overrides(["data.mean=" + "[" + ",".join(["0.5"] * 300_000) + "]"])
+
+
+def test_duplicate_yaml_keys_and_base_cycles_are_errors(tmp_path) -> None:
+    (tmp_path / "dup.yaml").write_text("task: cls\ntrainer:\n  epochs: 3\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match="key 'epochs' appears twice.*line 4"):
+        load_config(tmp_path / "dup.yaml")
+    (tmp_path / "a.yaml").write_text("_base_: b.yaml\ntask: cls\n")
+    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="inherits from itself through _base_"):
+        load_config(tmp_path / "a.yaml")
+    proc = run_tool("train", "--config", str(tmp_path / "a.yaml"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_mean_and_std_must_be_flat_lists_of_one_or_channel_count_numbers(tmp_path) -> None:
+    for value, expected in (("[[0.5]]", "flat list of numbers"), ("[0.5, 0.5]", "2 numbers but the images have 1")):
+        proc = run_tool("train", "--task", "cls", f"data.mean={value}", f"data.std={value}", "--dry-run", cwd=tmp_path)
+        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -71,8 +71,28 @@ CHOICES = {
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a page of YAML; a megabyte is already far more than any real one
+MAX_CONFIG_VALUES = 100_000  # values after YAML aliases are expanded (an alias bomb expands to billions)
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` as a float (plain YAML 1.1 reads it as a string)."""
+    """SafeLoader that also reads `1e-3` as a float (plain YAML 1.1 reads it as a string) and refuses
+    a key given twice in one mapping (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        """Build a mapping; a duplicate key is a ConfigError naming it and its line."""
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise ConfigError(
+                    f"The key '{key}' appears twice in one mapping (line {key_node.start_mark.line + 1}); "
+                    "YAML would silently keep the last one. Keep one of them."
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -82,9 +102,30 @@ _Loader.add_implicit_resolver(
 )
 
 
-def yaml_load(text: str) -> Any:
-    """Parse YAML text with the config loader."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+def yaml_load(text: str, source: str = "the config") -> Any:
+    """Parse YAML text with the config loader, bounded in size and in what its aliases expand to."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source} is {len(text)} bytes; a config may hold at most {MAX_CONFIG_BYTES} bytes.")
+    data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    _check_expanded_size(data, source)
+    return data
+
+
+def _check_expanded_size(data: Any, source: str) -> None:
+    """Count values as a consumer would see them (aliases expanded); stop at MAX_CONFIG_VALUES."""
+    stack, count = [data], 0
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{source} expands to more than {MAX_CONFIG_VALUES} values, usually YAML aliases (*name) repeated "
+                "inside each other; write the values out or use fewer aliases."
+            )
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 POSITIVE = {"trainer.accumulate", "trainer.val_every", "trainer.log_every", "trainer.epochs"}
@@ -120,16 +161,19 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config file and resolve its `_base_` chain (relative to the file, else the packaged configs)."""
     path = Path(path)
+    if path.resolve() in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise ConfigError(f"Config '{path}' inherits from itself through _base_: {cycle}. Remove one _base_ entry.")
     if not path.is_file():
         raise ConfigError(
             f"Config file '{path}' does not exist. Pass a YAML file, e.g. visionkit/configs/cls/default.yaml "
             f"or cls/default.yaml (relative paths are also looked up in the packaged configs, {CONFIG_ROOT})."
         )
     try:
-        data = yaml_load(path.read_text()) or {}
+        data = yaml_load(path.read_text(), f"Config file '{path}'") or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -140,7 +184,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         candidate = path.parent / base  # relative to the file; else a packaged config such as cls/default.yaml
         if not candidate.is_file() and not Path(base).is_absolute() and (CONFIG_ROOT / base).is_file():
             candidate = CONFIG_ROOT / base
-        merged = deep_merge(merged, read_yaml(candidate))
+        merged = deep_merge(merged, read_yaml(candidate, (*_chain, path.resolve())))
     return deep_merge(merged, data)
 
 

@@ -138,4 +138,11 @@ def resolve_facts(declared: DataFacts, train: DataFacts, val: DataFacts | None =
             f"data.val classes {val.class_names[:10]} differ from data.train classes {facts.class_names[:10]}; "
             "both splits must define the same classes in the same order."
         )
+    for key in ("mean", "std"):
+        values = getattr(facts, key)
+        if values is not None and facts.channels and len(values) not in (1, facts.channels):
+            raise ConfigError(
+                f"data.{key} has {len(values)} numbers but the images have {facts.channels} channel(s); give one "
+                f"number, or one per channel (data.{key}: {[round(values[0], 4)] * facts.channels})."
+            )
     return facts

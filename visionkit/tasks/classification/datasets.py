@@ -16,7 +16,7 @@ from visionkit.data.facts import DataFacts
 from visionkit.data.images import read_image, to_tensor
 from visionkit.data.safe_pickle import load_pickle
 from visionkit.data.transforms import build_pipeline
-from visionkit.errors import DataError
+from visionkit.errors import ConfigError, DataError
 from visionkit.registry import DATASETS
 
 TASK = "classification"
@@ -74,6 +74,12 @@ class ClassificationDataset(Dataset):
         """Class names, channels and the image side the model sees (the resize target, else the data's)."""
         if not len(self):
             return DataFacts(class_names=self.classes)
+        for key, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, self.channels):
+                raise ConfigError(
+                    f"data.{key} has {len(values)} numbers but the images have {self.channels} channel(s); give "
+                    f"one number, or one per channel (e.g. data.{key}: {[values[0]] * self.channels})."
+                )
         size = self.image_side or self.image_size
         return DataFacts(class_names=self.classes, channels=self.channels, image_size=size)
 
