@@ -259,3 +259,16 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     assert proc.stdout.count("done in") == 1  # only rank 0 prints
     records = _records(tmp_path / "run")
     assert len([r for r in records if "val/top1" in r]) == 2  # one validation record per epoch, not per rank
+
+
+def test_stale_temporaries_are_cleaned_and_resume_auto_with_nothing_says_so(tmp_path, capsys) -> None:
+    import visionkit
+    from tests.conftest import TINY_CLS
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ptabc123.tmp").write_bytes(b"half a checkpoint")  # a save killed mid-write
+    visionkit.train(None, [*TINY_CLS, "trainer.max_steps=1", "trainer.progress=false"], task="cls", work_dir=run,
+                    resume="auto")  # fmt: skip
+    assert "no checkpoints/last.pt to resume; starting a new run" in capsys.readouterr().out
+    assert not list((run / "checkpoints").glob("*.tmp")) and (run / "checkpoints" / "last.pt").is_file()

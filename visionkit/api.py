@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ def train(
     """Train a model from a config file, mapping or task default; returns final/best metrics and the run dir."""
     overrides = list(overrides)
     checkpoint = find_resume(resume, config, overrides, task, work_dir) if resume else None
+    if resume is not None and str(resume) == "auto" and checkpoint is None and os.environ.get("RANK", "0") == "0":
+        print("--resume auto: no checkpoints/last.pt to resume; starting a new run", flush=True)
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint)["config"]
         before_no_decay = "decay_norm_and_bias" not in saved.get("optimizer", {})

@@ -96,6 +96,8 @@ class Trainer:
         build_loaders(self)  # train/val loaders, sampler, updates_per_epoch (data.batch_size may be 'auto')
         if dist.is_main() and self.write:
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            for stale in (self.run_dir / "checkpoints").glob("*.tmp"):  # left by a save that was killed
+                stale.unlink()
             dump_config(cfg, self.run_dir / "config.yaml")
         self.groups = self.task.optimizer_groups(self.module)
         self.optimizers = {}
