@@ -71,7 +71,6 @@ class ExportedSession:
     def __init__(self, path: str | Path, fmt: str | None = None, input_names: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self.format = fmt or ("onnx" if self.path.suffix == ".onnx" else "torchscript")
-        self.fixed_batch: int | None = None
         if self.format == "onnx":
             ort = require("onnxruntime", "Running an ONNX model")
             options = ort.SessionOptions()
@@ -80,10 +79,7 @@ class ExportedSession:
                 self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
             except Exception as exc:  # noqa: BLE001 - a truncated or foreign file is the user's to fix
                 raise ConfigError(f"'{self.path}' could not be loaded as an ONNX model: {_first_line(exc)}") from None
-            first = self.session.get_inputs()[0]
             self.input_names = [i.name for i in self.session.get_inputs()]
-            self.output_names = [o.name for o in self.session.get_outputs()]
-            self.fixed_batch = first.shape[0] if first.shape and isinstance(first.shape[0], int) else None
         else:
             try:
                 with warnings.catch_warnings():
@@ -94,7 +90,6 @@ class ExportedSession:
                     f"'{self.path}' could not be loaded as a TorchScript model: {_first_line(exc)}"
                 ) from None
             self.input_names = list(input_names)
-            self.output_names = []
 
     def run(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
         """The outputs for these inputs (CPU tensors)."""

@@ -14,7 +14,13 @@ from torch import nn
 from visionkit.errors import ConfigError
 
 # Optional libraries and the extra that installs them.
-EXTRAS = {"onnx": "deploy", "onnxruntime": "deploy", "onnxscript": "deploy", "pytorch_grad_cam": "deploy"}
+EXTRAS = {
+    "onnx": "deploy",
+    "onnxruntime": "deploy",
+    "onnxscript": "deploy",
+    "pytorch_grad_cam": "deploy",
+    "optuna": "tune",
+}
 
 
 def require(module: str, feature: str) -> Any:

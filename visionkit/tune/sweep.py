@@ -18,7 +18,6 @@ does not redraw the first trials' values.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import math
 import os
@@ -40,14 +39,10 @@ HEARTBEAT_S, GRACE_S = 30, 120
 
 
 def require_optuna() -> Any:
-    """Import Optuna, or stop with a message naming the extra that installs it."""
-    try:
-        return importlib.import_module("optuna")
-    except ImportError as exc:
-        raise ConfigError(
-            f"tools/tune.py sweep needs the 'optuna' package, which is not installed ({exc}). "
-            "Install it with: pip install 'visionkit[tune]' (or pip install optuna)."
-        ) from None
+    """Import Optuna, or stop with a message naming the `tune` extra that installs it."""
+    from visionkit.deploy.spec import require
+
+    return require("optuna", "tools/tune.py sweep")
 
 
 class PruningCallback(Callback):

@@ -101,9 +101,9 @@ def _load_state(module: nn.Module, path: str | Path, what: str) -> None:
             f"{what} file '{path}' does not exist. Give a local .pth state dict, or model.pretrained=true for the "
             "library's ImageNet weights (torchvision and timm backbones)."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    from visionkit.engine.weights import read_state_file
+
+    state = read_state_file(path, what)
     own = module.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
