@@ -33,6 +33,7 @@ RESUMABLE = (
     "trainer.progress",
     "trainer.device",
     "trainer.max_bad_steps",
+    "trainer.dist_timeout",
     "data.num_workers",
     "work_dir",
     "plugins",

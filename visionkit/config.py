@@ -60,6 +60,7 @@ BASE_DEFAULTS: dict[str, Any] = {
         "progress": True,
         "max_bad_steps": 5,
         "num_threads": None,
+        "dist_timeout": 600,  # seconds a collective may wait for a lost rank before the job fails (torchrun)
         "monitor": None,
         "monitor_mode": None,
     },
@@ -361,7 +362,7 @@ def check_values(cfg: Mapping[str, Any]) -> None:
         if not isinstance(get(cfg, key), int) or get(cfg, key) < 0:
             raise ConfigError(f"Config key '{key}' must be an integer >= 0, got {get(cfg, key)!r}.")
     optional_positive = ("trainer.max_steps", "trainer.early_stop_patience", "trainer.checkpoint_every")
-    for key in (*optional_positive, "trainer.num_threads", "data.effective_batch_size"):
+    for key in (*optional_positive, "trainer.num_threads", "trainer.dist_timeout", "data.effective_batch_size"):
         value = get(cfg, key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ConfigError(f"Config key '{key}' must be a positive integer or null, got {value!r}.")

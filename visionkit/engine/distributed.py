@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 
@@ -34,12 +35,17 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def init_process_group(device: torch.device) -> bool:
-    """Join the torchrun process group (NCCL on CUDA, gloo on CPU); True when this call opened it."""
+def init_process_group(device: torch.device, timeout_s: float | None = None) -> bool:
+    """Join the torchrun process group (NCCL on CUDA, gloo on CPU); True when this call opened it.
+
+    `timeout_s` bounds how long a collective waits for a rank that died: the survivors fail instead of
+    hanging, so torchrun can restart the group.
+    """
     if is_distributed() or not launched_by_torchrun():
         return False
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, init_method="env://")
+    timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
+    dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
     return True
 
 

@@ -55,7 +55,7 @@ class Trainer:
         self.device = select_device(t["device"])
         if t["num_threads"] and self.device.type == "cpu":
             torch.set_num_threads(t["num_threads"])
-        self.owns_process_group = dist.init_process_group(self.device)
+        self.owns_process_group = dist.init_process_group(self.device, t["dist_timeout"])
         self.precision = resolve_precision(t["precision"], self.device)
         self.autocast = autocast_factory(self.precision, self.device)
         self.step = self.epoch = self.batch_in_epoch = 0
