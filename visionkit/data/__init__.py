@@ -11,6 +11,10 @@ from visionkit.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
+class DataWarning(UserWarning):
+    """Data that trains, but likely not as meant (e.g. a class without images); filter it like any warning."""
+
+
 def cache_dir() -> Path:
     """Folder for generated datasets: $VISIONKIT_CACHE, else ~/.cache/visionkit."""
     root = os.environ.get("VISIONKIT_CACHE") or Path.home() / ".cache" / "visionkit"

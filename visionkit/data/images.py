@@ -12,6 +12,7 @@ from PIL import Image
 from visionkit.errors import DataError
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_GREY = ("L", "1", "LA", "F", *_SIXTEEN_BIT)  # modes read_image returns as one channel unless asked for three
 
 
 def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
@@ -40,6 +41,18 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     except OSError as exc:
         raise DataError(f"Image file '{path}' could not be read as an image ({exc}).") from exc
     return array[:, :, None] if array.ndim == 2 else array
+
+
+def image_header(path: str | Path, channels: int | None = None) -> tuple[int, int, int]:
+    """(height, width, channels) that `read_image(path, channels)` would return, from the file header only."""
+    try:
+        with Image.open(path) as im:  # opening reads the header; pixels are decoded only on access
+            width, height, mode = im.width, im.height, im.mode
+    except FileNotFoundError as exc:
+        raise DataError(f"Image file '{path}' does not exist.") from exc
+    except OSError as exc:
+        raise DataError(f"Image file '{path}' could not be read as an image ({exc}).") from exc
+    return height, width, channels if channels in (1, 3) else (1 if mode in _GREY else 3)
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:

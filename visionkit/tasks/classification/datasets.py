@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from visionkit.data import IMAGE_SUFFIXES
+from visionkit.data.checks import check_same_shape, warn_empty_classes
 from visionkit.data.facts import DataFacts
 from visionkit.data.images import read_image, to_tensor
 from visionkit.data.safe_pickle import load_pickle
@@ -37,6 +38,7 @@ class ClassificationDataset(Dataset):
         key: str = "data.train_transforms",
     ) -> None:
         self.load, self.labels, self.classes = load, list(labels), list(classes)
+        self.split = key.removeprefix("data.").removesuffix("_transforms")
         specs = list(transforms or [])
         if image_size:
             specs.append({"name": "Resize", "height": image_size, "width": image_size})
@@ -74,6 +76,8 @@ class ClassificationDataset(Dataset):
         """Class names, channels and the image side the model sees (the resize target, else the data's)."""
         if not len(self):
             return DataFacts(class_names=self.classes)
+        if isinstance(self.load, FileImages):  # arrays in memory have one shape by construction
+            check_same_shape(self.load.files, self.load.channels, self.transform, bool(self.image_side), self.split)
         for key, values in (("mean", self.mean), ("std", self.std)):
             if len(values) not in (1, self.channels):
                 raise ConfigError(
@@ -176,6 +180,8 @@ def image_folder(
                 labels.append(label)
     if not files:
         raise DataError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under '{root}/<class>/'.")
+    places = [f"folder '{base / n}' {'holds no images' if (base / n).is_dir() else 'does not exist'}" for n in names]
+    warn_empty_classes(names, labels, split, places)
     return ClassificationDataset(
         FileImages(files, channels), labels, names, transforms, mean, std, image_size, key=f"data.{split}_transforms"
     )
@@ -199,6 +205,8 @@ def csv_list(
     rows = [r for r in csv.reader(path.read_text().splitlines()) if r and any(c.strip() for c in r)]
     if rows and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
         rows = rows[1:]
+    if not rows:
+        raise DataError(f"data.{split}.file '{file}' lists no images; expected rows of path,label.")
     bad = [i + 1 for i, r in enumerate(rows) if len(r) < 2]
     if bad:
         raise DataError(f"'{file}' rows {bad[:5]} do not have two columns path,label.")
@@ -222,6 +230,7 @@ def csv_list(
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise DataError(f"'{file}' lists {len(missing)} missing image file(s), e.g. '{missing[0]}'.")
+    warn_empty_classes(names, labels, split, [f"no row of '{file}'"] * len(names))
     return ClassificationDataset(
         FileImages(files, channels), labels, names, transforms, mean, std, image_size, key=f"data.{split}_transforms"
     )
