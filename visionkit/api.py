@@ -17,8 +17,9 @@ from visionkit.engine.checkpoint import inference_weights, load_checkpoint
 from visionkit.engine.evaluation import run_validation
 from visionkit.engine.metrics import Evaluator
 from visionkit.engine.trainer import RunResult, Trainer
-from visionkit.engine.weights import skip_pretrained
+from visionkit.engine.weights import load_model_weights, skip_pretrained
 from visionkit.errors import ConfigError
+from visionkit.plugins import record_plugins
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
 
@@ -68,6 +69,7 @@ def train(
             cfg["work_dir"] = str(Path(checkpoint).resolve().parent.parent)
     else:
         cfg = load_config(config, overrides, task=task)
+    cfg["plugins"] = record_plugins(cfg.get("plugins"))  # --plugin / import_plugin ones too: the checkpoint loads them
     if work_dir is not None:
         cfg["work_dir"] = str(work_dir)
     if checkpoint is None and cfg.get("work_dir") and (Path(cfg["work_dir"]) / "checkpoints" / "last.pt").is_file():
@@ -159,7 +161,7 @@ def load_model(
     dev = select_device(device or cfg["trainer"]["device"])
     with skip_pretrained():  # the checkpoint's weights replace them: no cache or network needed
         model = task.build_model(task.facts)
-    model.load_state_dict(inference_weights(ckpt))
+    load_model_weights(model, inference_weights(ckpt), checkpoint)
     model.to(dev).eval()
     task.setup(model, dev)
     return task, model, cfg

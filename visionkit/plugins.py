@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
 
-from visionkit.errors import PluginError
+from visionkit.errors import PluginError, VisionkitError
 
 GROUP = "visionkit.plugins"
 # The built-in tasks register through the same public registry API a third-party plugin uses.
@@ -22,6 +24,8 @@ BUILTIN_TASKS = (
 
 _state = {"loaded": False, "loading": False}
 _imported: list[str] = []
+_user: list[str] = []  # specs given to import_plugin (--plugin, `plugins:`, the Python API), in order
+_entry_modules: set[str] = set()  # modules of entry-point plugins: they load by themselves, never recorded
 
 
 def loading() -> bool:
@@ -39,12 +43,13 @@ def _all_or_nothing(module_name: str) -> Iterator[None]:
     from visionkit.registry import rollback_on_error
 
     fresh = module_name not in sys.modules
-    imported = len(_imported)
+    imported, user = len(_imported), len(_user)
     try:
         with rollback_on_error():
             yield
     except BaseException:
         del _imported[imported:]  # plugins imported by the failing one lost their registrations too
+        del _user[user:]
         if fresh:
             sys.modules.pop(module_name, None)
         raise
@@ -80,14 +85,19 @@ def _load_entry_point(ep: EntryPoint) -> None:
             f"(pip uninstall {dist})."
         ) from exc
     _imported.append(ep.value)
+    _entry_modules.add(ep.module)
 
 
 def import_plugin(spec: str) -> None:
     """Import a plugin module given as `module` or `module:function` (CLI `--plugin`, config `plugins:`)."""
+    from visionkit.registry import registered_entries
+
     load_plugins()
     if spec in _imported:
         return
     module_name, _, func = spec.partition(":")
+    seen_before = module_name in sys.modules
+    before = registered_entries()
     try:
         with _all_or_nothing(module_name):
             module = importlib.import_module(module_name)
@@ -100,6 +110,62 @@ def import_plugin(spec: str) -> None:
                 "(installed, or on PYTHONPATH / the current directory), e.g. --plugin my_pkg.plugin."
             ) from exc
         raise PluginError(f"Plugin '{spec}' failed to import: {type(exc).__name__}: {exc}") from exc
+    except VisionkitError as exc:  # e.g. a name a built-in already has: the registry's message says which
+        raise PluginError(f"Plugin '{spec}' failed to load: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - re-raised with the plugin named
         raise PluginError(f"Plugin '{spec}' failed to load: {type(exc).__name__}: {exc}") from exc
     _imported.append(spec)
+    if not loading() and module_name not in BUILTIN_TASKS and module_name not in _entry_modules:
+        _user.append(spec)
+    if registered_entries() == before:
+        _warn_registered_nothing(spec, module, seen_before)
+
+
+def _warn_registered_nothing(spec: str, module: object, seen_before: bool) -> None:
+    """Say on stderr that importing `spec` added nothing to any registry, with the likely reasons."""
+    from visionkit.registry import ALL
+
+    name, _, func = spec.partition(":")
+    if not func and any(_from_module(e.module, name) for r in ALL.values() for e in r.entries()):
+        return  # imported earlier (e.g. `import my_plugin` before a config named it): its components are there
+    earlier = ""
+    if func:
+        why = f"its function {func}() registered no component"
+    else:
+        functions = [n for n, f in vars(module).items() if inspect.isfunction(f) and f.__module__ == name]
+        listed = f" (it defines {', '.join(functions[:5])})" if functions else ""
+        why = f"if it registers its components in a function, name it: --plugin {name}:FUNCTION{listed}"
+        if seen_before:
+            earlier = " It had been imported before, so registrations made at its import ran then."
+    warn(
+        f"plugin '{spec}' registered nothing: importing it added no component to any visionkit registry "
+        f"({', '.join(r.kind for r in ALL.values())}); {why}, or check that it calls e.g. "
+        f"MODELS.register(...) from visionkit.registry.{earlier}"
+    )
+
+
+def _from_module(module: str, name: str) -> bool:
+    return module == name or module.startswith(name + ".")
+
+
+def warn(message: str) -> None:
+    """Print a one-paragraph warning on stderr, from the main process only (rank 0 under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def user_plugins() -> list[str]:
+    """Plugin specs imported through `import_plugin` in this process, in order (not built-ins or entry points)."""
+    return list(_user)
+
+
+def record_plugins(listed: Iterable[str] | None) -> list[str]:
+    """A config's `plugins:` list joined with `user_plugins()`: order kept, each spec once.
+
+    A run saves this list, so its checkpoint loads the plugins that built its model without --plugin.
+    """
+    merged: list[str] = []
+    for spec in [*(listed or []), *_user]:
+        if spec not in merged:
+            merged.append(spec)
+    return merged

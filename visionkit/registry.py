@@ -98,6 +98,7 @@ class Registry:
                     f"{entry.module} tried to register it again. "
                     "Pick another name, or pass override=True to replace it on purpose."
                 )
+            _announce_overrides(self.kind, entry, key, others)
             for old in [e for _, e in clashes] + [e for e in self._entries.get(key, []) if e.obj is entry.obj]:
                 self._remove(old)
             self._entries.setdefault(key, []).append(entry)
@@ -249,6 +250,40 @@ class Registry:
         merged = {**defaults, **kwargs}
         merged = check_kwargs(obj, merged, f"{key or self.kind} '{name}'", user_keys=set(kwargs))
         return obj(**merged)
+
+
+def _announce_overrides(kind: str, entry: Entry, key: str, replaced: list[tuple[str, Entry]]) -> None:
+    """Say on stderr which component of another module an `override=True` registration replaces."""
+    from visionkit.plugins import warn
+
+    done: list[Entry] = []
+    for label, old in replaced:
+        if old.module == entry.module or not _absent(old, done):
+            continue  # a module re-registering its own component (e.g. a reload) replaces nothing of another's
+        done.append(old)
+        what = "name" if label == key else "alias"
+        tasks = ", ".join(old.tasks) or "all tasks"
+        warn(
+            f"{kind} {what} '{label}' ({tasks}) from {_where(old)} is replaced by {_where(entry)}, which "
+            f"registers it with override=True: configs naming '{label}' now build {entry.module}'s "
+            f"{getattr(entry.obj, '__name__', 'object')}. Register it under another name to keep both."
+        )
+
+
+def _where(entry: Entry) -> str:
+    """'built-in (visionkit.tasks...)', 'plugin dist (module)' or the bare module."""
+    origin = entry.origin
+    return origin if origin == entry.module else f"{origin} ({entry.module})"
+
+
+def registered_entries() -> frozenset[tuple[str, int]]:
+    """Identity marks of every entry and namespace of every registry (to tell whether an import added any)."""
+    marks = set()
+    for kind, registry in ALL.items():
+        for group in registry._entries.values():
+            marks.update((kind, id(e)) for e in group)
+        marks.update((kind, id(e)) for e in registry._namespaces.values())
+    return frozenset(marks)
 
 
 def _overlap(a: Entry, b: Entry) -> bool:

@@ -111,6 +111,43 @@ def load_matching(
     return report
 
 
+def load_model_weights(module: nn.Module, state: Mapping[str, Any], source: str | Path) -> None:
+    """Load a checkpoint's full state dict strictly; a misfit is a ConfigError naming the file and first tensor."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(misfit_message(module.state_dict(), state, source, exc)) from None
+
+
+def misfit_message(own: Mapping[str, Any], state: Mapping[str, Any], source: str | Path, exc: Exception) -> str:
+    """One paragraph: which tensors of `state` (read from `source`) do not fit a model whose state is `own`."""
+    shape = {k: tuple(v.shape) for k, v in own.items() if isinstance(v, torch.Tensor)}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = {
+        k: (tuple(v.shape), shape[k])
+        for k, v in state.items()
+        if k in shape and isinstance(v, torch.Tensor) and tuple(v.shape) != shape[k]
+    }
+    found = []
+    if mismatched:
+        key, (old, new) = next(iter(mismatched.items()))
+        found.append(f"tensor '{key}' has shape {list(old)} in the file but {list(new)} in the model")
+    if missing:
+        found.append(f"the model's tensor '{missing[0]}' is not in the file")
+    if unexpected:
+        found.append(f"the file's tensor '{unexpected[0]}' is not in the model")
+    if not found:  # e.g. a module's own load hook refused it
+        found.append(str(exc).strip().splitlines()[0][:300])
+    counts = f"{len(mismatched)} of another shape, {len(missing)} missing, {len(unexpected)} unexpected"
+    return (
+        f"The weights in '{source}' do not fit the model its config builds: {'; '.join(found)} ({counts}). "
+        "Likely causes: a model.* setting differs from the one the checkpoint was trained with (drop that "
+        "override); or the model came from a plugin that is not loaded now (pass --plugin NAME, or list it under "
+        "`plugins:`); or the file is a checkpoint of another task or model."
+    )
+
+
 def announce(model: nn.Module, report: LoadReport) -> LoadReport:
     """Keep the report on `model.weights_reports` and print its one-line summary (on the main process only)."""
     from visionkit.engine import distributed
