@@ -14,6 +14,7 @@ from visionkit.config import get, load_config
 from visionkit.data.facts import DataFacts, declared_facts
 from visionkit.engine.batching import adopt_saved_batch
 from visionkit.engine.checkpoint import inference_weights, load_checkpoint
+from visionkit.engine.elastic import elastic_resume
 from visionkit.engine.evaluation import run_validation
 from visionkit.engine.metrics import Evaluator
 from visionkit.engine.trainer import RunResult, Trainer
@@ -52,6 +53,7 @@ def train(
 ) -> RunResult:
     """Train a model from a config file, mapping or task default; returns final/best metrics and the run dir."""
     overrides = list(overrides)
+    resume, work_dir = elastic_resume(resume, config, overrides, task, work_dir)  # a torchrun restart resumes
     checkpoint = find_resume(resume, config, overrides, task, work_dir) if resume else None
     if resume is not None and str(resume) == "auto" and checkpoint is None and os.environ.get("RANK", "0") == "0":
         print("--resume auto: no checkpoints/last.pt to resume; starting a new run", flush=True)

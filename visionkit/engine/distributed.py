@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from visionkit.engine.elastic import mark_run_dir as mark_run_dir  # the trainer marks its run dir for torchrun restarts
+
 
 def is_distributed() -> bool:
     """True inside an initialised process group."""
@@ -45,8 +47,34 @@ def init_process_group(device: torch.device, timeout_s: float | None = None) -> 
         return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = datetime.timedelta(seconds=timeout_s) if timeout_s else None
-    dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    store = attempt_store(timeout)
+    if store is None:
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timeout)
+    else:
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=size, timeout=timeout)
     return True
+
+
+def attempt_store(timeout: datetime.timedelta | None) -> dist.Store | None:
+    """The torchrun agent's store under a prefix of this restart attempt (single node); None for plain env://.
+
+    The agent serves one store for its whole life, so after a restart the keys of the killed attempt are still
+    there: a new rank could read a dead peer's address from them and fail with "connection refused" (or leave the
+    other rank waiting). Keys under `attempt_<restart count>` are this attempt's only. Only one agent counts the
+    restarts on a single node; across nodes the counts can differ, so there torch's own rendezvous is kept.
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or env.get("GROUP_WORLD_SIZE", "1") != "1":
+        return None
+    client = dist.TCPStore(
+        env["MASTER_ADDR"],
+        int(env["MASTER_PORT"]),
+        int(env["WORLD_SIZE"]),
+        is_master=False,
+        timeout=timeout or datetime.timedelta(minutes=30),
+    )
+    return dist.PrefixStore(f"visionkit/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", client)
 
 
 def destroy_process_group() -> None:

@@ -99,6 +99,7 @@ class Trainer:
             for stale in (self.run_dir / "checkpoints").glob("*.tmp"):  # left by a save that was killed
                 stale.unlink()
             dump_config(cfg, self.run_dir / "config.yaml")
+            dist.mark_run_dir(self.run_dir)  # a torchrun restart finds its run dir by this marker
         self.groups = self.task.optimizer_groups(self.module)
         self.optimizers = {}
         names = {p: n for n, p in self.module.named_parameters()}
