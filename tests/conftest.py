@@ -55,6 +55,15 @@ def run_tool(
     )
 
 
+def merged(*overrides: str) -> list[str]:
+    """Overrides with each key once: a later `key=value` replaces an earlier one in its place (the CLI refuses
+    a key given twice, so shared lists such as TINY_CLS are combined with a test's own settings through this)."""
+    out: dict[str, str] = {}
+    for item in overrides:
+        out[item.split("=", 1)[0]] = item
+    return list(out.values())
+
+
 # A classification config that trains in about a second: digits at 8x8, a narrow CNN.
 TINY_DATA = [
     "data.image_size=8",

@@ -133,7 +133,7 @@ def test_yaml_alias_bomb_is_refused_without_expanding(tmp_path) -> None:
         parse_overrides(["data.mean=" + "[" + ",".join(["0.5"] * 300_000) + "]"])
 
 
-def test_duplicate_yaml_keys_and_base_cycles_are_errors(tmp_path) -> None:
+def test_duplicate_yaml_keys_duplicate_overrides_and_base_cycles_are_errors(tmp_path) -> None:
     (tmp_path / "dup.yaml").write_text("task: cls\ntrainer:\n  epochs: 3\n  epochs: 5\n")
     with pytest.raises(ConfigError, match="key 'epochs' appears twice.*line 4"):
         load_config(tmp_path / "dup.yaml")
@@ -143,6 +143,10 @@ def test_duplicate_yaml_keys_and_base_cycles_are_errors(tmp_path) -> None:
         load_config(tmp_path / "a.yaml")
     proc = run_tool("train", "--config", str(tmp_path / "a.yaml"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    with pytest.raises(
+        ConfigError, match="'trainer.epochs' is given twice .*'trainer.epochs=1' and 'trainer.epochs=3'"
+    ):
+        parse_overrides(["trainer.epochs=1", "model.width=8", "trainer.epochs=3"])
 
 
 def test_mean_and_std_must_be_flat_lists_of_one_or_channel_count_numbers(tmp_path) -> None:

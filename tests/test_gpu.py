@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import visionkit
-from tests.conftest import TINY_CLS
+from tests.conftest import TINY_CLS, merged
 from visionkit.engine.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.cuda
@@ -44,7 +44,9 @@ def test_mixed_precision_on_cuda(tmp_path: Path, precision: str) -> None:
 def test_channels_last_and_compile_on_cuda(tmp_path: Path) -> None:
     result = visionkit.train(
         None,
-        [*TINY_CLS, "trainer.device=cuda", "trainer.channels_last=true", "trainer.compile=true", "trainer.epochs=2"],
+        merged(
+            *TINY_CLS, "trainer.device=cuda", "trainer.channels_last=true", "trainer.compile=true", "trainer.epochs=2"
+        ),
         task="cls",
         work_dir=tmp_path,
     )

@@ -192,10 +192,17 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     """Turn `key.sub=value` strings into a nested mapping; values are parsed as YAML scalars/lists."""
     out: dict[str, Any] = {}
+    given: dict[str, str] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key or not re.fullmatch(r"[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*", key):
             raise ConfigError(f"Override '{item}' is not of the form key.sub=value (e.g. trainer.epochs=5).")
+        if key in given:
+            raise ConfigError(
+                f"Override key '{key}' is given twice ('{given[key]}' and '{item}'); give each key once, with the "
+                "value you want."
+            )
+        given[key] = item
         try:
             value = yaml_load(raw) if raw != "" else None
         except yaml.YAMLError:

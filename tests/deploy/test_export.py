@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import visionkit
-from tests.conftest import TINY_CLS
+from tests.conftest import TINY_CLS, merged
 from tests.tasks.segmentation.test_end_to_end import TINY as SEG_TINY_RUN
 from visionkit.deploy.commands import export_main
 from visionkit.deploy.export import export_model
@@ -49,7 +49,7 @@ def _digit_pngs(folder: Path, count: int = 6, offset: int = 1700) -> Path:
 @pytest.fixture(scope="module")
 def cls_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("cls") / "run"
-    visionkit.train(None, [*TINY_CLS, "trainer.epochs=2", "trainer.progress=false"], task="cls", work_dir=run)
+    visionkit.train(None, merged(*TINY_CLS, "trainer.epochs=2", "trainer.progress=false"), task="cls", work_dir=run)
     return run
 
 

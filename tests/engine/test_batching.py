@@ -16,7 +16,7 @@ import yaml
 from torch.utils.data import Dataset, Subset
 
 import visionkit
-from tests.conftest import ROOT, TINY_CLS
+from tests.conftest import ROOT, TINY_CLS, merged
 from visionkit.config import load_config
 from visionkit.engine import batching
 from visionkit.engine.checkpoint import load_checkpoint, rng_state
@@ -28,14 +28,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models; the previous 
 
 # Dropout, BatchNorm and random augmentation in the main process: a trial that touched the weights,
 # the running statistics or an RNG stream would change the run.
-EXACT = [
+EXACT = merged(
     *TINY_CLS,
     "trainer.num_threads=1",
     "model.dropout=0.3",
     "trainer.log_every=1",
     "data.train.val_fraction=0.8",
     "data.train_transforms=[{name: Affine, translate_px: [-1, 1], rotate: [-15, 15], p: 1.0}]",
-]
+)
 
 
 def _same_checkpoints(a: Path, b: Path) -> None:
@@ -49,24 +49,24 @@ def _same_checkpoints(a: Path, b: Path) -> None:
 
 
 def test_auto_batch_size_is_logged_recorded_and_leaves_the_run_unchanged(tmp_path: Path, capsys) -> None:
-    auto = visionkit.train(None, [*EXACT, "trainer.epochs=3", "data.batch_size=auto", "trainer.max_steps=3"],
+    auto = visionkit.train(None, merged(*EXACT, "trainer.epochs=3", "data.batch_size=auto", "trainer.max_steps=3"),
                            task="cls", work_dir=tmp_path / "auto")  # fmt: skip
     out = capsys.readouterr().out
     chosen = yaml.safe_load((auto.run_dir / "config.yaml").read_text())["data"]["batch_size"]
     assert chosen in (16, 32, 64, 128, 256, 512, 1024)  # powers of two up to the cap and this training set
     assert f"data.batch_size auto -> {chosen} (cpu images/s: " in out and " at 16 vs " in out
-    fixed = visionkit.train(None, [*EXACT, "trainer.epochs=3", f"data.batch_size={chosen}", "trainer.max_steps=3"],
-                            task="cls", work_dir=tmp_path / "fixed")  # fmt: skip
+    overrides = merged(*EXACT, "trainer.epochs=3", f"data.batch_size={chosen}", "trainer.max_steps=3")
+    fixed = visionkit.train(None, overrides, task="cls", work_dir=tmp_path / "fixed")
     _same_checkpoints(auto.run_dir, fixed.run_dir)
     # Resuming with `auto` in the config again takes the recorded batch size: no second probe.
-    resumed = visionkit.train(None, [*EXACT, "trainer.epochs=3", "data.batch_size=auto", "trainer.max_steps=5"],
+    resumed = visionkit.train(None, merged(*EXACT, "trainer.epochs=3", "data.batch_size=auto", "trainer.max_steps=5"),
                               resume="auto", work_dir=tmp_path / "auto")  # fmt: skip
     assert "data.batch_size auto" not in capsys.readouterr().out
     assert load_checkpoint(resumed.run_dir / "checkpoints" / "last.pt")["config"]["data"]["batch_size"] == chosen
 
 
 def test_a_probe_restores_weights_buffers_modes_and_rngs() -> None:
-    cfg = load_config(None, [*EXACT, "data.batch_size=16"], task="cls")
+    cfg = load_config(None, merged(*EXACT, "data.batch_size=16"), task="cls")
     trainer = Trainer(cfg, write=False)
     trainer._setup()
     trainer.module.eval()  # a mode the trials must not leave behind
@@ -189,7 +189,7 @@ def test_class_labels_from_datasets() -> None:
 
 
 def test_balanced_run_resumes_bit_exact(tmp_path: Path) -> None:
-    cfg = [*EXACT, "data.sampler=balanced", "data.batch_size=64", "trainer.accumulate=2"]  # 6 batches per epoch
+    cfg = merged(*EXACT, "data.sampler=balanced", "data.batch_size=64", "trainer.accumulate=2")  # 6 batches per epoch
     full = visionkit.train(None, [*cfg, "trainer.max_steps=4"], task="cls", work_dir=tmp_path / "full")
     visionkit.train(None, [*cfg, "trainer.max_steps=2"], task="cls", work_dir=tmp_path / "half")
     mid = load_checkpoint(tmp_path / "half" / "checkpoints" / "last.pt")
@@ -203,10 +203,10 @@ def test_balanced_run_resumes_bit_exact(tmp_path: Path) -> None:
 )
 def test_torchrun_ranks_agree_on_auto_batch_and_balanced_batches(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
+        merged(str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node=2",
          str(ROOT / "tools" / "train.py"), "--task", "cls", "--work-dir", str(tmp_path / "run"), *TINY_CLS,
          "trainer.num_threads=1", "data.batch_size=auto", "data.sampler=balanced", "data.effective_batch_size=128",
-         "trainer.max_steps=2", "trainer.progress=false", "data.train.val_fraction=0.5", "data.val.val_fraction=0.05"],
+         "trainer.max_steps=2", "trainer.progress=false", "data.train.val_fraction=0.5", "data.val.val_fraction=0.05"),
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -248,7 +248,9 @@ def test_auto_batch_size_on_a_gpu_finds_the_memory_edge(tmp_path: Path, capsys) 
     torch.cuda.set_per_process_memory_fraction(min(1.0, 3 * 2**30 / total))  # about 3 GiB for this process
     try:
         gpu = ["trainer.device=cuda", "data.image_size=64", "model.width=32", "model.depth=3", "trainer.precision=fp32"]
-        cfg = load_config(None, [*TINY_CLS, *gpu, "data.batch_size=16", "data.train.val_fraction=0.05"], task="cls")
+        cfg = load_config(
+            None, merged(*TINY_CLS, *gpu, "data.batch_size=16", "data.train.val_fraction=0.05"), task="cls"
+        )
         trainer = Trainer(cfg, write=False)
         trainer._setup()
         before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
@@ -263,7 +265,7 @@ def test_auto_batch_size_on_a_gpu_finds_the_memory_edge(tmp_path: Path, capsys) 
         assert torch.equal(cuda_rng, torch.cuda.get_rng_state())
         del trainer
         # The chosen batch trains (with AdamW's state allocated) within the same memory.
-        auto = [*TINY_CLS, *gpu, "data.batch_size=auto", "trainer.max_steps=2", "data.train.val_fraction=0.05"]
+        auto = merged(*TINY_CLS, *gpu, "data.batch_size=auto", "trainer.max_steps=2", "data.train.val_fraction=0.05")
         run = visionkit.train(None, auto, task="cls", work_dir=tmp_path / "run")
         chosen = yaml.safe_load((run.run_dir / "config.yaml").read_text())["data"]["batch_size"]
         assert f"data.batch_size auto -> {chosen} (cuda: " in capsys.readouterr().out and chosen >= size // 2

@@ -53,7 +53,7 @@ def test_events_in_order(tmp_path: Path) -> None:
     visionkit.train({"task": "toy"}, [*FAST, "trainer.accumulate=2"], work_dir=tmp_path / "r", callbacks=[rec])
     # 3 batches per epoch, accumulation 2: updates after batches 2 and 3 (the epoch's last batch).
     # At an epoch's end the built-in validator runs first; the checkpoint is written after every callback.
-    epoch = ["epoch_start", "batch", "batch+", "batch+", "val:2", "epoch_end", "last", "best"]
+    epoch = ["epoch_start", "batch", "batch+", "batch+", "val:2", "epoch_end", "best", "last"]
     assert rec.events[:9] == ["fit_start", *epoch]
     assert rec.events[-1] == "fit_end" and rec.events.count("epoch_end") == 2
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import visionkit
+from tests.conftest import merged
 from tests.engine.toy_task import register, register_nopredict
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.errors import ConfigError
@@ -74,7 +75,7 @@ def test_task_without_predict_gets_a_clear_error(run, tmp_path: Path) -> None:
 
 def test_skipped_step_changes_nothing(tmp_path: Path) -> None:
     register()
-    cfg = [*FAST, "trainer.epochs=1", "trainer.log_every=1", "scheduler.warmup_steps=2"]
+    cfg = merged(*FAST, "trainer.epochs=1", "trainer.log_every=1", "scheduler.warmup_steps=2")
     one = visionkit.train({"task": "toy"}, [*cfg, "trainer.max_steps=1"], work_dir=tmp_path / "one")
     # From step 1 on every training_step returns None: batches 2 and 3 of the epoch must change nothing.
     skip = visionkit.train({"task": "toy", "toy": {"skip_from": 1}}, cfg, work_dir=tmp_path / "skip")
@@ -131,7 +132,7 @@ def test_resume_on_data_with_other_classes_is_refused(run, tmp_path: Path) -> No
     (tmp_path / "r" / "checkpoints").mkdir(parents=True)
     torch.save(ckpt, tmp_path / "r" / "checkpoints" / "last.pt")
     with pytest.raises(DataError, match="class_names"):
-        visionkit.train({"task": "toy"}, [*FAST, "trainer.epochs=3"], resume=tmp_path / "r")
+        visionkit.train({"task": "toy"}, merged(*FAST, "trainer.epochs=3"), resume=tmp_path / "r")
 
 
 def test_monitor_override_and_a_missing_monitor(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import visionkit
-from tests.conftest import TINY_CLS
+from tests.conftest import TINY_CLS, merged
 from visionkit.engine.callbacks import Callback, LoopState
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
@@ -20,7 +20,7 @@ from visionkit.errors import ConfigError
 
 # small_cnn width 8, depth 2 on 1-channel digits: features.{0,4} convs (no bias), features.{1,5} BatchNorms,
 # head.2 linear. About 180 training images: 6 batches (updates) per epoch.
-SMALL = [*TINY_CLS, "data.train.val_fraction=0.9", "trainer.log_every=1", "trainer.progress=false"]
+SMALL = merged(*TINY_CLS, "data.train.val_fraction=0.9", "trainer.log_every=1", "trainer.progress=false")
 FROZEN_LINE = "frozen 6 tensors (1.3K parameters) matching ['features']"
 
 
@@ -61,7 +61,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str) -
 
 def test_freeze_keeps_weights_and_batchnorm_statistics(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # Heavy weight decay on every tensor: a frozen tensor sits in the optimizer and must still not move.
-    cfg = [*SMALL, "model.freeze=[features]", "optimizer.weight_decay=0.5", "optimizer.decay_norm_and_bias=true"]
+    cfg = merged(*SMALL, "model.freeze=[features]", "optimizer.weight_decay=0.5", "optimizer.decay_norm_and_bias=true")
     trainer, probe = _fit(tmp_path, [*cfg, "trainer.max_steps=4"])
     assert FROZEN_LINE + "; 2 BatchNorm layers kept in eval mode" in capsys.readouterr().out
     after = trainer.module.state_dict()
@@ -84,7 +84,7 @@ def test_sgd_and_adamw_skip_parameters_without_gradients() -> None:
 
 
 def test_unfreeze_at_trains_from_that_epoch_and_resumes_exactly(tmp_path: Path) -> None:
-    cfg = [*SMALL, "model.freeze=[features.*]", "trainer.unfreeze_at=2", "trainer.epochs=3"]
+    cfg = merged(*SMALL, "model.freeze=[features.*]", "trainer.unfreeze_at=2", "trainer.epochs=3")
     cfg += ["optimizer.param_groups=[{params: head.*, lr_scale: 0.5}]", "scheduler.warmup_steps=3"]
     full, probe = _fit(tmp_path, cfg, "full")
     s = probe.states
@@ -225,12 +225,12 @@ def test_bad_specs_fail_when_the_config_loads(overrides: list[str], message: str
 )
 def test_patterns_that_match_badly_fail_before_training(tmp_path: Path, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        visionkit.train(None, [*SMALL, override], task="cls", work_dir=tmp_path)
+        visionkit.train(None, merged(*SMALL, override), task="cls", work_dir=tmp_path)
 
 
 def test_a_run_saved_before_the_no_decay_default_resumes_as_it_was(tmp_path: Path) -> None:
     # Such a run had one parameter group with weight decay on everything and no decay_norm_and_bias key.
-    over = [*SMALL, "optimizer.weight_decay=0.05", "optimizer.decay_norm_and_bias=true", "trainer.max_steps=2"]
+    over = merged(*SMALL, "optimizer.weight_decay=0.05", "optimizer.decay_norm_and_bias=true", "trainer.max_steps=2")
     visionkit.train(None, over, task="cls", work_dir=tmp_path / "run")
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(last)

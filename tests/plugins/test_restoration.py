@@ -15,7 +15,7 @@ from PIL import Image
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 import visionkit
-from tests.conftest import run_tool
+from tests.conftest import merged, run_tool
 from visionkit.config import task_config_path
 from visionkit.data.facts import DataFacts
 from visionkit.engine.checkpoint import load_checkpoint
@@ -142,7 +142,7 @@ def test_sr2x_upscales_at_predict_time(tmp_path: Path) -> None:
 def test_resume_through_tools_continues_the_run(run, tmp_path: Path) -> None:
     work = tmp_path / "run"
     shutil.copytree(run.run_dir, work)
-    args = ["--task", "restore", "--resume", "auto", "--work-dir", str(work), *FAST, "trainer.epochs=2"]
+    args = merged("--task", "restore", "--resume", "auto", "--work-dir", str(work), *FAST, "trainer.epochs=2")
     done = run_tool("train", *args)
     assert done.returncode == 0, done.stderr
     assert "resumed from" in done.stdout and "epoch 2/2" in done.stdout

@@ -10,14 +10,14 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import TINY_DATA
+from tests.conftest import TINY_DATA, merged
 from visionkit.cli import train_main
 from visionkit.tune.commands import tune_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # 8x8 digits, batches of 64, three validations per trial: a trial takes a few seconds.
-SWEEP_CFG = [*TINY_DATA, "model.depth=2", "data.batch_size=64", "trainer.epochs=3", "trainer.progress=false"]
+SWEEP_CFG = merged(*TINY_DATA, "model.depth=2", "data.batch_size=64", "trainer.epochs=3", "trainer.progress=false")
 # Very small learning rates learn nothing in three epochs: the median pruner has honest work to do.
 SPACE = {
     "optimizer.lr": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True},
@@ -27,8 +27,8 @@ SPACE = {
 
 def _sweep(tmp_path, trials: int, *extra: str) -> dict:
     status = tune_main(
-        ["sweep", "--task", "cls", *SWEEP_CFG, "--space", str(tmp_path / "space.yaml"), "--trials", str(trials),
-         "--out", str(tmp_path / "sweep"), "--prune-startup", "2", "--prune-warmup", "1", *extra]
+        merged("sweep", "--task", "cls", *SWEEP_CFG, "--space", str(tmp_path / "space.yaml"), "--trials", str(trials),
+         "--out", str(tmp_path / "sweep"), "--prune-startup", "2", "--prune-warmup", "1", *extra)
     )  # fmt: skip
     assert status == 0
     return json.loads((tmp_path / "sweep" / "results.json").read_text())
@@ -88,7 +88,9 @@ def test_bad_space_files_exit_2(tmp_path, capsys, space, words):
     """An unknown type, low > high, a key the config does not have...: exit 2 naming the key, before any trial."""
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
-    args = ["sweep", "--task", "cls", *SWEEP_CFG, "--space", str(path), "--trials", "2", "--out", str(tmp_path / "s")]
+    args = merged(
+        "sweep", "--task", "cls", *SWEEP_CFG, "--space", str(path), "--trials", "2", "--out", str(tmp_path / "s")
+    )
     assert tune_main(args) == 2
     err = capsys.readouterr().err
     assert all(w in err for w in words), err
@@ -99,7 +101,9 @@ def test_resuming_with_another_space_is_refused(tmp_path, capsys):
     """The study remembers its space and config: a re-run with a different one exits 2 and names the change."""
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump({"optimizer.lr": SPACE["optimizer.lr"]}))
-    args = ["sweep", "--task", "cls", *SWEEP_CFG, "--space", str(path), "--trials", "0", "--out", str(tmp_path / "s")]
+    args = merged(
+        "sweep", "--task", "cls", *SWEEP_CFG, "--space", str(path), "--trials", "0", "--out", str(tmp_path / "s")
+    )
     assert tune_main(args) == 2  # --trials 0
     assert tune_main([*args[:-3], "1", *args[-2:], "trainer.max_steps=2", "trainer.epochs=1"]) == 0
     path.write_text(yaml.safe_dump(SPACE))
@@ -115,8 +119,8 @@ def test_a_failing_trial_is_recorded_not_fatal(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({"optimizer.name": ["sgd", "adamw"]}))
     status = tune_main(
-        ["sweep", "--task", "cls", *SWEEP_CFG, "trainer.max_steps=2", "trainer.epochs=1", "optimizer.name=sgd",
-         "optimizer.momentum=0.9", "--space", "space.yaml", "--trials", "4", "--out", "s", "--seed", "1"]
+        merged("sweep", "--task", "cls", *SWEEP_CFG, "trainer.max_steps=2", "trainer.epochs=1", "optimizer.name=sgd",
+         "optimizer.momentum=0.9", "--space", "space.yaml", "--trials", "4", "--out", "s", "--seed", "1")
     )  # fmt: skip
     assert status == 0
     rows = json.loads((tmp_path / "s" / "results.json").read_text())["trials"]
@@ -140,7 +144,9 @@ def test_a_crashed_trial_is_run_again_with_its_values(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "space.yaml").write_text(yaml.safe_dump({"optimizer.lr": SPACE["optimizer.lr"]}))
-    args = ["sweep", "--task", "cls", *SWEEP_CFG, "trainer.max_steps=2", "trainer.epochs=1", "--space", "space.yaml"]
+    args = merged(
+        "sweep", "--task", "cls", *SWEEP_CFG, "trainer.max_steps=2", "trainer.epochs=1", "--space", "space.yaml"
+    )
     assert tune_main([*args, "--trials", "1", "--out", "s"]) == 0
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import visionkit
-from tests.conftest import TINY_CLS, run_tool
+from tests.conftest import TINY_CLS, merged, run_tool
 
 
 def _digit_pngs(folder: Path, count: int = 12) -> list[int]:
@@ -54,7 +54,7 @@ def test_tools_train_eval_predict(tmp_path: Path) -> None:
 
 def test_python_api_train_evaluate_predict(tmp_path: Path) -> None:
     result = visionkit.train(
-        "visionkit/configs/cls/default.yaml", [*TINY_CLS, "trainer.epochs=2"], work_dir=tmp_path / "r"
+        "visionkit/configs/cls/default.yaml", merged(*TINY_CLS, "trainer.epochs=2"), work_dir=tmp_path / "r"
     )
     assert result.run_dir == tmp_path / "r" and result.best_checkpoint.is_file()
     metrics = visionkit.evaluate(result.best_checkpoint)

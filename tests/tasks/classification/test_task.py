@@ -11,7 +11,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import visionkit
-from tests.conftest import TINY_CLS, TINY_DATA
+from tests.conftest import TINY_CLS, TINY_DATA, merged
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.errors import ConfigError
 from visionkit.registry import DATASETS
@@ -22,7 +22,7 @@ DIGITS = [str(d) for d in range(10)]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> visionkit.engine.report.RunResult:
     """A one-epoch run whose image size is left to the data (digits: 8x8 grey)."""
-    overrides = [*TINY_CLS, "data.image_size=null", "trainer.progress=false"]
+    overrides = merged(*TINY_CLS, "data.image_size=null", "trainer.progress=false")
     return visionkit.train(None, overrides, task="cls", work_dir=tmp_path_factory.mktemp("cls") / "run")
 
 
@@ -114,7 +114,7 @@ def test_unknown_or_bad_predict_options_are_rejected(run, tmp_path: Path) -> Non
 
 
 def test_declared_image_size_resizes_for_training_and_prediction(tmp_path: Path) -> None:
-    overrides = [*TINY_DATA, "data.image_size=12", "model.name=mlp", "model.hidden=16", "trainer.progress=false"]
+    overrides = merged(*TINY_DATA, "data.image_size=12", "model.name=mlp", "model.hidden=16", "trainer.progress=false")
     result = visionkit.train(None, overrides, task="cls", work_dir=tmp_path / "run")
     ckpt = load_checkpoint(result.best_checkpoint)
     assert ckpt["facts"]["image_size"] == 12 and ckpt["config"]["data"]["image_size"] == 12

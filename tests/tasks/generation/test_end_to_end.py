@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 import visionkit
-from tests.conftest import ROOT, TINY_CLS, run_tool
+from tests.conftest import ROOT, TINY_CLS, merged, run_tool
 from visionkit.errors import ConfigError
 from visionkit.tasks.generation.features import CheckpointClassifier
 
@@ -158,7 +158,7 @@ def test_python_api_gan_train_and_seeded_predict(tmp_path: Path) -> None:
 
 
 def test_classifier_scores_and_classifier_features(tmp_path: Path) -> None:
-    cls = visionkit.train(None, [*TINY_CLS, "model.width=8"], task="cls", work_dir=tmp_path / "cls")
+    cls = visionkit.train(None, merged(*TINY_CLS, "model.width=8"), task="cls", work_dir=tmp_path / "cls")
     ckpt = str(cls.best_checkpoint)
     result = visionkit.train(
         None,

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import visionkit
-from tests.conftest import run_tool
+from tests.conftest import merged, run_tool
 from visionkit.cli import train_main
 from visionkit.config import CONFIG_ROOT
 
@@ -111,7 +111,7 @@ def test_train_evaluate_predict_through_the_api(tmp_path: Path) -> None:
 @pytest.mark.cuda
 def test_mixed_precision_training_on_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VISIONKIT_CACHE", str(tmp_path / "cache"))
-    overrides = [*TINY, "trainer.device=cuda", "trainer.precision=bf16-mixed", "trainer.max_steps=4"]
+    overrides = merged(*TINY, "trainer.device=cuda", "trainer.precision=bf16-mixed", "trainer.max_steps=4")
     result = visionkit.train(task="seg", overrides=overrides, work_dir=tmp_path / "run")
     assert result.summary["device"].startswith("cuda") and result.summary["steps"] == 4
     assert 0 <= result.metrics["val/mIoU"] <= 1 and result.metrics["val/loss"] == result.metrics["val/loss"]
