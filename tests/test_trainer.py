@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import visionkit
-from tests.conftest import ROOT, TINY_CLS, TINY_DATA
+from tests.conftest import ROOT, TINY_CLS, TINY_DATA, merged
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.engine.trainer import TrainingError
 from visionkit.errors import ConfigError
@@ -41,7 +41,7 @@ RESUME_CFG = [
 
 
 def test_run_outputs(tmp_path: Path) -> None:
-    result = visionkit.train(None, [*TINY_CLS, "trainer.epochs=2"], task="cls", work_dir=tmp_path / "run")
+    result = visionkit.train(None, merged(*TINY_CLS, "trainer.epochs=2"), task="cls", work_dir=tmp_path / "run")
     run = result.run_dir
     for name in (
         "config.yaml",
@@ -69,7 +69,7 @@ def _records(run: Path) -> list[dict]:
 
 @pytest.mark.parametrize("workers", [2, 0])
 def test_resume_mid_epoch_gives_identical_weights(tmp_path: Path, workers: int) -> None:
-    cfg = [*RESUME_CFG, f"data.num_workers={workers}"]
+    cfg = merged(*RESUME_CFG, f"data.num_workers={workers}")
     full = visionkit.train(None, [*cfg, "trainer.max_steps=8"], task="cls", work_dir=tmp_path / "full")
     half = visionkit.train(None, [*cfg, "trainer.max_steps=4"], task="cls", work_dir=tmp_path / "half")
     mid = load_checkpoint(half.run_dir / "checkpoints" / "last.pt")
@@ -88,7 +88,9 @@ def test_resume_refuses_changes_it_cannot_honour(tmp_path: Path) -> None:
     visionkit.train(None, [*TINY_CLS, "trainer.max_steps=2"], task="cls", work_dir=tmp_path / "run")
     with pytest.raises(ConfigError, match=r"cannot change optimizer.lr"):
         visionkit.train(None, ["optimizer.lr=0.1"], resume=tmp_path / "run" / "checkpoints" / "last.pt")
-    longer = visionkit.train(None, ["trainer.max_steps=4"], resume=tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"--task seg does not match the checkpoint .* 'classification' run"):
+        visionkit.train(None, [], task="seg", resume=tmp_path / "run")
+    longer = visionkit.train(None, ["trainer.max_steps=4"], task="cls", resume=tmp_path / "run")
     assert longer.summary["steps"] == 4
 
 
@@ -154,14 +156,14 @@ def test_non_finite_loss_skips_then_stops_with_advice(tmp_path: Path) -> None:
 def test_early_stopping(tmp_path: Path) -> None:
     result = visionkit.train(
         None,
-        [
+        merged(
             *TINY_CLS,
             "trainer.epochs=6",
             "trainer.early_stop_patience=2",
             "optimizer.lr=1e-12",
             "scheduler.name=constant",
             "data.train.val_fraction=0.9",
-        ],
+        ),
         task="cls",
         work_dir=tmp_path,
     )
@@ -233,7 +235,7 @@ def test_trains_with_installed_example_plugin_through_tools(tmp_path: Path) -> N
 def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
     torchrun = str(Path(sys.executable).parent / "torchrun")
     proc = subprocess.run(
-        [
+        merged(
             torchrun,
             "--standalone",
             "--nproc_per_node=2",
@@ -244,7 +246,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
             str(tmp_path / "run"),
             *TINY_CLS,
             "trainer.epochs=2",
-        ],
+        ),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -272,3 +274,16 @@ def test_stale_temporaries_are_cleaned_and_resume_auto_with_nothing_says_so(tmp_
                     resume="auto")  # fmt: skip
     assert "no checkpoints/last.pt to resume; starting a new run" in capsys.readouterr().out
     assert not list((run / "checkpoints").glob("*.tmp")) and (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_work_dir_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("not a folder")
+    for bad in (tmp_path / "a_file", tmp_path / "a_file" / "run"):
+        with pytest.raises(ConfigError, match=f"The run folder '{bad}' cannot be written: Not a directory"):
+            visionkit.train(None, [*TINY_CLS, "trainer.max_steps=1"], task="cls", work_dir=bad)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "train.py"), "--task", "cls", "--work-dir", "x" * 300],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "cannot be written: File name too long" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

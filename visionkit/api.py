@@ -59,6 +59,12 @@ def train(
         print("--resume auto: no checkpoints/last.pt to resume; starting a new run", flush=True)
     if checkpoint is not None:
         saved = load_checkpoint(checkpoint)["config"]
+        if task is not None and TASKS.canonical(task) != TASKS.canonical(saved["task"]):
+            raise ConfigError(
+                f"--task {task} does not match the checkpoint to resume, '{checkpoint}', which is a "
+                f"'{saved['task']}' run. Leave out --task (a resumed run keeps its task), or start a new "
+                f"{task} run without --resume."
+            )
         before_no_decay = "decay_norm_and_bias" not in saved.get("optimizer", {})
         if before_no_decay:  # saved before biases and norms went undecayed: it keeps decaying them
             saved["optimizer"] = {**saved.get("optimizer", {}), "decay_norm_and_bias": True}
@@ -74,7 +80,7 @@ def train(
     cfg["plugins"] = record_plugins(cfg.get("plugins"))  # --plugin / import_plugin ones too: the checkpoint loads them
     if work_dir is not None:
         cfg["work_dir"] = str(work_dir)
-    if checkpoint is None and cfg.get("work_dir") and (Path(cfg["work_dir"]) / "checkpoints" / "last.pt").is_file():
+    if checkpoint is None and cfg.get("work_dir") and _holds_run(Path(cfg["work_dir"])):
         raise ConfigError(
             f"The work dir '{cfg['work_dir']}' already holds a run (checkpoints/last.pt). Continue it with "
             "--resume auto (resume='auto'), or choose another --work-dir for a new run."
@@ -88,6 +94,14 @@ def train(
         if error is None:
             raise
         raise error from None
+
+
+def _holds_run(work_dir: Path) -> bool:
+    """True when the folder holds a run's last.pt (False for a path that cannot be looked at; the trainer says why)."""
+    try:
+        return (work_dir / "checkpoints" / "last.pt").is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def dry_run(

@@ -19,9 +19,12 @@ def _run(fn: Callable[[], Any]) -> int:
     except VisionkitError as exc:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; resume with --resume auto", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        from visionkit.engine.interrupts import Interrupted, exit_status
+
+        if not isinstance(exc, Interrupted):  # a second Ctrl-C, or one outside training: nothing new was saved
+            print("interrupted; a run continues from its last checkpoint with --resume auto", file=sys.stderr)
+        return exit_status(exc)
     return 0
 
 

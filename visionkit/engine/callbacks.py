@@ -177,7 +177,8 @@ class Checkpointer(Callback):
         self.validated = False  # a validation ran since the last save
         self.best = False  # ... and improved the monitored metric
 
-    def _write(self, state: LoopState) -> None:
+    def write(self, state: LoopState) -> None:
+        """Save now: last.pt, and best.pt when the last validation improved."""
         for path in self.save(self.best):
             self.emit("on_checkpoint_saved", state, path, path.name == "best.pt")
         self.saved_at = (state.step, state.epoch, state.batch_in_epoch)
@@ -186,7 +187,7 @@ class Checkpointer(Callback):
     def on_batch_end(self, state: LoopState) -> None:
         """Save every `checkpoint_every` updates."""
         if state.updated and self.every and state.step % self.every == 0:
-            self._write(state)
+            self.write(state)
 
     def on_validation_end(self, state: LoopState, record: dict[str, Any]) -> None:
         """Remember that the next save follows a validation (and whether it is the best)."""
@@ -195,7 +196,7 @@ class Checkpointer(Callback):
     def on_epoch_end(self, state: LoopState) -> None:
         """Save last (and best), unless nothing changed since the last save."""
         if self.validated or self.saved_at != (state.step, state.epoch, state.batch_in_epoch):
-            self._write(state)
+            self.write(state)
 
 
 class EMA(Callback):
@@ -292,12 +293,22 @@ class RunFiles(Callback):
 
     def __init__(self) -> None:
         self.report: Any = None
+        self.keep_bytes: int | None = None  # a resumed run: metrics.jsonl's length when its checkpoint was saved
 
     def on_fit_start(self, state: LoopState) -> None:
-        """Open metrics.jsonl."""
+        """Open metrics.jsonl (cut back to the resumed checkpoint, so each step is in it once)."""
         from visionkit.engine.report import RunReport
 
-        self.report = RunReport(state.run_dir, state.monitor, enabled=state.is_main)
+        keep = 0 if state.step == 0 else self.keep_bytes  # new run: a fresh file; an older checkpoint: append
+        self.report = RunReport(state.run_dir, state.monitor, enabled=state.is_main, keep_bytes=keep)
+
+    def state_dict(self) -> dict[str, Any]:
+        """How much of metrics.jsonl this checkpoint covers."""
+        return {"metrics_bytes": self.report.size() if self.report is not None else 0}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Remember the length to cut metrics.jsonl back to when the run opens it."""
+        self.keep_bytes = state.get("metrics_bytes")
 
     def on_log(self, state: LoopState, record: dict[str, Any]) -> None:
         """Append a training record."""

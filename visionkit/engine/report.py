@@ -32,26 +32,71 @@ def default_run_dir(cfg: dict[str, Any]) -> Path:
     return path
 
 
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create `<run>/checkpoints` and remove temporaries a killed save left; a ConfigError if it cannot be written."""
+    from visionkit.errors import ConfigError
+
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for stale in (run_dir / "checkpoints").glob("*.tmp"):  # left by a save that was killed
+            stale.unlink()
+        probe = run_dir / "checkpoints" / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            f"The run folder '{run_dir}' cannot be written: {reason}. Set --work-dir (work_dir) to a folder you "
+            "can write, or leave it out for runs/<task>/<time> in the current directory."
+        ) from None
+
+
 class RunReport:
     """Writes one JSON record per logged step/epoch and draws the loss and metric curves."""
 
-    def __init__(self, run_dir: Path, monitor: str, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path, monitor: str, enabled: bool = True, keep_bytes: int | None = None) -> None:
+        """Open metrics.jsonl for appending; a resumed run passes `keep_bytes`, the length its checkpoint saw.
+
+        Lines past `keep_bytes` were written after that checkpoint by the process that died: the resumed run
+        writes those steps again, so they are cut and every step is in the file once. The kept records seed
+        the curves, which then cover the whole run.
+        """
         self.run_dir, self.monitor, self.enabled = run_dir, monitor, enabled
         self.train: dict[str, list[tuple[int, float]]] = {}
         self.val: list[tuple[int, float]] = []
-        self._file = open(run_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
-
-    def log(self, record: dict[str, Any]) -> None:
-        """Append one record (step or epoch) to metrics.jsonl."""
-        if not self._file:
+        self._file = None
+        if not enabled:
             return
+        path = run_dir / "metrics.jsonl"
+        if path.is_file():
+            if keep_bytes is not None and path.stat().st_size > keep_bytes:
+                with open(path, "r+b") as f:
+                    f.truncate(keep_bytes)
+            for line in path.read_text().splitlines():
+                try:
+                    self._remember(json.loads(line))
+                except ValueError:  # a line cut by a kill mid-write: drawn without it, kept in the file
+                    continue
+        self._file = open(path, "a")  # noqa: SIM115
+
+    def _remember(self, record: dict[str, Any]) -> None:
         for key, value in record.items():
             if key.startswith("train/") and key.endswith("loss"):
                 self.train.setdefault(key, []).append((record["step"], value))
         if self.monitor in record:
             self.val.append((record["step"], record[self.monitor]))
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record (step or epoch) to metrics.jsonl."""
+        if not self._file:
+            return
+        self._remember(record)
         self._file.write(json.dumps(record, default=_jsonable) + "\n")
         self._file.flush()
+
+    def size(self) -> int:
+        """Bytes written to metrics.jsonl so far (what a checkpoint records, to cut later lines on resume)."""
+        return self._file.tell() if self._file else 0
 
     def curves(self) -> None:
         """Draw training loss and the monitored validation metric against optimizer steps."""

@@ -29,11 +29,12 @@ from visionkit.engine.callbacks import (
 from visionkit.engine.checkpoint import check_same_facts, load_checkpoint, rng_state, save_atomic, set_rng_state
 from visionkit.engine.evaluation import metric_names, run_validation
 from visionkit.engine.finetune import apply_freeze, finetune_callbacks
+from visionkit.engine.interrupts import GracefulStop
 from visionkit.engine.metrics import Evaluator, improves, monitor_mode
 from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
-from visionkit.engine.report import RunResult, default_run_dir
-from visionkit.engine.weights import skip_pretrained
+from visionkit.engine.report import RunResult, default_run_dir, prepare_run_dir
+from visionkit.engine.weights import load_model_weights, skip_pretrained
 from visionkit.errors import ConfigError, VisionkitError
 from visionkit.registry import TASKS
 from visionkit.tasks.base import StepContext, Task
@@ -63,6 +64,8 @@ class Trainer:
         self.best_metrics: dict[str, float] = {}
         self.last_metrics: dict[str, float] = {}
         self.bad_steps = 0
+        self.started = time.perf_counter()
+        self.wall_before = 0.0  # training seconds of the earlier processes of a resumed run (up to its checkpoint)
         self.batches_seen = 0  # this rank's training batches in this process (reported per rank)
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -77,6 +80,8 @@ class Trainer:
         np.random.seed(t["seed"])
         run_dir = default_run_dir(cfg) if dist.is_main() else None
         self.run_dir = Path(dist.all_gather_objects(str(run_dir))[0])
+        if dist.is_main() and self.write:
+            prepare_run_dir(self.run_dir)  # a folder that cannot be written fails here, before any work
         self.task: Task = TASKS.get(cfg["task"])(cfg)
         self.train_set = self.task.build_dataset("train")
         self.val_set = self.task.build_dataset("val") if cfg["data"].get("val") is not None else None
@@ -95,9 +100,6 @@ class Trainer:
         self.last_extras: dict[str, Any] = {}
         build_loaders(self)  # train/val loaders, sampler, updates_per_epoch (data.batch_size may be 'auto')
         if dist.is_main() and self.write:
-            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-            for stale in (self.run_dir / "checkpoints").glob("*.tmp"):  # left by a save that was killed
-                stale.unlink()
             dump_config(cfg, self.run_dir / "config.yaml")
             dist.mark_run_dir(self.run_dir)  # a torchrun restart finds its run dir by this marker
         self.groups = self.task.optimizer_groups(self.module)
@@ -139,7 +141,8 @@ class Trainer:
         hooks: list[Any] = []
         if self.val_loader is not None:
             hooks.append(Validator(self._validate, t["val_every"], self._done))
-        hooks.append(Checkpointer(self._save, t["checkpoint_every"], self._emit))
+        checkpointer = Checkpointer(self._save, t["checkpoint_every"], self._emit)
+        hooks += [checkpointer, GracefulStop(checkpointer, t["log_every"])]
         if t["early_stop_patience"]:
             hooks.append(EarlyStopping(t["early_stop_patience"]))
         hooks += [RunFiles(), ProgressBar(t["progress"])] + ([self.ema] if self.ema else [])
@@ -165,6 +168,7 @@ class Trainer:
             "callbacks": self.hooks.state_dict(),
             "task": self.task.state_dict(),
             "rng": rng_state(),
+            "wall_time_s": self._wall_time(),
             "config": self.cfg,
             "facts": self.facts.to_dict(),
             "format": 2,
@@ -175,16 +179,16 @@ class Trainer:
         if not dist.is_main():
             return []
         state = self._state()
-        paths = [self.run_dir / "checkpoints" / "last.pt"] + (
-            [self.run_dir / "checkpoints" / "best.pt"] if best else []
-        )
+        # best.pt first: a kill between the two writes leaves last.pt older, and the resumed run redoes the step
+        folder = self.run_dir / "checkpoints"
+        paths = ([folder / "best.pt"] if best else []) + [folder / "last.pt"]
         for path in paths:
             save_atomic(state, path)
         return paths
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         check_same_facts(ckpt.get("facts"), self.facts, self.resume)
-        self.module.load_state_dict(ckpt["model"])
+        load_model_weights(self.module, ckpt["model"], self.resume)  # a misfit names the file and the tensor
         for name, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
         if ckpt["horizon"] == self.horizon:
@@ -202,12 +206,13 @@ class Trainer:
         self.hooks.load_state_dict(ckpt.get("callbacks", legacy))
         self.task.load_state_dict(ckpt.get("task") or {})
         set_rng_state(ckpt["rng"])
+        self.wall_before = float(ckpt.get("wall_time_s", 0.0))
         self._print(f"resumed from {self.resume} at epoch {self.epoch}, step {self.step}")
 
     # -- the loop -------------------------------------------------------------------------------
     def fit(self) -> RunResult:
         """Train until `trainer.epochs`, `trainer.max_steps` or a callback stops the run; return the result."""
-        start = time.perf_counter()
+        self.started = start = time.perf_counter()
         try:
             self._setup()
             self._print(f"run dir: {self.run_dir}  device: {self.device}  precision: {self.precision}")
@@ -221,7 +226,7 @@ class Trainer:
                 self._emit("on_epoch_end", self.state)  # validation and checkpoints are callbacks here
             if self.state.stop_reason:
                 self._print(self.state.stop_reason)
-            return self._finish(time.perf_counter() - start)
+            return self._finish(self._wall_time(), time.perf_counter() - start)
         except BaseException as error:
             if hasattr(self, "hooks"):
                 self._emit("on_exception", self.state, error)
@@ -409,7 +414,11 @@ class Trainer:
         if dist.is_main():
             print(message, flush=True)
 
-    def _finish(self, seconds: float) -> RunResult:
+    def _wall_time(self) -> float:
+        """Seconds of training so far over the whole run: earlier processes (to their checkpoint) and this one."""
+        return self.wall_before + time.perf_counter() - self.started
+
+    def _finish(self, seconds: float, this_process: float) -> RunResult:
         ranks = dist.all_gather_objects({"rank": dist.rank(), "batches": self.batches_seen})
         ckpt_dir = self.run_dir / "checkpoints"
         best_ckpt = ckpt_dir / "best.pt"
@@ -428,6 +437,7 @@ class Trainer:
             "steps": self.step,
             "epochs": self.epoch,
             "wall_time_s": round(seconds, 2),
+            "wall_time_this_process_s": round(this_process, 2),
             "device": str(self.device),
             "precision": self.precision,
             "world_size": dist.world_size(),
