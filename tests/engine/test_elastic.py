@@ -72,7 +72,11 @@ def test_restart_resumes_its_work_dir_and_a_new_launch_does_not(tmp_path, monkey
     _set_env(monkeypatch, _torchrun_env(restart=1))
     assert elastic.elastic_resume(None, None, [], "cls", work) == (last, work)
     assert elastic.elastic_resume(None, None, [f"work_dir={work}"], "cls", None) == (last, None)
-    assert elastic.elastic_resume("best.pt", None, [], "cls", work) == ("best.pt", work)  # an explicit resume wins
+    best = work / "checkpoints" / "best.pt"  # the launch began with --resume .../best.pt: not back to it
+    assert elastic.elastic_resume(best, None, [], "cls", None) == (last, None)
+    assert elastic.elastic_resume("auto", None, [], "cls", work) == (last, work)
+    elsewhere = tmp_path / "other" / "checkpoints" / "last.pt"  # a run this launch never wrote: as given
+    assert elastic.elastic_resume(elsewhere, None, [], "cls", None) == (elsewhere, None)
     _set_env(monkeypatch, _torchrun_env(agent="/tmp/torchelastic_new/none_1", restart=0))
     assert elastic.elastic_resume(None, None, [], "cls", work) == (None, work)  # a new job: train() refuses the dir
     _set_env(monkeypatch, {})

@@ -92,15 +92,20 @@ def elastic_resume(
 ) -> tuple[str | Path | None, str | Path | None]:
     """`(resume, work_dir)` for api.train: under a torchrun restart, this launch's run dir and its last.pt.
 
-    An explicit `resume` is kept. Outside torchrun, or when no earlier attempt of this launch left a run dir,
-    both are returned unchanged (a first start, or a restart killed before its run dir existed, starts anew).
+    Outside torchrun, or when no earlier attempt of this launch left a run dir, both are returned unchanged (a
+    first start, or a restart killed before its run dir existed, starts as the command line says). A launch that
+    began with `--resume PATH` continues from the run's newer last.pt once it saved one, not from PATH again.
     """
     me = launch_identity()
-    if resume is not None or me is None:
+    if me is None:
         return resume, work_dir
     chosen = str(work_dir) if work_dir is not None else None
     chosen = next((o.split("=", 1)[1] for o in overrides if o.startswith("work_dir=")), chosen)
-    if chosen is None:
+    explicit = resume is not None and str(resume) != "auto"
+    if explicit and chosen is None:  # the run a resume continues: the checkpoint's run dir
+        path = Path(str(resume))
+        chosen = str(path if path.is_dir() else path.parent.parent)
+    elif chosen is None:
         from visionkit.config import load_config
 
         try:  # the config file's own work_dir, and the task's folder under runs/
@@ -110,17 +115,21 @@ def elastic_resume(
         chosen = cfg.get("work_dir") or None
         task = cfg["task"]
     run_dir = find_launch_dir(me, chosen, task or "")
-    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    rank0 = os.environ.get("RANK", "0") == "0"
     if run_dir is None:
-        if restarted and me["nodes"] > 1 and me["run_id"] in ("", "none") and os.environ.get("RANK", "0") == "0":
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if restarted and me["nodes"] > 1 and me["run_id"] in ("", "none") and rank0:
             print(
                 "torchrun restarted the workers, but without --rdzv-id a multi-node job cannot find its run: "
-                "this attempt starts anew. Give --rdzv-id=JOB and --work-dir on a shared filesystem.",
+                "this attempt starts as its command line says. Give --rdzv-id=JOB and --work-dir on a shared "
+                "filesystem.",
                 flush=True,
             )
         return resume, work_dir
     last = run_dir / "checkpoints" / "last.pt"
-    if os.environ.get("RANK", "0") == "0":
+    if explicit and not last.is_file():
+        return resume, work_dir  # nothing newer than the checkpoint the launch started from
+    if rank0:
         what = f"resuming from {last}" if last.is_file() else "no checkpoint yet, starting it again"
         print(f"torchrun restart of the workers: continuing the run in {run_dir} ({what})", flush=True)
     if last.is_file():
