@@ -213,16 +213,40 @@ def key_hint(
                     f"or data.channels={given[key]}"
                 )
         if first_layer or (got is not None and got == channels):
-            model_keys = [k for k in accepted if k in CHANNEL_KEYS]
-            alt = f", or model.{model_keys[0]}={got}" if model_keys and got else ""
-            have = f"the images have {channels} {_channels(channels)}"
-            return f"{have}: set data.channels={expected} to convert them{alt}"
+            return _image_channels_hint(cfg, given, accepted, expected, got if got is not None else channels)
         keys = [k for k in accepted if k in ("width", "depth", "mults", "channels", "decoder_channels", "hidden")]
         where = ", ".join(f"model.{k}" for k in keys) if keys else f"the layers of model '{name}'"
         return f"an inner layer's channels disagree with the layer before it: check {where}"
     keys = [k for k in accepted if k in SIZE_KEYS or k in ("width", "depth", "strides")]
     extra = f" and the model's settings ({', '.join(f'model.{k}' for k in keys)})" if keys else ""
     return f"check data.image_size (now {size}; some models need a multiple of their total stride){extra}"
+
+
+def _image_channels_hint(
+    cfg: Mapping[str, Any], given: Mapping[str, Any], accepted: list[str], expected: int | None, got: int | None
+) -> str:
+    """Advice for a first layer built for `expected` channels but fed `got`: convert the images, or change the model.
+
+    Never advises a value already set: when data.channels already asks for `expected`, either the dataset spec's
+    own `channels` overrides it or the dataset does not convert its images, and that is said instead.
+    """
+    data = cfg.get("data") or {}
+    model_keys = [k for k in accepted if k in CHANNEL_KEYS]
+    model_key = model_keys[0] if model_keys and got and given.get(model_keys[0]) != got else None
+    model_fix = f"model.{model_key}={got}" if model_key else ""
+    have = f"the images have {got} {_channels(got)}"
+    if expected is None or data.get("channels") != expected:
+        return f"{have}: set data.channels={expected} to convert them" + (f", or {model_fix}" if model_fix else "")
+    or_set = f", or set {model_fix}" if model_fix else ""
+    spec = data.get("train")
+    own = spec.get("channels") if isinstance(spec, Mapping) else None
+    if own is not None and own != expected:
+        return f"{have}: data.train.channels={own} overrides data.channels={expected}; remove it{or_set}"
+    name = spec if isinstance(spec, str) else spec.get("name", "?") if isinstance(spec, Mapping) else "?"
+    return (
+        f"{have} although data.channels is {expected}: dataset '{name}' does not convert its images to "
+        f"data.channels; give it {expected}-channel images{or_set}"
+    )
 
 
 def explain_training_error(exc: BaseException) -> ConfigError | None:

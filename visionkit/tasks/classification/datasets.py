@@ -64,8 +64,8 @@ class ClassificationDataset(Dataset):
 
     @property
     def channels(self) -> int:
-        """Number of image channels."""
-        return int(self.load(0).shape[2]) if len(self) else 3
+        """Number of image channels (after any conversion to data.channels)."""
+        return int(self.load(0).shape[2]) if len(self) else getattr(self.load, "channels", None) or 3
 
     @property
     def image_size(self) -> int:
@@ -88,14 +88,39 @@ class ClassificationDataset(Dataset):
         return DataFacts(class_names=self.classes, channels=self.channels, image_size=size)
 
 
-class ArrayImages:
-    """Picklable image source over an in-memory NHWC uint8 array (optionally through an index)."""
+def check_channels(channels: object, split: str) -> int | None:
+    """`channels` when it is null, 1 or 3; a ConfigError naming data.channels and the accepted values otherwise."""
+    if channels is None or (isinstance(channels, int) and not isinstance(channels, bool) and channels in (1, 3)):
+        return channels
+    raise ConfigError(
+        f"data.channels (or data.{split}.channels) is {channels!r}; accepted values: null (the images as stored), "
+        "1 (grey: RGB is converted by ITU-R 601 luma) or 3 (RGB: grey is repeated, an alpha channel dropped)."
+    )
 
-    def __init__(self, array: np.ndarray, index: Sequence[int] | None = None) -> None:
-        self.array, self.index = array, index
+
+def convert_channels(image: np.ndarray, channels: int | None) -> np.ndarray:
+    """An HWC uint8 image with `channels` channels: grey repeated to 3, RGB(A) to grey as PIL's "L", alpha dropped."""
+    have = image.shape[2]
+    if channels is None or channels == have:
+        return image
+    if channels == 3:
+        return np.repeat(image[:, :, :1], 3, axis=2) if have < 3 else image[:, :, :3]
+    if have < 3:  # grey with alpha
+        return image[:, :, :1]
+    # ITU-R 601-2 luma in PIL's fixed point (L = R*299/1000 + G*587/1000 + B*114/1000, rounded).
+    rgb = image[:, :, :3].astype(np.uint32)
+    luma = (rgb[:, :, 0] * 19595 + rgb[:, :, 1] * 38470 + rgb[:, :, 2] * 7471 + 0x8000) >> 16
+    return luma.astype(np.uint8)[:, :, None]
+
+
+class ArrayImages:
+    """Picklable image source over an in-memory NHWC uint8 array (optionally through an index and a channel count)."""
+
+    def __init__(self, array: np.ndarray, index: Sequence[int] | None = None, channels: int | None = None) -> None:
+        self.array, self.index, self.channels = array, index, channels
 
     def __call__(self, i: int) -> np.ndarray:
-        return self.array[self.index[i] if self.index is not None else i]
+        return convert_channels(self.array[self.index[i] if self.index is not None else i], self.channels)
 
 
 class FileImages:
@@ -128,10 +153,12 @@ def digits(
     split_seed: int = 0,
     transforms: list | None = None,
     image_size: int | None = None,
+    channels: int | None = None,
     mean: Sequence[float] = (0.5,),
     std: Sequence[float] = (0.5,),
 ) -> ClassificationDataset:
     """scikit-learn's 1,797 real 8x8 handwritten digits, split deterministically (stratified)."""
+    channels = check_channels(channels, split)
     from sklearn.datasets import load_digits
 
     data = load_digits()
@@ -139,7 +166,7 @@ def digits(
     labels = data.target.astype(np.int64)
     keep = _split(len(labels), labels, split, val_fraction, split_seed)
     return ClassificationDataset(
-        ArrayImages(images, keep),
+        ArrayImages(images, keep, channels),
         labels[keep].tolist(),
         [str(d) for d in range(10)],
         transforms,
@@ -162,6 +189,7 @@ def image_folder(
     std: Sequence[float] = (0.5,),
 ) -> ClassificationDataset:
     """ImageFolder layout: `root/<class name>/<image>`; class order is sorted names unless `classes` is given."""
+    channels = check_channels(channels, split)
     base = Path(root)
     if not base.is_dir():
         raise DataError(f"data.{split}.root '{root}' is not a folder; expected root/<class>/<image files>.")
@@ -199,6 +227,7 @@ def csv_list(
     std: Sequence[float] = (0.5,),
 ) -> ClassificationDataset:
     """A CSV of `path,label` rows (header optional; paths relative to the CSV; labels names or integers)."""
+    channels = check_channels(channels, split)
     path = Path(file)
     if not path.is_file():
         raise DataError(f"data.{split}.file '{file}' does not exist; expected a CSV of path,label rows.")
@@ -245,10 +274,12 @@ def cifar10(
     split: str = "train",
     transforms: list | None = None,
     image_size: int | None = None,
+    channels: int | None = None,
     mean: Sequence[float] = (0.5,),
     std: Sequence[float] = (0.5,),
 ) -> ClassificationDataset:
     """CIFAR-10 'python version' batches in a local folder (data_batch_1..5 for train, test_batch for val)."""
+    channels = check_channels(channels, split)
     base = Path(root)
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     present = [base / n for n in names if (base / n).is_file()]
@@ -272,7 +303,14 @@ def cifar10(
         info = load_pickle(meta, f"CIFAR-10 meta file (data.{split}.root)")
         classes = [c.decode() if isinstance(c, bytes) else c for c in info.get(b"label_names", classes)]
     return ClassificationDataset(
-        ArrayImages(array), labels, classes, transforms, mean, std, image_size, key=f"data.{split}_transforms"
+        ArrayImages(array, channels=channels),
+        labels,
+        classes,
+        transforms,
+        mean,
+        std,
+        image_size,
+        key=f"data.{split}_transforms",
     )
 
 
@@ -297,10 +335,12 @@ def mnist(
     split: str = "train",
     transforms: list | None = None,
     image_size: int | None = None,
+    channels: int | None = None,
     mean: Sequence[float] = (0.5,),
     std: Sequence[float] = (0.5,),
 ) -> ClassificationDataset:
     """MNIST-style IDX files in a local folder (train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte, .gz or not)."""
+    channels = check_channels(channels, split)
     base = Path(root)
     prefix = "train" if split == "train" else "t10k"
 
@@ -315,7 +355,7 @@ def mnist(
     if len(images) != len(labels):
         raise DataError(f"MNIST files in '{root}' disagree: {len(images)} images but {len(labels)} labels.")
     return ClassificationDataset(
-        ArrayImages(images),
+        ArrayImages(images, channels=channels),
         labels.tolist(),
         [str(d) for d in range(10)],
         transforms,

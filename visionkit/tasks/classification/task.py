@@ -46,12 +46,17 @@ class ClassificationTask(Task):
     predict_options = {"topk": 5}
 
     def dataset_defaults(self, split: str) -> dict[str, Any]:
-        """Offer split, transforms, the declared resize and normalisation to every dataset builder."""
+        """Offer split, transforms, the declared resize, channel count and normalisation to every dataset builder.
+
+        Builders take only the keys they name, so one without `channels` is unaffected; a dataset spec's own
+        `channels` (data.train.channels) wins over data.channels.
+        """
         d = self.cfg["data"]
         return {
             "split": split,
             "transforms": d[f"{split}_transforms"],
             "image_size": d["image_size"],
+            "channels": d.get("channels"),
             "mean": d["mean"],
             "std": d["std"],
         }
