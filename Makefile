@@ -7,7 +7,7 @@ TASK ?= cls
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -c "import lightning" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/trainer_overhead.py
+
+# The GPU check (docs/benchmarks.md#gpu-check-benchmarksgpu_checkpy): gpu-check.json and gpu-check.md; ARGS=--cpu without a GPU.
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out gpu-check.json $(ARGS)
 
 clean:
 	rm -rf runs predictions .pytest_cache

@@ -147,7 +147,14 @@ def run_cuda_tests() -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "tests"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     counts = {k: 0 for k in ("passed", "failed", "skipped", "errors")}
-    last = next((x for x in reversed(done.stdout.splitlines()) if re.search(r"\d+ (passed|failed|error)", x)), "")
+    last = next(
+        (
+            x
+            for x in reversed(done.stdout.splitlines())
+            if re.search(r"\d+ (passed|failed|skipped|error|deselected)", x)
+        ),
+        "",
+    )
     for number, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)\b", last):
         counts["errors" if word.startswith("error") else word] += int(number)
     tail = "\n".join((done.stdout + done.stderr).splitlines()[-40:])
@@ -288,6 +295,8 @@ def problems(result: dict[str, Any]) -> list[str]:
     tests = result["pytest_cuda"]
     if "returncode" in tests and (tests["returncode"] != 0 or tests["failed"] or tests["errors"]):
         found.append(f"pytest -m cuda: {tests['failed']} failed, {tests['errors']} errors (exit {tests['returncode']})")
+    elif "returncode" in tests and not tests["passed"]:
+        found.append(f"pytest -m cuda: no test passed ({tests['skipped']} skipped): the tests saw no GPU")
     runs = {
         **{f"resnet.{k}": v for k, v in result["resnet"].items()},
         **result["tasks"],
@@ -327,11 +336,12 @@ def markdown(result: dict[str, Any]) -> str:
     if "returncode" in tests:
         lines += [f"`pytest -m cuda`: {tests['passed']} passed, {tests['failed']} failed, {tests['skipped']} skipped, "
                   f"{tests['errors']} errors ({tests['seconds']:.0f} s).", ""]  # fmt: skip
-    lines += [
-        f"| {s['arch']}, {s['size']} px, batch {s['batch']}, {s['precision']}, channels_last | images/s | vs hand "
-        "loop | MFU |",
-        "|---|---|---|---|",
-    ]
+    if result["resnet"]:
+        lines += [
+            f"| {s['arch']}, {s['size']} px, batch {s['batch']}, {s['precision']}, channels_last | images/s | vs "
+            "hand loop | MFU |",
+            "|---|---|---|---|",
+        ]
     labels = {"hand": "hand-written loop", "trainer": "visionkit trainer", "torchrun": "trainer, torchrun (1 proc)"}
     for name, case in result["resnet"].items():
         kind, tag = name.rsplit("_", 1)
@@ -344,7 +354,8 @@ def markdown(result: dict[str, Any]) -> str:
         if case.get("resident_images_per_s"):
             lines.append(f"| {label}, batch kept on the device | {fmt(case['resident_images_per_s'])} | | "
                          f"{fmt(case.get('resident_mfu_percent'), '.1f', '%')} |")  # fmt: skip
-    lines += ["", "| run | precision | steps | images/s | losses finite | seconds |", "|---|---|---|---|---|---|"]
+    if result["tasks"] or result["gan_fp16"]:
+        lines += ["", "| run | precision | steps | images/s | losses finite | seconds |", "|---|---|---|---|---|---|"]
     for name, run in {**result["tasks"], "gen/dcgan.yaml, fp16-mixed": result["gan_fp16"]}.items():
         if not run:
             continue
