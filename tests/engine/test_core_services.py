@@ -157,9 +157,30 @@ def test_checkpoint_paths_accept_run_folders_and_refuse_other_files(run, tmp_pat
     from visionkit.errors import VisionkitError
 
     assert visionkit.evaluate(run.run_dir)["val/count"] == 48  # a run folder means its best checkpoint
-    (tmp_path / "fake.pt").write_text("not a checkpoint\n")
-    with pytest.raises(VisionkitError, match="^'.*fake.pt' is not a visionkit checkpoint: it could not be read"):
-        visionkit.evaluate(tmp_path / "fake.pt")
+    import os
+    import pickle
+    import zipfile
+
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204 - what a hostile file does: call a function while unpickling
+            return (os.system, ("touch pwned",))
+
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 8)
+    with zipfile.ZipFile(tmp_path / "cut.pt", "w") as z:
+        z.writestr("archive/data.pkl", b"no more")
+    for protocol in (2, 4):
+        (tmp_path / f"evil{protocol}.pt").write_bytes(pickle.dumps({"model": Evil()}, protocol=protocol))
+    expected = {
+        "random.pt": "its bytes are not a PyTorch file",
+        "cut.pt": "it is a zip archive but not a complete PyTorch file",
+        "evil2.pt": r"it is a pickle that holds more than tensors and plain containers \(it names posix.system\)",
+        "evil4.pt": "it is a pickle that holds more than tensors and plain containers, and files are loaded",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(VisionkitError, match=f"^'.*{name}' is not a visionkit checkpoint: {reason}") as info:
+            visionkit.evaluate(tmp_path / name)
+        assert "weights_only=False" not in str(info.value) and "will likely succeed" not in str(info.value)
+    assert not (tmp_path / "pwned").exists()
 
 
 def _records(run_dir: Path) -> list[dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +70,36 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         what = "is a folder without checkpoints/best.pt" if path.is_dir() else "does not exist"
         raise VisionkitError(f"Checkpoint '{path}' {what}. Pass a .pt file from <run>/checkpoints/ or a run folder.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
+            warnings.simplefilter("ignore", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VisionkitError(
-            f"'{path}' is not a visionkit checkpoint: it could not be read as a PyTorch file ({first[:200]})."
-        ) from exc
+        raise VisionkitError(f"'{path}' is not a visionkit checkpoint: {load_failure(path, exc)}.") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise VisionkitError(f"'{path}' is not a visionkit checkpoint (no 'model' and 'config' entries).")
     return ckpt
+
+
+def load_failure(path: str | Path, exc: BaseException) -> str:
+    """Why `torch.load(weights_only=True)` refused a file, in the user's terms (never torch's weights_only advice)."""
+    import re
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:
+        return f"it cannot be read ({err.strerror})"
+    text = " ".join(str(exc).split())
+    unsafe = re.search(r"(?:Unsupported global: |unsupported )GLOBAL ([\w.]+)", text)
+    if unsafe or head[:1] == b"\x80":
+        what = f" (it names {unsafe.group(1)})" if unsafe else ""
+        return (
+            f"it is a pickle that holds more than tensors and plain containers{what}, and files are loaded with "
+            "weights_only=True so that nothing in them can run code"
+        )
+    if head.startswith(b"PK"):
+        return "it is a zip archive but not a complete PyTorch file (cut short while copying, or another format)"
+    return "its bytes are not a PyTorch file (neither a zip archive nor a pickle)"
 
 
 def inference_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from visionkit.engine.checkpoint import load_failure
 from visionkit.errors import ConfigError
 
 _SKIP = contextvars.ContextVar("visionkit_skip_pretrained", default=False)
@@ -226,7 +227,8 @@ def read_state_file(path: str | Path, key: str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which, not a pickle traceback
-        raise ConfigError(f"{key} file '{file}' could not be read as a state dict: {_reason(exc)}") from None
+        reason = load_failure(file, exc)
+        raise ConfigError(f"{key} file '{file}' could not be read as a state dict: {reason}.") from None
     for inner in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(inner), dict):
             state = state[inner]
@@ -263,7 +265,8 @@ def torch_hub_state_dict(url: str, what: str, how: str) -> tuple[dict[str, torch
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConfigError(f"{what}: the cached file '{file}' could not be read ({_reason(exc)}); delete it.") from None
+        reason = load_failure(file, exc)
+        raise ConfigError(f"{what}: the cached file '{file}' could not be read ({reason}); delete it.") from None
     return state, str(file)
 
 

@@ -24,7 +24,7 @@ from torchvision.models.detection.ssdlite import SSDLiteHead
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import Conv2dNormActivation
 
-from visionkit.engine.weights import announce, carry_reports, load_matching, loading_enabled
+from visionkit.engine.weights import announce, carry_reports, load_matching, loading_enabled, read_state_file
 from visionkit.errors import ConfigError, DataError
 from visionkit.registry import MODELS
 from visionkit.tasks.detection.backbones import TimmFeatures, build_fpn_backbone, fpn_strides, multiscale_body
@@ -90,10 +90,8 @@ def _load_detector_weights(net: nn.Module, weights: str) -> None:
     path = Path(weights)
     if not path.is_file():
         raise DataError(f"model.weights file '{path}' does not exist. Give a local .pth file (nothing is downloaded).")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    state = {k.removeprefix("module.").removeprefix("net."): v for k, v in state.items()}
+    state = read_state_file(path, "model.weights")  # unwraps a checkpoint's "model"; a bad file is a clear error
+    state = {k.removeprefix("net."): v for k, v in state.items()}
     try:
         report = load_matching(net, state, "detector", str(path))
     except ConfigError:
