@@ -58,10 +58,17 @@ def run_tool(
 def merged(*overrides: str) -> list[str]:
     """Overrides with each key once: a later `key=value` replaces an earlier one in its place (the CLI refuses
     a key given twice, so shared lists such as TINY_CLS are combined with a test's own settings through this)."""
-    out: dict[str, str] = {}
+    out: list[str] = []
+    where: dict[str, int] = {}
     for item in overrides:
-        out[item.split("=", 1)[0]] = item
-    return list(out.values())
+        key, sep, _ = item.partition("=")
+        if sep and not item.startswith("-"):  # key=value; flags and their values pass through as they are
+            if key in where:
+                out[where[key]] = item
+                continue
+            where[key] = len(out)
+        out.append(item)
+    return out
 
 
 # A classification config that trains in about a second: digits at 8x8, a narrow CNN.

@@ -72,6 +72,10 @@ def test_python_api_records_imported_plugins_once_in_order(plugin_dir: Path) -> 
     assert plugins.user_plugins() == ["vk_hard_api"]
     assert plugins.record_plugins(["other", "vk_hard_api"]) == ["other", "vk_hard_api"]
     assert plugins.record_plugins(None) == ["vk_hard_api"]
+    uses = {"task": "classification", "model": {"name": "hard_api_probe", "width": 8}}
+    assert plugins.record_plugins(["other"], uses) == ["other", "vk_hard_api"]
+    # A plugin this process imported for something else is not recorded for a run that does not use it.
+    assert plugins.record_plugins(["other"], {"task": "classification", "model": {"name": "small_cnn"}}) == ["other"]
 
 
 def test_misfitting_state_dict_names_the_file_and_the_first_tensor() -> None:

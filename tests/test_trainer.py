@@ -218,11 +218,7 @@ def test_trains_with_installed_example_plugin_through_tools(tmp_path: Path) -> N
         "cls",
         "--work-dir",
         str(tmp_path / "run"),
-        *TINY_DATA,
-        "model.name=tiny_resnet",
-        "data.train.name=bars",
-        "data.val.name=bars",
-        "trainer.epochs=2",
+        *merged(*TINY_DATA, "model.name=tiny_resnet", "data.train.name=bars", "data.val.name=bars", "trainer.epochs=2"),
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

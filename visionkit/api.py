@@ -77,7 +77,7 @@ def train(
             cfg["work_dir"] = str(Path(checkpoint).resolve().parent.parent)
     else:
         cfg = load_config(config, overrides, task=task)
-    cfg["plugins"] = record_plugins(cfg.get("plugins"))  # --plugin / import_plugin ones too: the checkpoint loads them
+    cfg["plugins"] = record_plugins(cfg.get("plugins"), cfg)  # imported plugins it uses: its checkpoint loads them
     if work_dir is not None:
         cfg["work_dir"] = str(work_dir)
     if checkpoint is None and cfg.get("work_dir") and _holds_run(Path(cfg["work_dir"])):

@@ -7,9 +7,10 @@ import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from visionkit.errors import PluginError, VisionkitError
 
@@ -25,6 +26,7 @@ BUILTIN_TASKS = (
 _state = {"loaded": False, "loading": False}
 _imported: list[str] = []
 _user: list[str] = []  # specs given to import_plugin (--plugin, `plugins:`, the Python API), in order
+_provides: dict[str, set[str]] = {}  # spec -> the component names (and aliases) it registered
 _entry_modules: set[str] = set()  # modules of entry-point plugins: they load by themselves, never recorded
 
 
@@ -117,6 +119,7 @@ def import_plugin(spec: str) -> None:
     _imported.append(spec)
     if not loading() and module_name not in BUILTIN_TASKS and module_name not in _entry_modules:
         _user.append(spec)
+        _provides[spec] = _names(lambda kind, e: (kind, id(e)) not in before or _from_module(e.module, module_name))
     if registered_entries() == before:
         _warn_registered_nothing(spec, module, seen_before)
 
@@ -159,13 +162,40 @@ def user_plugins() -> list[str]:
     return list(_user)
 
 
-def record_plugins(listed: Iterable[str] | None) -> list[str]:
-    """A config's `plugins:` list joined with `user_plugins()`: order kept, each spec once.
+def record_plugins(listed: Iterable[str] | None, cfg: Any = None) -> list[str]:
+    """A config's `plugins:` list joined with the imported plugins whose components `cfg` names: order kept, once.
 
-    A run saves this list, so its checkpoint loads the plugins that built its model without --plugin.
+    A run saves this list, so its checkpoint loads the plugins that built it without --plugin. A plugin the
+    process imported for something else (another run, a test) is left out: it is not this run's to need.
     """
-    merged: list[str] = []
-    for spec in [*(listed or []), *_user]:
-        if spec not in merged:
+    used = set(_strings(cfg)) if cfg is not None else None
+    merged: list[str] = list(dict.fromkeys(listed or []))
+    for spec in _user:
+        if spec not in merged and (used is None or _provides.get(spec, set()) & used):
             merged.append(spec)
     return merged
+
+
+def _names(keep: Callable[[str, Any], bool]) -> set[str]:
+    """Names and aliases of the registry entries `keep(kind, entry)` accepts."""
+    from visionkit.registry import ALL
+
+    names: set[str] = set()
+    for kind, registry in ALL.items():
+        for group in registry._entries.values():
+            for entry in group:
+                if keep(kind, entry):
+                    names.update([entry.name, *entry.aliases])
+    return names
+
+
+def _strings(node: Any) -> Iterator[str]:
+    """Every string value in a nested config (names of tasks, models, datasets, losses, metrics, callbacks)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _strings(value)

@@ -22,7 +22,7 @@ from visionkit.deploy.export import export_model
 from visionkit.deploy.parity import ExportCheckError
 from visionkit.registry import MODELS
 
-SEG_TINY = [*SEG_TINY_RUN, "segmentation.num_samples=0"]
+SEG_TINY = merged(*SEG_TINY_RUN, "segmentation.num_samples=0")
 
 
 @MODELS.register("test_branchy_net", task="classification")

@@ -91,7 +91,8 @@ def test_candidate_sizes_stop_at_the_data_and_the_effective_batch() -> None:
 
 
 def _setup(overrides: list[str]) -> Trainer:
-    trainer = Trainer(load_config(None, [*TINY_CLS, "trainer.num_threads=1", *overrides], task="cls"), write=False)
+    cfg = load_config(None, merged(*TINY_CLS, "trainer.num_threads=1", *overrides), task="cls")
+    trainer = Trainer(cfg, write=False)
     trainer._setup()
     return trainer
 

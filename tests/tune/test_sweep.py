@@ -105,12 +105,12 @@ def test_resuming_with_another_space_is_refused(tmp_path, capsys):
         "sweep", "--task", "cls", *SWEEP_CFG, "--space", str(path), "--trials", "0", "--out", str(tmp_path / "s")
     )
     assert tune_main(args) == 2  # --trials 0
-    assert tune_main([*args[:-3], "1", *args[-2:], "trainer.max_steps=2", "trainer.epochs=1"]) == 0
+    assert tune_main(merged(*args[:-3], "1", *args[-2:], "trainer.max_steps=2", "trainer.epochs=1")) == 0
     path.write_text(yaml.safe_dump(SPACE))
-    assert tune_main([*args[:-3], "1", *args[-2:], "trainer.max_steps=2", "trainer.epochs=1"]) == 2
+    assert tune_main(merged(*args[:-3], "1", *args[-2:], "trainer.max_steps=2", "trainer.epochs=1")) == 2
     assert "space" in capsys.readouterr().err
     path.write_text(yaml.safe_dump({"optimizer.lr": SPACE["optimizer.lr"]}))
-    assert tune_main([*args[:-3], "1", *args[-2:], "trainer.max_steps=3", "trainer.epochs=1"]) == 2
+    assert tune_main(merged(*args[:-3], "1", *args[-2:], "trainer.max_steps=3", "trainer.epochs=1")) == 2
     assert "trainer.max_steps: 2 -> 3" in capsys.readouterr().err
 
 

@@ -93,8 +93,7 @@ def check_same_shape(
             advice.append("Set data.image_size: N to resize every image to N x N")
         if counts:
             advice.append(
-                f"{'and set' if sizes else 'Set'} channels: 3 (or 1) on the dataset (data.{split}.channels=3, and "
-                "the same for the other split) to read every image as RGB (or grey)"
+                f"{'and set' if sizes else 'Set'} data.channels=3 (or 1) to read every image as RGB (or grey)"
             )
         what = " and ".join(w for w, on in (("sizes", sizes), ("channel counts", counts)) if on)
         raise DataError(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,17 +34,35 @@ def default_run_dir(cfg: dict[str, Any]) -> Path:
     return path
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Fail early, creating nothing, when the run folder could not be created or written (a ConfigError)."""
+    import errno
+    import os
+
+    with _run_dir_errors(run_dir):
+        existing = run_dir
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} ('{existing}' is read-only)")
+
+
 def prepare_run_dir(run_dir: Path) -> None:
     """Create `<run>/checkpoints` and remove temporaries a killed save left; a ConfigError if it cannot be written."""
-    from visionkit.errors import ConfigError
-
-    try:
+    with _run_dir_errors(run_dir):
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         for stale in (run_dir / "checkpoints").glob("*.tmp"):  # left by a save that was killed
             stale.unlink()
-        probe = run_dir / "checkpoints" / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+
+
+@contextmanager
+def _run_dir_errors(run_dir: Path) -> Iterator[None]:
+    from visionkit.errors import ConfigError
+
+    try:
+        yield
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError(

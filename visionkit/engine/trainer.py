@@ -33,7 +33,7 @@ from visionkit.engine.interrupts import GracefulStop
 from visionkit.engine.metrics import Evaluator, improves, monitor_mode
 from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
-from visionkit.engine.report import RunResult, default_run_dir, prepare_run_dir
+from visionkit.engine.report import RunResult, check_run_dir, default_run_dir, prepare_run_dir
 from visionkit.engine.weights import load_model_weights, skip_pretrained
 from visionkit.errors import ConfigError, VisionkitError
 from visionkit.registry import TASKS
@@ -81,7 +81,7 @@ class Trainer:
         run_dir = default_run_dir(cfg) if dist.is_main() else None
         self.run_dir = Path(dist.all_gather_objects(str(run_dir))[0])
         if dist.is_main() and self.write:
-            prepare_run_dir(self.run_dir)  # a folder that cannot be written fails here, before any work
+            check_run_dir(self.run_dir)  # a folder that cannot be written fails here, before any work
         self.task: Task = TASKS.get(cfg["task"])(cfg)
         self.train_set = self.task.build_dataset("train")
         self.val_set = self.task.build_dataset("val") if cfg["data"].get("val") is not None else None
@@ -100,6 +100,7 @@ class Trainer:
         self.last_extras: dict[str, Any] = {}
         build_loaders(self)  # train/val loaders, sampler, updates_per_epoch (data.batch_size may be 'auto')
         if dist.is_main() and self.write:
+            prepare_run_dir(self.run_dir)
             dump_config(cfg, self.run_dir / "config.yaml")
             dist.mark_run_dir(self.run_dir)  # a torchrun restart finds its run dir by this marker
         self.groups = self.task.optimizer_groups(self.module)

@@ -26,7 +26,8 @@ def _digit_pngs(folder: Path, count: int = 12) -> list[int]:
 
 def test_tools_train_eval_predict(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = run_tool("train", "--task", "cls", "--work-dir", str(run), *TINY_CLS, "trainer.epochs=3", "model.width=16")
+    overrides = merged(*TINY_CLS, "trainer.epochs=3", "model.width=16")
+    proc = run_tool("train", "--task", "cls", "--work-dir", str(run), *overrides)
     assert proc.returncode == 0, proc.stderr
     assert "val/top1" in proc.stdout
     best = run / "checkpoints" / "best.pt"

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import visionkit
+from tests.conftest import merged
 from tests.tasks.detection.helpers import write_image
 from tests.tasks.detection.test_end_to_end import FCOS, TINY_DET
 from visionkit.config import load_config
@@ -235,7 +236,7 @@ def test_tools_export_of_a_trained_checkpoint_predicts_like_the_checkpoint(tmp_p
 
     run = tmp_path / "run"
     visionkit.train(
-        None, [*TINY_DET, *FCOS, "trainer.progress=false", "detection.num_samples=0"], task="det", work_dir=run
+        None, merged(*TINY_DET, *FCOS, "trainer.progress=false", "detection.num_samples=0"), task="det", work_dir=run
     )
     assert export_main([str(run), "--out", str(tmp_path / "x")]) == 0
     out = capsys.readouterr().out

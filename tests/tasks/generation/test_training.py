@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import visionkit
+from tests.conftest import merged
 from tests.tasks.generation.test_end_to_end import DCGAN, TINY_GAN, TINY_GEN
 from visionkit.config import read_yaml
 from visionkit.engine.checkpoint import load_checkpoint
@@ -84,10 +85,10 @@ def _losses(run: Path) -> list[float]:
 
 def test_bf16_autocast_on_cpu_for_gan_with_r1_and_diffusion(tmp_path: Path) -> None:
     bf16 = ["trainer.precision=bf16-mixed", "trainer.device=cpu", "trainer.max_steps=2"]
-    gan = visionkit.train(DCGAN, [*TINY_GAN, *bf16, "loss.r1_gamma=1.0"], work_dir=tmp_path / "gan")
+    gan = visionkit.train(DCGAN, merged(*TINY_GAN, *bf16, "loss.r1_gamma=1.0"), work_dir=tmp_path / "gan")
     diffusion = visionkit.train(
         None,
-        [*TINY_GEN, *bf16, "model.conditional=true", "generation.guidance=1.5"],
+        merged(*TINY_GEN, *bf16, "model.conditional=true", "generation.guidance=1.5"),
         task="gen",
         work_dir=tmp_path / "ddpm",
     )
@@ -102,9 +103,9 @@ def test_bf16_autocast_on_cpu_for_gan_with_r1_and_diffusion(tmp_path: Path) -> N
 
 
 def test_resumed_gan_run_restores_both_optimizers_and_ema(tmp_path: Path) -> None:
-    cfg = [*TINY_GAN, "trainer.ema=0.9", "trainer.max_steps=4", "trainer.val_every=1"]
+    cfg = merged(*TINY_GAN, "trainer.ema=0.9", "trainer.max_steps=4", "trainer.val_every=1")
     full = visionkit.train(DCGAN, cfg, work_dir=tmp_path / "full")
-    visionkit.train(DCGAN, [*cfg, "trainer.max_steps=2"], work_dir=tmp_path / "half")
+    visionkit.train(DCGAN, merged(*cfg, "trainer.max_steps=2"), work_dir=tmp_path / "half")
     mid = load_checkpoint(tmp_path / "half" / "checkpoints" / "last.pt")
     assert mid["step"] == 2 and set(mid["optimizers"]) == {"discriminator", "generator"}
     visionkit.train(None, ["trainer.max_steps=4"], resume="auto", work_dir=tmp_path / "half")
