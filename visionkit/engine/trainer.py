@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -72,10 +74,6 @@ class Trainer:
     def _setup(self) -> None:
         cfg, t = self.cfg, self.cfg["trainer"]
         torch.manual_seed(t["seed"])
-        import random
-
-        import numpy as np
-
         random.seed(t["seed"])
         np.random.seed(t["seed"])
         run_dir = default_run_dir(cfg) if dist.is_main() else None
