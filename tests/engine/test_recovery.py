@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, run_tool
+from visionkit import plugins
 from visionkit.cli import train_main
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.registry import CALLBACKS
@@ -58,7 +59,7 @@ def _records(run: Path) -> list[dict]:
 @pytest.fixture(scope="module", autouse=True)
 def killer_plugin() -> Iterator[None]:
     """The killer callback importable here and in subprocesses; the registry is put back afterwards."""
-    saved = CALLBACKS._save()
+    saved, imported, user = CALLBACKS._save(), list(plugins._imported), list(plugins._user)
     sys.path.insert(0, str(ROOT / "tests" / "engine"))
     threads = torch.get_num_threads()
     yield
@@ -66,6 +67,7 @@ def killer_plugin() -> Iterator[None]:
     sys.path.remove(str(ROOT / "tests" / "engine"))
     sys.modules.pop("vk_killer", None)
     CALLBACKS._restore(saved)
+    plugins._imported[:], plugins._user[:] = imported, user
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -47,10 +48,17 @@ class GracefulStop(Callback):
         """Install the handlers (only the main thread of a process can)."""
         if threading.current_thread() is not threading.main_thread():
             return
+        self.owner = os.getpid()
         for sig in HANDLED:
             self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.owner:  # a forked DataLoader worker inherited the handler: act as if it had none
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # the worker loop ends quietly on it
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if self.signum is not None:  # the second signal: no more waiting
             self.restore()
             raise KeyboardInterrupt

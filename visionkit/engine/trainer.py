@@ -32,6 +32,7 @@ from visionkit.engine.checkpoint import check_same_facts, load_checkpoint, rng_s
 from visionkit.engine.evaluation import metric_names, run_validation
 from visionkit.engine.finetune import apply_freeze, finetune_callbacks
 from visionkit.engine.interrupts import GracefulStop
+from visionkit.engine.loader import close_workers
 from visionkit.engine.metrics import Evaluator, improves, monitor_mode
 from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
@@ -231,6 +232,7 @@ class Trainer:
                 self._emit("on_exception", self.state, error)
             raise
         finally:
+            close_workers(getattr(self, "train_loader", None), getattr(self, "val_loader", None))
             if self.owns_process_group:  # leave a process group the caller opened alone
                 dist.destroy_process_group()
 
