@@ -79,6 +79,17 @@ def test_python_api_records_imported_plugins_once_in_order(plugin_dir: Path) -> 
     assert plugins.record_plugins(["other"], {"task": "classification", "model": {"name": "small_cnn"}}) == ["other"]
 
 
+def test_a_plugin_that_registers_a_namespace_is_recorded_for_runs_that_use_it(plugin_dir: Path) -> None:
+    (plugin_dir / "vk_hard_ns.py").write_text(
+        "from visionkit.registry import MODELS\n"
+        "def build(name, **kwargs):\n    raise NotImplementedError\n"
+        "MODELS.register_namespace('hardns', build, task='classification')\n"
+    )
+    plugins.import_plugin("vk_hard_ns")
+    assert "vk_hard_ns" in plugins.record_plugins([], {"task": "classification", "model": {"name": "hardns/tiny"}})
+    assert "vk_hard_ns" not in plugins.record_plugins([], {"task": "classification", "model": {"name": "small_cnn"}})
+
+
 def test_misfitting_state_dict_names_the_file_and_the_first_tensor() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     state = {k.replace("2.", "4."): v for k, v in model.state_dict().items()}  # a renamed layer

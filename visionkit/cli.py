@@ -20,9 +20,9 @@ def _run(fn: Callable[[], Any]) -> int:
         print(f"error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
-        from visionkit.engine.interrupts import Interrupted, exit_status
+        from visionkit.engine.interrupts import exit_status
 
-        if not isinstance(exc, Interrupted):  # a second Ctrl-C, or one outside training: nothing new was saved
+        if not getattr(exc, "saved", None):  # a second signal, or one outside training: nothing new was saved
             print("interrupted; a run continues from its last checkpoint with --resume auto", file=sys.stderr)
         return exit_status(exc)
     return 0

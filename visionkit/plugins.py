@@ -168,7 +168,9 @@ def record_plugins(listed: Iterable[str] | None, cfg: Any = None) -> list[str]:
     A run saves this list, so its checkpoint loads the plugins that built it without --plugin. A plugin the
     process imported for something else (another run, a test) is left out: it is not this run's to need.
     """
-    used = set(_strings(cfg)) if cfg is not None else None
+    used = None
+    if cfg is not None:
+        used = {s for text in _strings(cfg) for s in (text, text.partition("/")[0] + "/")}
     merged: list[str] = list(dict.fromkeys(listed or []))
     for spec in _user:
         if spec not in merged and (used is None or _provides.get(spec, set()) & used):
@@ -186,6 +188,9 @@ def _names(keep: Callable[[str, Any], bool]) -> set[str]:
             for entry in group:
                 if keep(kind, entry):
                     names.update([entry.name, *entry.aliases])
+        for prefix, entry in registry._namespaces.items():  # `prefix/x` names, e.g. timm/resnet18
+            if keep(kind, entry):
+                names.add(prefix + "/")
     return names
 
 

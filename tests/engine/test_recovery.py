@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_tool
+from tests.conftest import ROOT, merged, run_tool
 from visionkit import plugins
 from visionkit.cli import train_main
 from visionkit.engine.checkpoint import load_checkpoint
@@ -109,6 +110,20 @@ def test_sigterm_saves_at_the_batch_and_exits_143(tmp_path: Path) -> None:
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert (ckpt["step"], ckpt["batch_in_epoch"]) == (3, 3)  # mid-epoch, not at a checkpoint_every step
     assert [r["step"] for r in _records(run)] == [2]
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_still_saves(tmp_path: Path) -> None:
+    """The DataLoader workers get the signal too; they leave it to the run, which saves and shuts them down."""
+    run = tmp_path / "run"
+    args = [*merged(*CFG, "data.num_workers=2"), "--plugin=vk_killer", f"--work-dir={run}"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "train.py"), *args],
+        env={**os.environ, **ENV, "VK_KILL": "sigterm-group:3"},
+        capture_output=True, text=True, timeout=300, start_new_session=True,  # its own process group
+    )  # fmt: skip
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "exited unexpectedly" not in proc.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 3
 
 
 def test_a_second_signal_stops_at_once_without_saving(tmp_path: Path) -> None:

@@ -41,6 +41,8 @@ class Killer(Callback):
             return
         if self.event == "batch":
             os.kill(os.getpid(), signal.SIGKILL)
+        elif self.event == "sigterm-group":  # as a terminal, torchrun or a scheduler does: every process of the group
+            os.killpg(os.getpgrp(), signal.SIGTERM)
         elif self.event in ("sigint", "sigint2", "sigterm"):
             sig = signal.SIGTERM if self.event == "sigterm" else signal.SIGINT
             for _ in range(2 if self.event == "sigint2" else 1):

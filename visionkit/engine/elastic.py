@@ -100,7 +100,11 @@ def elastic_resume(
     if me is None:
         return resume, work_dir
     chosen = str(work_dir) if work_dir is not None else None
-    chosen = next((o.split("=", 1)[1] for o in overrides if o.startswith("work_dir=")), chosen)
+    if chosen is None:  # --work-dir wins over a work_dir= override, as in train()
+        from visionkit.config import parse_overrides
+
+        chosen = parse_overrides([o for o in overrides if o.startswith("work_dir=")]).get("work_dir")
+        chosen = str(chosen) if chosen is not None else None
     explicit = resume is not None and str(resume) != "auto"
     if explicit and chosen is None:  # the run a resume continues: the checkpoint's run dir
         path = Path(str(resume))

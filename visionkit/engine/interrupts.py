@@ -53,15 +53,15 @@ class GracefulStop(Callback):
             self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if os.getpid() != self.owner:  # a forked DataLoader worker inherited the handler: act as if it had none
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt  # the worker loop ends quietly on it
-            signal.signal(signum, signal.SIG_DFL)
+        if os.getpid() != self.owner:  # a forked DataLoader worker inherited the handler
+            if os.getppid() == self.owner:
+                return  # Ctrl-C / killpg reach the whole group: the run saves, then shuts its workers down
+            signal.signal(signum, signal.SIG_DFL)  # orphaned: end as a process without the handler would
             os.kill(os.getpid(), signum)
             return
         if self.signum is not None:  # the second signal: no more waiting
             self.restore()
-            raise KeyboardInterrupt
+            raise Interrupted(signum, [])
         self.signum = signum
         if dist.is_main():
             print(
@@ -72,8 +72,10 @@ class GracefulStop(Callback):
             )
 
     def on_batch_end(self, state: LoopState) -> None:
-        """Save and stop when a signal came (all ranks at the same batch under torchrun)."""
+        """Save and stop when a signal came: at the end of an update (all ranks at the same one under torchrun)."""
         signum = self.signum
+        if not state.updated:  # inside an accumulation window: its gradients are not in a checkpoint
+            return
         if dist.is_distributed():
             if not (state.updated and state.step % self.log_every == 0):
                 return
@@ -82,6 +84,7 @@ class GracefulStop(Callback):
         if signum is None:
             return
         self.checkpointer.write(state)
+        dist.barrier()  # rank 0 has written last.pt before any rank exits (torchrun stops the rest on the first exit)
         saved = [str(state.run_dir / "checkpoints" / "last.pt")]
         if dist.is_main():
             print(f"saved {saved[0]} at step {state.step}; continue with --resume auto", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ from sklearn.datasets import load_digits
 
 import visionkit
 from tests.conftest import TINY_CLS, TINY_DATA, merged
+from visionkit.data import DataWarning
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.errors import ConfigError
 from visionkit.registry import DATASETS
@@ -67,17 +68,18 @@ def test_per_class_accuracy_is_null_for_a_class_without_val_samples(tmp_path: Pa
                 Image.new("L", (8, 8), value).save(_folder(tmp_path / split / c) / f"{i}.png")
         if split == "val":
             (tmp_path / split / "owl").mkdir()  # the class exists, without images
-    result = visionkit.train(
-        None,
-        [
-            *TINY_CLS,
-            f"data.train={{name: image_folder, root: {tmp_path / 'train'}}}",
-            f"data.val={{name: image_folder, root: {tmp_path / 'val'}}}",
-            "trainer.progress=false",
-        ],
-        task="cls",
-        work_dir=tmp_path / "run",
-    )
+    with pytest.warns(DataWarning, match="data.val: no images for 1 of 3 classes: 'owl'"):
+        result = visionkit.train(
+            None,
+            [
+                *TINY_CLS,
+                f"data.train={{name: image_folder, root: {tmp_path / 'train'}}}",
+                f"data.val={{name: image_folder, root: {tmp_path / 'val'}}}",
+                "trainer.progress=false",
+            ],
+            task="cls",
+            work_dir=tmp_path / "run",
+        )
     per_class = result.summary["per_class_accuracy"]
     assert list(per_class) == ["cat", "dog", "owl"] and per_class["owl"] is None
     assert all(isinstance(per_class[c], float) for c in ("cat", "dog"))
