@@ -23,7 +23,10 @@ def _run(fn: Callable[[], Any]) -> int:
         from visionkit.engine.interrupts import exit_status
 
         if not getattr(exc, "saved", None):  # a second signal, or one outside training: nothing new was saved
-            print("interrupted; a run continues from its last checkpoint with --resume auto", file=sys.stderr)
+            print(
+                "interrupted; a run continues from its last checkpoint with --resume auto --work-dir RUN_DIR",
+                file=sys.stderr,
+            )
         return exit_status(exc)
     return 0
 

@@ -138,6 +138,12 @@ def resolve_facts(declared: DataFacts, train: DataFacts, val: DataFacts | None =
             f"data.val classes {val.class_names[:10]} differ from data.train classes {facts.class_names[:10]}; "
             "both splits must define the same classes in the same order."
         )
+    if val is not None and val.channels and train.channels and val.channels != train.channels:
+        raise DataError(
+            f"data.val images have {val.channels} channel(s) but data.train images have {train.channels}: the model "
+            f"cannot take both. Set data.channels={max(train.channels, val.channels)} (or 1) to convert the images "
+            "of both splits, or give both splits the same kind of images."
+        )
     for key in ("mean", "std"):
         values = getattr(facts, key)
         if values is not None and facts.channels and len(values) not in (1, facts.channels):

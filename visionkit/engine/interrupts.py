@@ -87,7 +87,11 @@ class GracefulStop(Callback):
         dist.barrier()  # rank 0 has written last.pt before any rank exits (torchrun stops the rest on the first exit)
         saved = [str(state.run_dir / "checkpoints" / "last.pt")]
         if dist.is_main():
-            print(f"saved {saved[0]} at step {state.step}; continue with --resume auto", file=sys.stderr, flush=True)
+            print(
+                f"saved {saved[0]} at step {state.step}; continue with: --resume auto --work-dir {state.run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
         raise Interrupted(signum, saved)
 
     def on_fit_end(self, state: LoopState, summary: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from tests.conftest import TINY_CLS, TINY_DATA, merged
 from visionkit.data.facts import DataFacts
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.engine.shape_errors import key_hint
-from visionkit.errors import ConfigError
+from visionkit.errors import ConfigError, DataError
 from visionkit.registry import DATASETS, TASKS
 
 
@@ -138,3 +138,24 @@ def test_channel_advice_never_repeats_a_value_already_set() -> None:
     # data.train.channels overrides data.channels.
     text = _hint(expected=3, got=1, channels=3, train={"name": "image_folder", "root": "x", "channels": 1})
     assert "data.train.channels=1 overrides data.channels=3" in text and "set data.channels=3" not in text
+
+
+def test_train_and_val_of_different_channel_counts_are_a_data_error_before_training(tmp_path: Path) -> None:
+    _rgb_folder(tmp_path / "train")
+    for path in _rgb_folder(tmp_path / "val"):
+        Image.open(path).convert("L").save(path)
+    task = _task(
+        f"data.train={{name: image_folder, root: {tmp_path / 'train'}}}",
+        f"data.val={{name: image_folder, root: {tmp_path / 'val'}}}",
+    )
+    train, val = task.build_dataset("train"), task.build_dataset("val")
+    with pytest.raises(DataError, match=r"data.val images have 1 channel\(s\) but data.train images have 3.*"
+                       r"Set data.channels=3"):  # fmt: skip
+        task.data_facts(train, val)
+    converted = _task(
+        f"data.train={{name: image_folder, root: {tmp_path / 'train'}}}",
+        f"data.val={{name: image_folder, root: {tmp_path / 'val'}}}",
+        "data.channels=3",
+    )
+    facts = converted.data_facts(converted.build_dataset("train"), converted.build_dataset("val"))
+    assert facts.channels == 3
