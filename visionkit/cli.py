@@ -14,6 +14,17 @@ from visionkit.errors import VisionkitError
 
 def _run(fn: Callable[[], Any]) -> int:
     """Call fn; user errors print one short paragraph and return exit status 2 (no traceback)."""
+    import warnings
+
+    plain = warnings.formatwarning
+
+    def user_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+        """visionkit's own warnings read as `warning: ...`, like its errors (no source path and line)."""
+        if category.__module__.startswith("visionkit"):
+            return f"warning: {message}\n"
+        return plain(message, category, *args, **kwargs)
+
+    warnings.formatwarning = user_warning
     try:
         fn()
     except VisionkitError as exc:
@@ -28,6 +39,8 @@ def _run(fn: Callable[[], Any]) -> int:
                 file=sys.stderr,
             )
         return exit_status(exc)
+    finally:
+        warnings.formatwarning = plain
     return 0
 
 
