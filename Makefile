@@ -11,9 +11,9 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
 install: $(STAMP)
 
-# Only the metadata is a prerequisite: the default configs are package data in visionkit/configs/,
-# which the editable install reads in place (a regular install or wheel copies them in).
-$(STAMP): pyproject.toml $(PLUGINS)
+# Only the metadata is a prerequisite: the default configs in configs/ are package data (visionkit/configs
+# once installed), which the editable install reads in place (a regular install or wheel copies them in).
+$(STAMP): pyproject.toml setup.py $(PLUGINS)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]' $(foreach p,$(dir $(PLUGINS)),-e $(p))

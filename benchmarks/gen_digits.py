@@ -10,7 +10,7 @@
 4. writes a 10x10 grid of the first 100 samples to --grid and everything to <work-dir>/benchmark.json.
 
 Usage: python benchmarks/gen_digits.py [--classifier CKPT] [--work-dir DIR] [--samples 500] [--threads 1]
-                                       [--config visionkit/configs/gen/dcgan.yaml | --checkpoint CKPT]
+                                       [--config configs/gen/dcgan.yaml | --checkpoint CKPT]
                                        [--grid docs/images/gen_digits_samples.png] [key=value ...]
 The acceptance target: mean confidence >= 0.8, all ten classes predicted, training under 600 s.
 """

@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import visionkit
+from visionkit import Callback
 from visionkit.data.facts import DataFacts
-from visionkit.engine.callbacks import Callback
 from visionkit.errors import ConfigError
 from visionkit.registry import DATASETS, MODELS
 

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from tests.conftest import run_tool
-from visionkit.config import load_config, parse_overrides
+from visionkit import load_config
+from visionkit.config import parse_overrides
 from visionkit.errors import ConfigError
 
 
@@ -74,7 +75,7 @@ def test_cli_user_error_exits_2_without_traceback() -> None:
     assert proc.returncode == 2
     assert "Did you mean 'epochs'" in proc.stderr
     assert "Traceback" not in proc.stderr
-    proc = run_tool("train", "--config", "visionkit/configs/cls/nope.yaml")
+    proc = run_tool("train", "--config", "configs/cls/nope.yaml")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 

@@ -15,7 +15,7 @@ import torch
 
 from tests.conftest import ROOT
 from visionkit import plugins
-from visionkit.registry import ALL, MODELS
+from visionkit.registry import MODELS
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
@@ -82,12 +82,9 @@ def test_cpu_mode_runs_every_cpu_safe_part_with_finite_figures(tmp_path: Path) -
 def restored_registries() -> Iterator[None]:
     """The registries and plugin lists as before the test (the check registers a dataset and a model)."""
     MODELS.names()
-    saved = {kind: registry._save() for kind, registry in ALL.items()}
-    imported, user = list(plugins._imported), list(plugins._user)
+    saved = plugins.snapshot()
     yield
-    for kind, registry in ALL.items():
-        registry._restore(saved[kind])
-    plugins._imported[:], plugins._user[:] = imported, user
+    plugins.restore(saved)
 
 
 def test_torchrun_child_opens_a_group_so_the_trainer_runs_ddp(

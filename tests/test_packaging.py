@@ -1,4 +1,4 @@
-"""Packaging: the default configs ship inside the package, and a non-editable install works from anywhere."""
+"""Packaging: the default configs (configs/) ship inside the package; a non-editable install works from anywhere."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGED = sorted(p.relative_to(CONFIG_ROOT).as_posix() for p in CONFIG_ROOT.rglob("*.yaml"))
 
 
-def test_default_configs_live_in_the_package() -> None:
-    assert CONFIG_ROOT == ROOT / "visionkit" / "configs"
-    assert not (ROOT / "configs").exists()
+def test_default_configs_live_at_the_repository_root() -> None:
+    assert CONFIG_ROOT == ROOT / "configs"  # a checkout (or editable install) reads them in place
+    assert not (ROOT / "visionkit" / "configs").exists()
     for task in ("cls", "seg", "det", "gen"):
         assert task_config_path(task) == CONFIG_ROOT / task / "default.yaml"
     assert "_base_/runtime.yaml" in PACKAGED
@@ -33,7 +33,7 @@ def test_default_configs_live_in_the_package() -> None:
 
 def test_config_paths_from_the_repo_and_relative_to_the_packaged_configs(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(ROOT)
-    assert load_config("visionkit/configs/cls/default.yaml")["model"]["name"] == "small_cnn"
+    assert load_config("configs/cls/default.yaml")["model"]["name"] == "small_cnn"
     monkeypatch.chdir(tmp_path)
     assert find_config("cls/default.yaml") == CONFIG_ROOT / "cls" / "default.yaml"
     assert load_config("cls/default.yaml", ["trainer.epochs=2"])["trainer"]["epochs"] == 2
@@ -49,10 +49,11 @@ def test_config_paths_from_the_repo_and_relative_to_the_packaged_configs(tmp_pat
 def _copy_sources(dst: Path) -> Path:
     """Copy what the build reads, so that building leaves no build/ or *.egg-info in the working tree."""
     dst.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE", "MANIFEST.in"):
         if (ROOT / name).is_file():
             shutil.copy2(ROOT / name, dst / name)
-    shutil.copytree(ROOT / "visionkit", dst / "visionkit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for folder in ("visionkit", "configs"):
+        shutil.copytree(ROOT / folder, dst / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     return dst
 
 
@@ -64,7 +65,7 @@ def test_non_editable_install_runs_from_an_empty_directory(tmp_path) -> None:
     cmd += ["--no-build-isolation", "--target", str(target), str(_copy_sources(tmp_path / "src"))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    installed = target / "visionkit" / "configs"
+    installed = target / "visionkit" / "configs"  # configs/ of the sources, shipped inside the package
     assert sorted(p.relative_to(installed).as_posix() for p in installed.rglob("*.yaml")) == PACKAGED
 
     env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, not the repository's

@@ -16,7 +16,7 @@ from tests.conftest import TINY_DATA, run_tool
 from visionkit import cli, plugins
 from visionkit.engine.weights import load_model_weights
 from visionkit.errors import ConfigError
-from visionkit.registry import ALL, MODELS
+from visionkit.registry import MODELS
 
 PROBE = textwrap.dedent("""
     from torch import nn
@@ -32,13 +32,10 @@ PROBE = textwrap.dedent("""
 def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """tmp_path on sys.path for plugin modules `vk_hard_*`; registries and the plugin lists restored afterwards."""
     MODELS.names()  # built-ins and installed plugins first, so the restore keeps them
-    saved = {kind: registry._save() for kind, registry in ALL.items()}
-    imported, user = list(plugins._imported), list(plugins._user)
+    saved = plugins.snapshot()
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
-    for kind, registry in ALL.items():
-        registry._restore(saved[kind])
-    plugins._imported[:], plugins._user[:] = imported, user
+    plugins.restore(saved)
     for name in [m for m in sys.modules if m.startswith("vk_hard_")]:
         del sys.modules[name]
 

@@ -15,10 +15,9 @@ from visionkit.tasks.segmentation.losses import CrossEntropyLoss
 def scratch_losses(monkeypatch: pytest.MonkeyPatch) -> Iterator[Registry]:
     """The real LOSSES registry, with its tables swapped for copies that are thrown away afterwards."""
     LOSSES.names()  # load the built-in tasks and plugins before copying
-    for table in ("_entries", "_aliases"):
-        copy = {k: list(v) if isinstance(v, list) else v for k, v in getattr(LOSSES, table).items()}
-        monkeypatch.setattr(LOSSES, table, copy)
+    saved = LOSSES.snapshot()
     yield LOSSES
+    LOSSES.restore(saved)
 
 
 def plugin_ce(label_smoothing: float = 0.0) -> str:

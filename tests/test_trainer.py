@@ -14,11 +14,11 @@ from torch import nn
 
 import visionkit
 from tests.conftest import ROOT, TINY_CLS, TINY_DATA, merged
+from visionkit import OptimizerGroup, StepContext
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.engine.trainer import TrainingError
 from visionkit.errors import ConfigError
 from visionkit.registry import MODELS, TASKS
-from visionkit.tasks.base import OptimizerGroup, StepContext
 from visionkit.tasks.classification.task import ClassificationTask
 
 # Small training split (about 180 images), 2 loader workers, shuffling, random augmentation, EMA,

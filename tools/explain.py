@@ -8,7 +8,7 @@ from pathlib import Path
 # tools/profile.py would otherwise shadow the standard library's `profile` module (imported by torch).
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from visionkit.deploy.commands import explain_main  # noqa: E402
+from visionkit.cli.deploy import explain_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(explain_main())

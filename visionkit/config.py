@@ -10,11 +10,17 @@ from typing import Any
 
 import yaml
 
-from visionkit.data.facts import FACT_KEYS
 from visionkit.errors import ConfigError, did_you_mean
 
-# The default configs ship inside the package (package data), so they are found from any install.
-CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+# The default configs live in configs/ at the repository root and ship inside the package as
+# visionkit/configs (setup.py maps one to the other). A regular install or wheel has the packaged copy;
+# a source checkout or editable install has none, so the repository-root folder is used instead.
+_PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIG_ROOT = _PACKAGED_CONFIGS if _PACKAGED_CONFIGS.is_dir() else Path(__file__).resolve().parent.parent / "configs"
+
+# Config keys under `data:` that declare a data fact (a user may set them; the data fills what is left).
+# They are the fields of `visionkit.data.facts.DataFacts` (a test keeps the two in step).
+FACT_KEYS = ("class_names", "num_classes", "channels", "image_size", "category_ids", "mean", "std")
 
 # The schema of every task: a default for each key. A mapping with a `name` key is a component spec
 # whose other keys are checked against the builder's signature; other mappings are closed.
@@ -59,6 +65,7 @@ BASE_DEFAULTS: dict[str, Any] = {
         "compile": False,
         "progress": True,
         "max_bad_steps": 5,
+        "finite_check": "auto",  # when a non-finite loss is caught: auto, update (exact skip) or log (engine/update.py)
         "num_threads": None,
         "dist_timeout": 600,  # seconds a collective may wait for a lost rank before the job fails (torchrun)
         "monitor": None,
@@ -68,6 +75,7 @@ BASE_DEFAULTS: dict[str, Any] = {
 
 CHOICES = {
     "trainer.precision": ("auto", "fp32", "fp16-mixed", "bf16-mixed"),
+    "trainer.finite_check": ("auto", "update", "log"),
 }
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -170,8 +178,8 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
         raise ConfigError(f"Config '{path}' inherits from itself through _base_: {cycle}. Remove one _base_ entry.")
     if not path.is_file():
         raise ConfigError(
-            f"Config file '{path}' does not exist. Pass a YAML file, e.g. visionkit/configs/cls/default.yaml "
-            f"or cls/default.yaml (relative paths are also looked up in the packaged configs, {CONFIG_ROOT})."
+            f"Config file '{path}' does not exist. Pass a YAML file, e.g. configs/cls/default.yaml "
+            f"or cls/default.yaml (relative paths are also looked up in the default configs, {CONFIG_ROOT})."
         )
     try:
         data = yaml_load(path.read_text(), f"Config file '{path}'") or {}
@@ -219,7 +227,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 
 def find_config(path: str | Path) -> Path:
     """The config file a user named: the path itself, or, when it is relative and no such file exists from
-    the working directory, the file of that name under the packaged configs (`cls/default.yaml`)."""
+    the working directory, the file of that name under the default configs, CONFIG_ROOT (`cls/default.yaml`)."""
     path = Path(path)
     if not path.is_file() and not path.is_absolute() and (CONFIG_ROOT / path).is_file():
         return CONFIG_ROOT / path
@@ -227,8 +235,8 @@ def find_config(path: str | Path) -> Path:
 
 
 def task_config_path(task: str) -> Path:
-    """Default config of a task, shipped in the package: visionkit/configs/<short alias>/default.yaml
-    (or visionkit/configs/<name>/default.yaml), else the task class's `default_config` file."""
+    """Default config of a task, shipped in the package: CONFIG_ROOT/<short alias>/default.yaml
+    (or CONFIG_ROOT/<name>/default.yaml), else the task class's `default_config` file."""
     from visionkit.registry import TASKS
 
     entry = TASKS.entry(task)
@@ -247,7 +255,11 @@ def load_config(
     overrides: Sequence[str] | Mapping[str, Any] = (),
     task: str | None = None,
 ) -> dict[str, Any]:
-    """Load, merge and validate a config; returns a plain nested dict with every key present."""
+    """Load and merge a config and check it against the schema; returns a plain nested dict with every key present.
+
+    Component specs (model, datasets, optimizer, ...) are the task's to check: `Task.validate`, which
+    `visionkit.load_config` and every run call before building anything.
+    """
     from visionkit.plugins import import_plugin
     from visionkit.registry import TASKS
 
@@ -275,11 +287,6 @@ def load_config(
     check_keys(user, schema, "")
     cfg = deep_merge(schema, user)
     check_values(cfg)
-    from visionkit.engine.optim import validate_optimizer, validate_scheduler
-
-    validate_optimizer(cfg["optimizer"])
-    validate_scheduler(cfg["scheduler"])
-    task_cls(cfg).validate()
     return cfg
 
 

@@ -1,9 +1,13 @@
-"""The one exception type users see: a clear message, exit status 2 in the CLI."""
+"""The one exception type users see (a clear message, exit status 2 in the CLI), and the messages around it."""
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import os
+import sys
 from collections.abc import Iterable
+from typing import Any
 
 
 class VisionkitError(Exception):
@@ -19,7 +23,11 @@ class DataError(VisionkitError):
 
 
 class PluginError(VisionkitError):
-    """A plugin failed to load."""
+    """A plugin failed to load, or implements a protocol the core cannot use."""
+
+
+class VisionkitDeprecationWarning(DeprecationWarning):
+    """An old name or protocol that still works and goes away in a later release (the CLI shows it once)."""
 
 
 def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
@@ -28,3 +36,33 @@ def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:
     if not close:
         return ""
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def warn(message: str) -> None:
+    """Print a one-paragraph warning on stderr, from the main process only (rank 0 under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+# Optional libraries and the extra that installs them.
+EXTRAS = {
+    "onnx": "deploy",
+    "onnxruntime": "deploy",
+    "onnxscript": "deploy",
+    "pytorch_grad_cam": "deploy",
+    "optuna": "tune",
+    "tensorboard": "tensorboard",
+}
+
+
+def require(module: str, feature: str) -> Any:
+    """Import an optional library, or stop with a ConfigError naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra = EXTRAS.get(module.split(".")[0], "deploy")
+        package = {"pytorch_grad_cam": "grad-cam"}.get(module, module.split(".")[0])
+        raise ConfigError(
+            f"{feature} needs the '{package}' package, which is not installed ({exc}). "
+            f"Install it with: pip install 'visionkit[{extra}]'"
+        ) from None

@@ -5,25 +5,28 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from visionkit.errors import PluginError, VisionkitError
+from visionkit import registry
+from visionkit.errors import PluginError, VisionkitError, warn
+from visionkit.registry import ALL, Snapshot, registered_entries, rollback_on_error
 
 GROUP = "visionkit.plugins"
-# The built-in tasks register through the same public registry API a third-party plugin uses.
+# The built-in tasks (and the loggers a config can name) register through the same public registry API a
+# third-party plugin uses.
 BUILTIN_TASKS = (
     "visionkit.tasks.classification",
     "visionkit.tasks.segmentation",
     "visionkit.tasks.detection",
     "visionkit.tasks.generation",
+    "visionkit.engine.loggers",
 )
 
-_state = {"loaded": False, "loading": False}
 _imported: list[str] = []
 _user: list[str] = []  # specs given to import_plugin (--plugin, `plugins:`, the Python API), in order
 _provides: dict[str, set[str]] = {}  # spec -> the component names (and aliases) it registered
@@ -32,7 +35,7 @@ _entry_modules: set[str] = set()  # modules of entry-point plugins: they load by
 
 def loading() -> bool:
     """True while `load_plugins` is importing the built-in tasks and entry-point plugins."""
-    return _state["loading"]
+    return registry.discovering()
 
 
 @contextmanager
@@ -42,8 +45,6 @@ def _all_or_nothing(module_name: str) -> Iterator[None]:
     The plugin module itself leaves `sys.modules` when this import added it (so a retry runs its
     registrations again); modules it imported on the way stay, as Python leaves them.
     """
-    from visionkit.registry import rollback_on_error
-
     fresh = module_name not in sys.modules
     imported, user = len(_imported), len(_user)
     try:
@@ -59,18 +60,19 @@ def _all_or_nothing(module_name: str) -> Iterator[None]:
 
 def load_plugins() -> None:
     """Import the built-in tasks and every installed entry-point plugin, once per process."""
-    if _state["loaded"] or _state["loading"]:
-        return
-    _state["loading"] = True
-    try:
-        for module in BUILTIN_TASKS:
-            if importlib.util.find_spec(module) is not None:
-                importlib.import_module(module)
-        for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
-            _load_entry_point(ep)
-        _state["loaded"] = True
-    finally:
-        _state["loading"] = False
+    registry.discover()
+
+
+def _discover() -> None:
+    """The registry's discovery hook: the built-in tasks, then the entry points in name order."""
+    for module in BUILTIN_TASKS:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+    for ep in sorted(entry_points(group=GROUP), key=lambda e: e.name):
+        _load_entry_point(ep)
+
+
+registry.set_discovery(_discover)
 
 
 def _load_entry_point(ep: EntryPoint) -> None:
@@ -92,8 +94,6 @@ def _load_entry_point(ep: EntryPoint) -> None:
 
 def import_plugin(spec: str) -> None:
     """Import a plugin module given as `module` or `module:function` (CLI `--plugin`, config `plugins:`)."""
-    from visionkit.registry import registered_entries
-
     load_plugins()
     if spec in _imported:
         return
@@ -126,8 +126,6 @@ def import_plugin(spec: str) -> None:
 
 def _warn_registered_nothing(spec: str, module: object, seen_before: bool) -> None:
     """Say on stderr that importing `spec` added nothing to any registry, with the likely reasons."""
-    from visionkit.registry import ALL
-
     name, _, func = spec.partition(":")
     if not func and any(_from_module(e.module, name) for r in ALL.values() for e in r.entries()):
         return  # imported earlier (e.g. `import my_plugin` before a config named it): its components are there
@@ -149,12 +147,6 @@ def _warn_registered_nothing(spec: str, module: object, seen_before: bool) -> No
 
 def _from_module(module: str, name: str) -> bool:
     return module == name or module.startswith(name + ".")
-
-
-def warn(message: str) -> None:
-    """Print a one-paragraph warning on stderr, from the main process only (rank 0 under torchrun)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def user_plugins() -> list[str]:
@@ -179,19 +171,34 @@ def record_plugins(listed: Iterable[str] | None, cfg: Any = None) -> list[str]:
 
 
 def _names(keep: Callable[[str, Any], bool]) -> set[str]:
-    """Names and aliases of the registry entries `keep(kind, entry)` accepts."""
-    from visionkit.registry import ALL
-
+    """Names and aliases of the registry entries `keep(kind, entry)` accepts (`prefix/` for a namespace)."""
     names: set[str] = set()
-    for kind, registry in ALL.items():
-        for group in registry._entries.values():
-            for entry in group:
-                if keep(kind, entry):
-                    names.update([entry.name, *entry.aliases])
-        for prefix, entry in registry._namespaces.items():  # `prefix/x` names, e.g. timm/resnet18
-            if keep(kind, entry):
-                names.add(prefix + "/")
+    for kind, table in ALL.items():
+        for entry in table.entries(discover_first=False):
+            if keep(kind, entry):  # a namespace entry is named `prefix/*`: configs name it as `prefix/x`
+                names.update([entry.name[:-1]] if entry.name.endswith("/*") else [entry.name, *entry.aliases])
     return names
+
+
+@dataclass(frozen=True)
+class PluginState:
+    """What the registries hold and which plugins were imported, for `restore` (tests, trial runs)."""
+
+    registries: dict[str, Snapshot]
+    imported: tuple[str, ...]
+    user: tuple[str, ...]
+
+
+def snapshot() -> PluginState:
+    """The registries and the imported-plugin lists as they are now (the built-ins and entry points loaded first)."""
+    load_plugins()
+    return PluginState(registry.snapshot_all(), tuple(_imported), tuple(_user))
+
+
+def restore(state: PluginState) -> None:
+    """Undo every registration and plugin import made since `snapshot` (modules stay in sys.modules)."""
+    registry.restore_all(state.registries)
+    _imported[:], _user[:] = state.imported, state.user
 
 
 def _strings(node: Any) -> Iterator[str]:

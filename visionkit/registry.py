@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from visionkit.errors import ConfigError, did_you_mean
+from visionkit.errors import ConfigError, did_you_mean, warn
 
 
 @dataclass
@@ -31,7 +31,40 @@ class Entry:
         return _distribution_of(top) or self.module
 
 
-_Tables = tuple[dict[str, list[Entry]], dict[str, list[Entry]], dict[str, Entry]]  # names, aliases, prefixes
+@dataclass(frozen=True)
+class Snapshot:
+    """A copy of one registry's tables (names, aliases, namespaces), for `Registry.restore`."""
+
+    entries: dict[str, list[Entry]]
+    aliases: dict[str, list[Entry]]
+    namespaces: dict[str, Entry]
+
+
+# Plugin discovery is a hook the registry calls before its first lookup; `visionkit.plugins` installs it,
+# so the registry never imports the plugin machinery (which sits above it).
+_discovery: dict[str, Any] = {"hook": None, "running": False, "done": False}
+
+
+def set_discovery(hook: Callable[[], None] | None) -> None:
+    """Install the function that imports the built-in tasks and installed plugins before the first lookup."""
+    _discovery.update(hook=hook, done=False)
+
+
+def discover() -> None:
+    """Run the discovery hook once per process (a no-op while it runs, once it has run, or without a hook)."""
+    if _discovery["done"] or _discovery["running"] or _discovery["hook"] is None:
+        return
+    _discovery["running"] = True
+    try:
+        _discovery["hook"]()
+        _discovery["done"] = True
+    finally:
+        _discovery["running"] = False
+
+
+def discovering() -> bool:
+    """True while the discovery hook runs (components may then name tasks registered later in its order)."""
+    return bool(_discovery["running"])
 
 
 def _distribution_of(top_module: str) -> str | None:
@@ -126,20 +159,19 @@ class Registry:
             else:
                 table.pop(label, None)
 
-    def _save(self) -> _Tables:
-        """A copy of the tables, for `_restore`."""
-        return (
+    def snapshot(self) -> Snapshot:
+        """A copy of the tables (what is registered now), for `restore`."""
+        return Snapshot(
             {k: list(v) for k, v in self._entries.items()},
             {k: list(v) for k, v in self._aliases.items()},
             dict(self._namespaces),
         )
 
-    def _restore(self, saved: _Tables) -> None:
-        """Put back the tables copied by `_save`."""
-        entries, aliases, namespaces = saved
-        self._entries = {k: list(v) for k, v in entries.items()}
-        self._aliases = {k: list(v) for k, v in aliases.items()}
-        self._namespaces = dict(namespaces)
+    def restore(self, saved: Snapshot) -> None:
+        """Put back the tables a `snapshot` copied (registrations made since are undone)."""
+        self._entries = {k: list(v) for k, v in saved.entries.items()}
+        self._aliases = {k: list(v) for k, v in saved.aliases.items()}
+        self._namespaces = dict(saved.namespaces)
 
     # -- lookup -------------------------------------------------------------------------------
     def entry(self, name: str, task: str | Sequence[str] | None = None) -> Entry:
@@ -147,9 +179,7 @@ class Registry:
 
         `task` may be a sequence (a task and the tasks it derives from): the first that has `name` wins.
         """
-        from visionkit.plugins import load_plugins
-
-        load_plugins()
+        discover()
         if task is not None and not isinstance(task, str):
             scopes = [self._task_name(t) for t in task]
             for scope in scopes:
@@ -193,9 +223,7 @@ class Registry:
         found = TASKS._lookup(task)
         if found:
             return found[0].name
-        from visionkit.plugins import loading
-
-        if loading():
+        if discovering():
             return task  # a plugin imported during discovery may name a task registered later in the order
         known = TASKS.names() + list(TASKS._aliases)
         raise ConfigError(
@@ -212,16 +240,12 @@ class Registry:
         return self.entry(name).name
 
     def __contains__(self, name: object) -> bool:
-        from visionkit.plugins import load_plugins
-
-        load_plugins()
+        discover()
         return isinstance(name, str) and bool(self._lookup(name))
 
     def names(self, task: str | None = None) -> list[str]:
         """Sorted canonical names, optionally only those serving `task` (or every task)."""
-        from visionkit.plugins import load_plugins
-
-        load_plugins()
+        discover()
         task = self._task_name(task)
         return sorted(n for n, group in self._entries.items() if any(_serves(e, task) for e in group))
 
@@ -229,9 +253,10 @@ class Registry:
         """Return a copy of the metadata registered with a name or alias (an empty dict when none)."""
         return dict(self.entry(name, task).metadata)
 
-    def entries(self) -> list[Entry]:
-        """Every entry, sorted by name (namespaces last)."""
-        self.names()
+    def entries(self, discover_first: bool = True) -> list[Entry]:
+        """Every entry, sorted by name (namespaces last); `discover_first=False` lists what is registered now."""
+        if discover_first:
+            discover()
         return [e for n in sorted(self._entries) for e in self._entries[n]] + list(self._namespaces.values())
 
     # -- building -----------------------------------------------------------------------------
@@ -254,8 +279,6 @@ class Registry:
 
 def _announce_overrides(kind: str, entry: Entry, key: str, replaced: list[tuple[str, Entry]]) -> None:
     """Say on stderr which component of another module an `override=True` registration replaces."""
-    from visionkit.plugins import warn
-
     done: list[Entry] = []
     for label, old in replaced:
         if old.module == entry.module or not _absent(old, done):
@@ -278,12 +301,7 @@ def _where(entry: Entry) -> str:
 
 def registered_entries() -> frozenset[tuple[str, int]]:
     """Identity marks of every entry and namespace of every registry (to tell whether an import added any)."""
-    marks = set()
-    for kind, registry in ALL.items():
-        for group in registry._entries.values():
-            marks.update((kind, id(e)) for e in group)
-        marks.update((kind, id(e)) for e in registry._namespaces.values())
-    return frozenset(marks)
+    return frozenset((kind, id(e)) for kind, registry in ALL.items() for e in registry.entries(discover_first=False))
 
 
 def _overlap(a: Entry, b: Entry) -> bool:
@@ -304,13 +322,23 @@ def _absent(entry: Entry, entries: list[Entry]) -> bool:
 @contextmanager
 def rollback_on_error() -> Iterator[None]:
     """Undo every registration made inside the block when it raises (e.g. a plugin failing half-way)."""
-    saved = {kind: registry._save() for kind, registry in ALL.items()}
+    saved = snapshot_all()
     try:
         yield
     except BaseException:
-        for kind, registry in ALL.items():
-            registry._restore(saved[kind])
+        restore_all(saved)
         raise
+
+
+def snapshot_all() -> dict[str, Snapshot]:
+    """A snapshot of every registry, by kind (for `restore_all`)."""
+    return {kind: registry.snapshot() for kind, registry in ALL.items()}
+
+
+def restore_all(saved: Mapping[str, Snapshot]) -> None:
+    """Put back every registry a `snapshot_all` copied."""
+    for kind, registry in ALL.items():
+        registry.restore(saved[kind])
 
 
 def _bind_first(fn: Callable[..., Any], first: str) -> Callable[..., Any]:

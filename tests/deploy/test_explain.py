@@ -14,8 +14,8 @@ from sklearn.datasets import load_digits
 import visionkit
 from tests.conftest import run_tool
 from tests.tasks.segmentation.conftest import write_folder_dataset
+from visionkit.cli.deploy import explain_main
 from visionkit.config import CONFIG_ROOT
-from visionkit.deploy.commands import explain_main
 from visionkit.deploy.explain import Explainer, explain
 from visionkit.deploy.explain_layers import FeatureMap
 from visionkit.errors import ConfigError
@@ -24,8 +24,6 @@ from visionkit.registry import MODELS
 CANVAS, DIGIT = 32, 8  # 8x8 scikit-learn digits pasted at a random place on a blank 32x32 canvas
 HELD_OUT = 20
 ENV = {"OMP_NUM_THREADS": "1"}  # tiny models: a second thread only spins on a busy 2-core machine
-
-
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from torch import nn
 import visionkit
 from tests.conftest import TINY_CLS, merged
 from tests.tasks.segmentation.test_end_to_end import TINY as SEG_TINY_RUN
-from visionkit.deploy.commands import export_main
+from visionkit.cli.deploy import export_main
 from visionkit.deploy.export import export_model
 from visionkit.deploy.parity import ExportCheckError
 from visionkit.registry import MODELS
@@ -121,7 +121,7 @@ def test_segmentation_export_runs_any_image_size(tmp_path: Path) -> None:
         assert a.shape == (got["size"][1], got["size"][0]) and (a == b).all()
 
 
-@pytest.mark.parametrize("config", [None, "visionkit/configs/gen/dcgan.yaml"])
+@pytest.mark.parametrize("config", [None, "configs/gen/dcgan.yaml"])
 def test_generation_networks_export_and_predict_says_use_the_checkpoint(tmp_path: Path, config, capsys) -> None:
     tiny = ["data.image_size=8", "data.batch_size=16", "data.num_workers=0", "data.repeat=1", "model.width=8"]
     tiny += ["trainer.max_steps=2", "trainer.progress=false", "generation.eval_samples=8", "generation.grid_samples=4"]
@@ -168,7 +168,7 @@ def test_dynamo_exporter_matches_too(cls_run: Path, tmp_path: Path) -> None:
 
 
 def test_missing_optional_libraries_name_the_extra(cls_run: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    from visionkit.deploy.commands import explain_main
+    from visionkit.cli.deploy import explain_main
 
     monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)  # grad-cam not installed
     assert explain_main([str(cls_run), str(_digit_pngs(tmp_path / "in", 1)), "--out", str(tmp_path / "e")]) == 2
@@ -195,7 +195,7 @@ def test_an_export_at_another_size_predicts_at_that_size(cls_run: Path, tmp_path
 
 
 def test_profile_takes_overrides_for_a_task_and_refuses_them_for_a_checkpoint(cls_run: Path, tmp_path, capsys) -> None:
-    from visionkit.deploy.commands import profile_main
+    from visionkit.cli.deploy import profile_main
 
     args = ["--batch", "1", "--iters", "2", "--no-compile", "--no-onnx", "--out", str(tmp_path)]
     assert profile_main(["--task", "cls", *TINY_CLS, *args]) == 0

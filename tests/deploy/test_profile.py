@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tests.conftest import run_tool
-from visionkit.deploy.commands import profile_main
+from visionkit.cli.deploy import profile_main
 from visionkit.deploy.profile import Target, measure
 
 

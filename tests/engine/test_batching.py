@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, Subset
 
 import visionkit
 from tests.conftest import ROOT, TINY_CLS, merged
-from visionkit.config import load_config
+from visionkit import load_config
 from visionkit.engine import batching
 from visionkit.engine.checkpoint import load_checkpoint, rng_state
 from visionkit.engine.loader import BalancedBatchSampler, class_labels
@@ -68,7 +68,7 @@ def test_auto_batch_size_is_logged_recorded_and_leaves_the_run_unchanged(tmp_pat
 def test_a_probe_restores_weights_buffers_modes_and_rngs() -> None:
     cfg = load_config(None, merged(*EXACT, "data.batch_size=16"), task="cls")
     trainer = Trainer(cfg, write=False)
-    trainer._setup()
+    trainer.setup()
     trainer.module.eval()  # a mode the trials must not leave behind
     before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
     rng = rng_state()
@@ -93,7 +93,7 @@ def test_candidate_sizes_stop_at_the_data_and_the_effective_batch() -> None:
 def _setup(overrides: list[str]) -> Trainer:
     cfg = load_config(None, merged(*TINY_CLS, "trainer.num_threads=1", *overrides), task="cls")
     trainer = Trainer(cfg, write=False)
-    trainer._setup()
+    trainer.setup()
     return trainer
 
 
@@ -253,7 +253,7 @@ def test_auto_batch_size_on_a_gpu_finds_the_memory_edge(tmp_path: Path, capsys) 
             None, merged(*TINY_CLS, *gpu, "data.batch_size=16", "data.train.val_fraction=0.05"), task="cls"
         )
         trainer = Trainer(cfg, write=False)
-        trainer._setup()
+        trainer.setup()
         before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
         cuda_rng = torch.cuda.get_rng_state()
         allocated = torch.cuda.memory_allocated()

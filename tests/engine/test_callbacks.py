@@ -9,7 +9,7 @@ import pytest
 
 import visionkit
 from tests.engine.toy_task import register
-from visionkit.engine.callbacks import Callback
+from visionkit import Callback
 from visionkit.errors import ConfigError
 from visionkit.registry import CALLBACKS
 

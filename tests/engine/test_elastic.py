@@ -67,20 +67,19 @@ def test_restart_resumes_its_work_dir_and_a_new_launch_does_not(tmp_path, monkey
     _set_env(monkeypatch, _torchrun_env(restart=0))
     work.mkdir()
     elastic.mark_run_dir(work)  # rank 0 of the first attempt, once the dir exists
-    assert elastic.elastic_resume(None, None, [], "cls", work) == (None, work)  # nothing saved yet: start it again
+    assert elastic.elastic_resume(None, str(work), "classification") == (None, work)  # nothing saved: start it again
     last = _run_with_checkpoint(work)
     _set_env(monkeypatch, _torchrun_env(restart=1))
-    assert elastic.elastic_resume(None, None, [], "cls", work) == (last, work)
-    assert elastic.elastic_resume(None, None, [f"work_dir={work}"], "cls", None) == (last, None)
+    assert elastic.elastic_resume(None, str(work), "classification") == (last, None)
     best = work / "checkpoints" / "best.pt"  # the launch began with --resume .../best.pt: not back to it
-    assert elastic.elastic_resume(best, None, [], "cls", None) == (last, None)
-    assert elastic.elastic_resume("auto", None, [], "cls", work) == (last, work)
+    assert elastic.elastic_resume(best, None, "classification") == (last, None)
+    assert elastic.elastic_resume("auto", str(work), "classification") == (last, None)
     elsewhere = tmp_path / "other" / "checkpoints" / "last.pt"  # a run this launch never wrote: as given
-    assert elastic.elastic_resume(elsewhere, None, [], "cls", None) == (elsewhere, None)
+    assert elastic.elastic_resume(elsewhere, None, "classification") == (elsewhere, None)
     _set_env(monkeypatch, _torchrun_env(agent="/tmp/torchelastic_new/none_1", restart=0))
-    assert elastic.elastic_resume(None, None, [], "cls", work) == (None, work)  # a new job: train() refuses the dir
+    assert elastic.elastic_resume(None, str(work), "classification") == (None, None)  # a new job: refused
     _set_env(monkeypatch, {})
-    assert elastic.elastic_resume(None, None, [], "cls", work) == (None, work)  # not under torchrun
+    assert elastic.elastic_resume(None, str(work), "classification") == (None, None)  # not under torchrun
 
 
 def test_restart_without_work_dir_finds_the_timestamped_run(tmp_path, monkeypatch, capsys) -> None:
@@ -92,15 +91,15 @@ def test_restart_without_work_dir_finds_the_timestamped_run(tmp_path, monkeypatc
     elastic.mark_run_dir(ours)
     (older / elastic.MARKER).write_text(json.dumps({**elastic.launch_identity(), "agent": "/tmp/torchelastic_old/n"}))
     _set_env(monkeypatch, _torchrun_env(restart=1))
-    assert elastic.elastic_resume(None, None, [], "cls", None) == (None, Path("runs/classification/20250101-000001"))
+    assert elastic.elastic_resume(None, None, "classification") == (None, Path("runs/classification/20250101-000001"))
     last = _run_with_checkpoint(ours)
-    resume, work_dir = elastic.elastic_resume(None, None, ["model.width=8"], "cls", None)
+    resume, work_dir = elastic.elastic_resume(None, None, "classification")
     assert (Path(resume).resolve(), work_dir) == (last, None)
     assert "torchrun restart of the workers: continuing the run in runs/classification/20250101-000001" in (
         capsys.readouterr().out
     )
     _set_env(monkeypatch, _torchrun_env(agent="/tmp/torchelastic_other/none_2", restart=1))
-    assert elastic.elastic_resume(None, None, [], "cls", None) == (None, None)  # another launch's runs are not ours
+    assert elastic.elastic_resume(None, None, "classification") == (None, None)  # another launch's runs are not ours
 
 
 def test_attempt_store_only_for_a_single_node_agent_store(monkeypatch) -> None:

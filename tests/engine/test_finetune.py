@@ -12,7 +12,7 @@ from torch import nn
 
 import visionkit
 from tests.conftest import TINY_CLS, merged
-from visionkit.engine.callbacks import Callback, LoopState
+from visionkit import Callback, LoopState
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
 from visionkit.engine.trainer import Trainer

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from torchvision import models as tv_models
 
 from tests.conftest import TINY_DATA
+from visionkit import load_config
 from visionkit.cli import train_main
-from visionkit.config import load_config
 from visionkit.data.facts import DataFacts
 from visionkit.engine.weights import hub_file, skip_pretrained, weights_reports
 from visionkit.errors import ConfigError

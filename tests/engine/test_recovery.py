@@ -17,7 +17,6 @@ from tests.conftest import ROOT, merged, run_tool
 from visionkit import plugins
 from visionkit.cli import train_main
 from visionkit.engine.checkpoint import load_checkpoint
-from visionkit.registry import CALLBACKS
 
 # About 180 training images in batches of 16: 12 updates per epoch, 3 epochs, a checkpoint every 4 updates.
 CFG = [
@@ -60,15 +59,14 @@ def _records(run: Path) -> list[dict]:
 @pytest.fixture(scope="module", autouse=True)
 def killer_plugin() -> Iterator[None]:
     """The killer callback importable here and in subprocesses; the registry is put back afterwards."""
-    saved, imported, user = CALLBACKS._save(), list(plugins._imported), list(plugins._user)
+    saved = plugins.snapshot()
     sys.path.insert(0, str(ROOT / "tests" / "engine"))
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
     sys.path.remove(str(ROOT / "tests" / "engine"))
     sys.modules.pop("vk_killer", None)
-    CALLBACKS._restore(saved)
-    plugins._imported[:], plugins._user[:] = imported, user
+    plugins.restore(saved)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from visionkit import Metric, StepContext, Task
 from visionkit.data.images import to_tensor
-from visionkit.engine.metrics import Metric
 from visionkit.registry import DATASETS, METRICS, MODELS, TASKS
-from visionkit.tasks.base import StepContext, Task
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from visionkit.engine.callbacks import Callback
+from visionkit import Callback
 from visionkit.registry import CALLBACKS
 
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from tests.conftest import ROOT, TINY_CLS, run_tool
-from visionkit.config import load_config
+from visionkit import load_config
 from visionkit.engine.trainer import Trainer
 from visionkit.errors import ConfigError
 from visionkit.tune.lr_finder import find_lr, lr_range_test, suggest_lr, zero_phase
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_tune_lr_on_digits_suggests_near_the_default_lr_and_leaves_no_run(tmp_path):
     """`tools/tune.py lr` on the digits default config: within 10x of its optimizer.lr; only the two files."""
-    default_lr = yaml.safe_load((ROOT / "visionkit/configs/cls/default.yaml").read_text())["optimizer"]["lr"]
+    default_lr = yaml.safe_load((ROOT / "configs/cls/default.yaml").read_text())["optimizer"]["lr"]
     out = tmp_path / "lr"
     proc = run_tool("tune", "lr", "cls/default.yaml", "--out", str(out), cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
@@ -41,7 +41,7 @@ def test_range_test_restores_model_optimizer_and_rng(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, TINY_CLS + ["optimizer.name=sgd", "optimizer.momentum=0.9"], task="cls")
     trainer = Trainer(cfg, write=False)
-    trainer._setup()
+    trainer.setup()
     before = {k: v.clone() for k, v in trainer.module.state_dict().items()}
     opt = trainer.optimizers["main"]
     lr_before = [g["lr"] for g in opt.param_groups]
@@ -84,7 +84,7 @@ def test_several_optimizers_are_refused(tmp_path):
 
 def test_bad_range_exits_2(tmp_path):
     """--min-lr above --max-lr: exit 2 with the two values."""
-    from visionkit.tune.commands import tune_main
+    from visionkit.cli.tune import tune_main
 
     assert tune_main(["lr", "--task", "cls", *TINY_CLS, "--min-lr", "1", "--max-lr", "0.1"]) == 2
 

@@ -12,7 +12,7 @@ import yaml
 
 from tests.conftest import TINY_DATA, merged
 from visionkit.cli import train_main
-from visionkit.tune.commands import tune_main
+from visionkit.cli.tune import tune_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

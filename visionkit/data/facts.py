@@ -7,10 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from visionkit.config import FACT_KEYS
 from visionkit.errors import ConfigError, DataError
-
-# Config keys under `data:` that declare a fact (a user may set them; the data fills what is left).
-FACT_KEYS = ("class_names", "num_classes", "channels", "image_size", "category_ids", "mean", "std")
 
 
 @dataclass
@@ -152,3 +150,18 @@ def resolve_facts(declared: DataFacts, train: DataFacts, val: DataFacts | None =
                 f"number, or one per channel (data.{key}: {[round(values[0], 4)] * facts.channels})."
             )
     return facts
+
+
+def facts_kwargs(facts: DataFacts) -> dict[str, Any]:
+    """The data facts as keyword arguments offered to builders (a builder takes the ones it names)."""
+    return {
+        "num_classes": facts.num_classes,
+        "class_names": facts.names if facts.num_classes else facts.class_names,
+        "channels": facts.channels,
+        "in_chans": facts.channels,
+        "image_size": facts.image_size,
+        "category_ids": facts.category_ids,
+        "mean": facts.mean,
+        "std": facts.std,
+        **facts.extra,
+    }

@@ -23,8 +23,9 @@ from torch import nn
 from visionkit.data import walk_inputs
 from visionkit.data.images import as_rgb, save_image
 from visionkit.deploy.explain_layers import FeatureMap, probe, resolve_layer
-from visionkit.deploy.spec import device_of, require
-from visionkit.errors import ConfigError, did_you_mean
+from visionkit.engine.inference import load_model
+from visionkit.engine.precision import device_of
+from visionkit.errors import ConfigError, did_you_mean, require
 
 METHODS = ("gradcam", "gradcam++", "eigencam", "scorecam")
 FEATURE = "tools/explain.py"
@@ -309,8 +310,6 @@ def explain(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Write CAM overlays of a checkpoint on image files, folders or globs, and explain.json; return its content."""
-    from visionkit.api import load_model
-
     require("pytorch_grad_cam", FEATURE)
     if method not in METHODS:
         raise ConfigError(

@@ -15,8 +15,10 @@ import torch
 
 from visionkit.deploy.parity import ExportCheckError, check_parity, format_table
 from visionkit.deploy.runtime import ExportedSession, sidecar_path
-from visionkit.deploy.spec import ExportOptions, ExportSpec, require
-from visionkit.errors import ConfigError, VisionkitError
+from visionkit.engine.export_spec import ExportOptions, ExportSpec
+from visionkit.engine.inference import load_model
+from visionkit.errors import ConfigError, VisionkitError, require
+from visionkit.version import __version__
 
 DEFAULT_OPSET = 17  # the tracer's well-trodden opset; torch.export-based export needs 18 or later
 CHECK_IMAGES = 16  # validation images the parity check runs
@@ -117,9 +119,6 @@ def export_model(
     dynamo: bool = False,
 ) -> dict[str, Any]:
     """Export a checkpoint (or run folder) and check it; return the sidecar (plus 'path' and 'sidecar_path')."""
-    from visionkit import __version__
-    from visionkit.api import load_model
-
     if fmt not in FILE_NAMES:
         raise ConfigError(f"Export format {fmt!r} is unknown; choose one of {', '.join(FILE_NAMES)}.")
     if dynamo and fmt != "onnx":

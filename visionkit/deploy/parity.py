@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from visionkit.deploy.spec import CheckRow, ExportSpec
+from visionkit.engine.export_spec import CheckRow, ExportSpec
 
 
 class ExportCheckError(Exception):

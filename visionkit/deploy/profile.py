@@ -17,8 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from visionkit.deploy.spec import ExportOptions, ExportSpec, image_of, require
-from visionkit.errors import ConfigError
+from visionkit.config import load_config
+from visionkit.engine.export_spec import ExportOptions, ExportSpec, image_of
+from visionkit.engine.inference import load_model
+from visionkit.engine.precision import select_device
+from visionkit.engine.protocol import build_task
+from visionkit.errors import ConfigError, require
 
 OPSET = 17
 ONNX_FEATURE = "the onnxruntime column of tools/profile.py"
@@ -65,11 +69,8 @@ def build_untrained(
 
     Datasets are built as the trainer builds them, and only to resolve the data facts.
     """
-    from visionkit.config import load_config
-    from visionkit.registry import TASKS
-
     cfg = load_config(config, list(overrides), task=task)
-    built = TASKS.get(cfg["task"])(cfg)
+    built = build_task(cfg)
     data = cfg["data"]
     train = built.build_dataset("train") if data.get("train") is not None else None
     val = built.build_dataset("val") if data.get("val") is not None else None
@@ -342,8 +343,6 @@ def profile(
     out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Profile a checkpoint's model, or a config's / task default's randomly initialised one; writes profile.json."""
-    from visionkit.engine.precision import select_device
-
     if iters < 1:
         raise ConfigError(f"--iters must be at least 1, got {iters}.")
     if image_size is not None and image_size < 8:
@@ -354,8 +353,6 @@ def profile(
         require("onnxruntime", ONNX_FEATURE + " (or pass --no-onnx)")
     train = None
     if checkpoint is not None:
-        from visionkit.api import load_model
-
         built, model, cfg = load_model(checkpoint, overrides, device="cpu")
     else:
         built, model, cfg, train = build_untrained(config, task, overrides)

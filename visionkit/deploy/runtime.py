@@ -15,10 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from visionkit.deploy.spec import require
-from visionkit.errors import ConfigError
+from visionkit.config import load_config
+from visionkit.data.facts import DataFacts
+from visionkit.engine.contracts import ExportedModel as ExportedModel  # the default stand-in, re-exported here
+from visionkit.engine.predictor import Predictor
+from visionkit.engine.protocol import build_task
+from visionkit.errors import ConfigError, require
 
 EXPORTED_SUFFIXES = (".onnx", ".torchscript")
 
@@ -106,40 +109,13 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
-class ExportedModel(nn.Module):
-    """The eager model's stand-in for image-in, tensor-out tasks: `forward(x)` is the exported first output.
-
-    Inputs larger than a fixed export batch are run in chunks; an export with `--softmax` returns
-    log-probabilities, so code that applies softmax or argmax to logits gets the same answer.
-    """
-
-    def __init__(self, session: ExportedSession, sidecar: dict[str, Any]) -> None:
-        super().__init__()
-        self.session = session
-        batch = sidecar["inputs"][0]["shape"][0]
-        self.fixed_batch = batch if isinstance(batch, int) else None
-        self.probabilities = bool(sidecar.get("export", {}).get("softmax"))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The exported model's first output for a batch of preprocessed inputs."""
-        step = self.fixed_batch or x.shape[0]
-        parts = [self.session.run(x[i : i + step])[0] for i in range(0, x.shape[0], step)]
-        out = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return out.clamp_min(1e-30).log() if self.probabilities else out
-
-
 def predict_exported(
     path: str | Path, inputs: Sequence[str | Path], out_dir: str | Path = "predictions", **options: Any
 ) -> dict[str, Any]:
     """tools/predict.py on an exported model: the task's preprocessing and output files, the exported network."""
-    from visionkit.config import load_config
-    from visionkit.data.facts import DataFacts
-    from visionkit.engine.predictor import Predictor
-    from visionkit.registry import TASKS
-
     sidecar, model_path = load_sidecar(path)
     cfg = load_config(sidecar["config"])  # imports the run's plugins, as the checkpoint path does
-    task = TASKS.get(sidecar["task"])(cfg)
+    task = build_task(cfg)
     task.facts = DataFacts.from_dict(sidecar["data"])
     if not sidecar.get("predict", True):
         raise ConfigError(

@@ -8,15 +8,18 @@ import gc
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from visionkit.engine import distributed as dist
 from visionkit.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
+from visionkit.engine.contracts import StepContext, Task
 from visionkit.engine.loader import build_loader, class_labels
 from visionkit.errors import ConfigError, VisionkitError
-from visionkit.tasks.base import StepContext
 
 START = 16  # the first batch size tried
 CPU_CAP, GPU_CAP = 1024, 8192  # the largest batch size tried
@@ -27,44 +30,65 @@ CPU_SECONDS = 0.5  # CPU: timed seconds per pair of sizes compared (within the r
 CPU_ROUNDS_MIN, CPU_ROUNDS_MAX = 3, 20
 
 
-def build_loaders(trainer: Any) -> None:
-    """Set the trainer's train_loader, sampler, val_loader and updates_per_epoch from `data:`.
+class TrialParts(Protocol):
+    """What a batch-size trial trains: the run's config, task, model, device, precision and training set."""
 
-    `data.batch_size: auto` is replaced in `trainer.cfg` by the chosen size and `data.effective_batch_size`
-    by the accumulation it needs (`trainer.accumulate`), so the resolved config.yaml records both.
-    """
-    d, t = trainer.cfg["data"], trainer.cfg["trainer"]
-    if len(trainer.train_set) == 0:
+    cfg: dict[str, Any]
+    task: Task
+    module: nn.Module
+    device: torch.device
+    autocast: Callable[[], Any]
+    train_set: Any
+
+
+@dataclass
+class Loaders:
+    """The run's data loaders and the batch settings they were built with (resolved from `data.batch_size: auto`
+    and `data.effective_batch_size`, for the run's config.yaml to record)."""
+
+    train: Any
+    sampler: Any
+    val: Any
+    batch_size: int
+    accumulate: int
+    updates_per_epoch: int
+
+
+def build_loaders(
+    parts: TrialParts, val_set: Any, resume: str | Path | None = None, say: Callable[[str], None] = print
+) -> Loaders:
+    """The train/val loaders from `data:`, probing `data.batch_size: auto` on `parts` (a resumed run keeps its
+    batch) and deriving `trainer.accumulate` from `data.effective_batch_size`; `parts.cfg` is left as it is."""
+    cfg = copy.deepcopy(parts.cfg)
+    d, t = cfg["data"], cfg["trainer"]
+    if len(parts.train_set) == 0:
         raise VisionkitError("The training set is empty; check data.train.")
-    labels = class_labels(trainer.train_set) if d["sampler"] == "balanced" else None
-    if d["batch_size"] == "auto" and trainer.resume:  # a resumed run keeps the batch it chose
-        adopt_saved_batch(load_checkpoint(trainer.resume)["config"], trainer.cfg)
+    labels = class_labels(parts.train_set) if d["sampler"] == "balanced" else None
+    if d["batch_size"] == "auto" and resume:  # a resumed run keeps the batch it chose
+        adopt_saved_batch(load_checkpoint(resume)["config"], cfg)
     if d["batch_size"] == "auto":
-        d["batch_size"], how = choose_batch_size(trainer)
-        trainer._print(f"data.batch_size auto -> {d['batch_size']} ({how})")
+        d["batch_size"], how = choose_batch_size(parts)
+        say(f"data.batch_size auto -> {d['batch_size']} ({how})")
     if d["effective_batch_size"]:
-        t["accumulate"] = accumulation_for(trainer.cfg, dist.world_size())
+        t["accumulate"] = accumulation_for(cfg, dist.world_size())
         effective = d["batch_size"] * t["accumulate"] * dist.world_size()
-        trainer._print(
+        say(
             f"trainer.accumulate -> {t['accumulate']} (data.effective_batch_size {d['effective_batch_size']}: "
             f"{d['batch_size']} x {t['accumulate']} x {dist.world_size()} rank(s) = {effective} per update)"
         )
     common = dict(
         batch_size=d["batch_size"],
         seed=t["seed"],
-        collate=trainer.task.collate,
+        collate=parts.task.collate,
         num_workers=d["num_workers"],
         rank=dist.rank(),
         world=dist.world_size(),
-        pin_memory=trainer.device.type == "cuda",
+        pin_memory=parts.device.type == "cuda",
     )
-    trainer.train_loader, trainer.sampler = build_loader(
-        trainer.train_set, shuffle=True, train=True, labels=labels, **common
-    )
-    trainer.val_loader = None
-    if trainer.val_set is not None:
-        trainer.val_loader, _ = build_loader(trainer.val_set, shuffle=False, train=False, **common)
-    trainer.updates_per_epoch = math.ceil(len(trainer.sampler) / t["accumulate"])
+    train, sampler = build_loader(parts.train_set, shuffle=True, train=True, labels=labels, **common)
+    val = build_loader(val_set, shuffle=False, train=False, **common)[0] if val_set is not None else None
+    updates = math.ceil(len(sampler) / t["accumulate"])
+    return Loaders(train, sampler, val, d["batch_size"], t["accumulate"], updates)
 
 
 def accumulation_for(cfg: Mapping[str, Any], world: int) -> int:
@@ -94,7 +118,7 @@ def adopt_saved_batch(saved: Mapping[str, Any], cfg: dict[str, Any]) -> None:
 
 
 # -- data.batch_size: auto ---------------------------------------------------------------------------
-def choose_batch_size(trainer: Any) -> tuple[int, str]:
+def choose_batch_size(trainer: TrialParts) -> tuple[int, str]:
     """Probe batch sizes on rank 0 (every rank gets its answer): the size and a note on how it was chosen."""
     result: tuple[int, str] | None = None
     error: BaseException | None = None
@@ -125,7 +149,7 @@ def candidate_sizes(cfg: Mapping[str, Any], train_size: int, world: int, cap: in
     return sizes or [max(1, limit)]
 
 
-def probe_batch_size(trainer: Any) -> tuple[int, str]:
+def probe_batch_size(trainer: TrialParts) -> tuple[int, str]:
     """Try real training steps at growing batch sizes; the trainer's model, RNGs and task are left as found."""
     cuda = trainer.device.type == "cuda"
     sizes = candidate_sizes(trainer.cfg, len(trainer.train_set), dist.world_size(), GPU_CAP if cuda else CPU_CAP)
@@ -136,7 +160,7 @@ def probe_batch_size(trainer: Any) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def untouched(trainer: Any) -> Iterator[None]:
+def untouched(trainer: TrialParts) -> Iterator[None]:
     """Run trials that leave no trace: weights, buffers (BatchNorm statistics), train/eval modes, gradients,
     the task's state and the python/numpy/torch/CUDA RNG streams are restored afterwards."""
     module, task = trainer.module, trainer.task
@@ -166,7 +190,7 @@ def _tensors(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 class Trial:
     """Forward and backward of the task's training step on a batch made of pooled training samples."""
 
-    def __init__(self, trainer: Any, pool: list[Any]) -> None:
+    def __init__(self, trainer: TrialParts, pool: list[Any]) -> None:
         self.trainer, self.pool = trainer, pool
         self.task, self.module, self.device = trainer.task, trainer.module, trainer.device
         self.names = list(self.task.optimizer_groups(self.module))

@@ -9,8 +9,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from visionkit.engine.elastic import mark_run_dir as mark_run_dir  # the trainer marks its run dir for torchrun restarts
-
 
 def is_distributed() -> bool:
     """True inside an initialised process group."""

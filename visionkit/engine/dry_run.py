@@ -9,18 +9,20 @@ pass becomes a ConfigError naming the layer, both sizes and the config key to ch
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from visionkit.engine.shape_errors import explain
-from visionkit.tasks.base import StepContext
+from visionkit.config import load_config
+from visionkit.engine.contracts import StepContext
+from visionkit.engine.metrics import run_validation
+from visionkit.engine.shape_errors import translated_shape_errors
+from visionkit.engine.trainer import Trainer
 
 MAX_ROWS = 40  # model summary rows; deeper levels are shown only while they fit
 MAX_DEPTH = 3
@@ -40,27 +42,17 @@ def dry_run(
     Returns the summaries as a dict (model, data, train, validation, optimizers, seconds); `out=None` prints nothing.
     A shape/channel mismatch raises ConfigError naming the layer, what it expected and got, and the key to change.
     """
-    from visionkit.config import load_config
-    from visionkit.engine.trainer import Trainer
-
     start = time.perf_counter()
     cfg = load_config(config, list(overrides), task=task)
     if work_dir is not None:
         cfg["work_dir"] = str(work_dir)
-    trainer = Trainer(cfg, write=False)
-    try:
-        with translated_shape_errors(trainer):
-            trainer._setup()  # write=False: no run folder, no config.yaml
-            built = time.perf_counter()
-            recorder = OutputRecorder(trainer.module)
-            with recorder:
-                batch, train = _training_batch(trainer)
-            validation = _validation_batch(trainer)
-    finally:
-        if trainer.owns_process_group:
-            from visionkit.engine import distributed as dist
-
-            dist.destroy_process_group()
+    trainer = Trainer(cfg, write=False)  # no run folder, no config.yaml
+    with translated_shape_errors(trainer), trainer:
+        built = time.perf_counter()
+        recorder = OutputRecorder(trainer.module)
+        with recorder:
+            batch, train = _training_batch(trainer)
+        validation = _validation_batch(trainer)
     report = {
         "task": cfg["task"],
         "model": model_summary(trainer.module, recorder),
@@ -75,20 +67,6 @@ def dry_run(
         for line in format_report(report):
             out(line)
     return report
-
-
-@contextlib.contextmanager
-def translated_shape_errors(trainer: Any) -> Iterator[None]:
-    """Turn a shape/channel error raised in a forward pass into a ConfigError naming the layer and the key."""
-    try:
-        yield
-    except (RuntimeError, ValueError) as exc:
-        task = getattr(trainer, "task", None)
-        loss = getattr(task, "loss_fn", None) if task is not None else None
-        error = explain(exc, trainer.cfg, getattr(trainer, "facts", None), getattr(trainer, "module", None), loss)
-        if error is None:
-            raise
-        raise error from None
 
 
 class OutputRecorder:
@@ -255,8 +233,12 @@ def data_summary(trainer: Any, batch: Any) -> dict[str, Any]:
     }
 
 
-def _training_batch(trainer: Any) -> tuple[Any, dict[str, Any]]:
-    """One training batch through every optimizer group: forward, loss, backward, one update (never saved)."""
+def _training_batch(trainer: Trainer) -> tuple[Any, dict[str, Any]]:
+    """One training batch through every optimizer group: forward, loss, backward, one update (never saved).
+
+    The update is the trainer's own (`trainer.updater`, as one whole update and with the loss checked), with the
+    gradient norm of each group read just before its optimizer steps.
+    """
     trainer.sampler.set_epoch(0, 0)
     trainer.module.train()
     t0 = time.perf_counter()
@@ -264,30 +246,24 @@ def _training_batch(trainer: Any) -> tuple[Any, dict[str, Any]]:
     loaded = time.perf_counter()
     batch = trainer.task.move_to_device(raw, trainer.device)
     ctx = StepContext(trainer.model, trainer.module, trainer.device, autocast=trainer.autocast)
-    multi = len(trainer.groups) > 1
-    losses: dict[str, dict[str, float]] = {}
     norms: dict[str, float] = {}
-    for name, group in trainer.groups.items():
-        ctx.optimizer = name
-        if multi:
-            trainer._toggle(name)
-        with trainer.autocast():
-            out = trainer.task.training_step(batch, ctx)
-        if out is None:
-            losses[name] = {}
-            continue
-        loss = out["loss"]
-        trainer.scaler.scale(loss).backward()
-        losses[name] = {k: float(v.detach().float()) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+
+    def read_norms(name: str) -> None:
+        params = trainer.groups[name].params
         scale = trainer.scaler.get_scale() if trainer.scaler.is_enabled() else 1.0
-        grads = [p.grad.detach().float().norm() for p in group.params if p.grad is not None]
+        grads = [p.grad.detach().float().norm() for p in params if p.grad is not None]
         norms[name] = float(torch.stack(grads).norm()) / scale if grads else 0.0
-        without = sum(1 for p in group.params if p.requires_grad and p.grad is None)
-        norms[f"{name}/params_without_grad"] = without
-        trainer._step_optimizer(name)  # checks the optimizer and schedule step; nothing is saved
-    if multi:
-        trainer._toggle(None)
-    trainer.scaler.update()
+        norms[f"{name}/params_without_grad"] = sum(1 for p in params if p.requires_grad and p.grad is None)
+
+    # Step 0: every group is due; one batch is a whole update here; the report says whether the loss was finite.
+    updater = trainer.updater.replace(
+        accumulate=1, finite_check="update", max_bad_steps=None, before_step=read_norms, warn=lambda message: None
+    )
+    updater.train_batch(batch, ctx, ends_update=True)
+    losses = {
+        name: {k: float(v.detach().float()) for k, v in (out or {}).items() if torch.is_tensor(v) and v.numel() == 1}
+        for name, out in updater.last_outputs.items()
+    }
     return raw, {
         "losses": losses,
         "grad_norm": norms,
@@ -297,25 +273,16 @@ def _training_batch(trainer: Any) -> tuple[Any, dict[str, Any]]:
     }
 
 
-def _validation_batch(trainer: Any) -> dict[str, Any] | None:
+def _validation_batch(trainer: Trainer) -> dict[str, Any] | None:
     """One validation batch through `task.validation_step` and the evaluator (EMA weights when kept)."""
     if trainer.val_loader is None:
         return None
     t0 = time.perf_counter()
     model = trainer.ema.model.module if trainer.ema is not None else trainer.module
-    was_training = model.training
-    model.eval()
     ctx = StepContext(model, model, trainer.device, autocast=trainer.autocast)
-    trainer.evaluator.reset()
-    batch = trainer.task.move_to_device(next(iter(trainer.val_loader)), trainer.device)
-    with torch.no_grad(), trainer.autocast():
-        outputs = trainer.task.validation_step(batch, ctx)
-    trainer.evaluator.update(outputs, trainer.task.batch_size(batch))
-    scalars, _ = trainer.evaluator.compute()
-    trainer.evaluator.reset()
-    model.train(was_training)
+    scalars, _ = run_validation(trainer.task, model, trainer.val_loader, trainer.evaluator, ctx, max_batches=1)
     return {
-        "batch_size": trainer.task.batch_size(batch),
+        "batch_size": min(trainer.cfg["data"]["batch_size"], len(trainer.val_set)),
         "metrics": scalars,
         "monitor": trainer.monitor,
         "seconds": round(time.perf_counter() - t0, 3),

@@ -12,11 +12,9 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from visionkit.errors import VisionkitError
 
 MARKER = "launch.json"
 
@@ -83,42 +81,24 @@ def find_launch_dir(me: Mapping[str, Any], work_dir: str | None, task: str, runs
     return None
 
 
-def elastic_resume(
-    resume: str | Path | None,
-    config: Any,
-    overrides: Sequence[str],
-    task: str | None,
-    work_dir: str | Path | None,
-) -> tuple[str | Path | None, str | Path | None]:
-    """`(resume, work_dir)` for api.train: under a torchrun restart, this launch's run dir and its last.pt.
+def elastic_resume(resume: str | Path | None, work_dir: str | None, task: str) -> tuple[str | Path | None, Path | None]:
+    """Under a torchrun restart: (this launch's last.pt, or `resume` unchanged; the run dir to reuse, or None).
 
-    Outside torchrun, or when no earlier attempt of this launch left a run dir, both are returned unchanged (a
-    first start, or a restart killed before its run dir existed, starts as the command line says). A launch that
-    began with `--resume PATH` continues from the run's newer last.pt once it saved one, not from PATH again.
+    `work_dir` is the run's chosen folder (--work-dir, a work_dir= override or the config's), None for
+    runs/<task>/<time>. Outside torchrun, or when no earlier attempt of this launch left a run dir, `resume` comes
+    back unchanged (a first start, or a restart killed before its run dir existed, starts as the command line
+    says). A launch that began with `--resume PATH` continues from the run's newer last.pt once it saved one.
+    A restart killed before its first checkpoint reuses the run dir it made (the second value).
     """
     me = launch_identity()
     if me is None:
-        return resume, work_dir
-    chosen = str(work_dir) if work_dir is not None else None
-    if chosen is None:  # --work-dir wins over a work_dir= override, as in train()
-        from visionkit.config import parse_overrides
-
-        chosen = parse_overrides([o for o in overrides if o.startswith("work_dir=")]).get("work_dir")
-        chosen = str(chosen) if chosen is not None else None
+        return resume, None
+    chosen = work_dir
     explicit = resume is not None and str(resume) != "auto"
     if explicit and chosen is None:  # the run a resume continues: the checkpoint's run dir
         path = Path(str(resume))
         chosen = str(path if path.is_dir() else path.parent.parent)
-    elif chosen is None:
-        from visionkit.config import load_config
-
-        try:  # the config file's own work_dir, and the task's folder under runs/
-            cfg = load_config(config, list(overrides), task=task)
-        except VisionkitError:
-            return resume, work_dir  # train() reports the same error
-        chosen = cfg.get("work_dir") or None
-        task = cfg["task"]
-    run_dir = find_launch_dir(me, chosen, task or "")
+    run_dir = find_launch_dir(me, chosen, task)
     rank0 = os.environ.get("RANK", "0") == "0"
     if run_dir is None:
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
@@ -129,13 +109,11 @@ def elastic_resume(
                 "filesystem.",
                 flush=True,
             )
-        return resume, work_dir
+        return resume, None
     last = run_dir / "checkpoints" / "last.pt"
     if explicit and not last.is_file():
-        return resume, work_dir  # nothing newer than the checkpoint the launch started from
+        return resume, None  # nothing newer than the checkpoint the launch started from
     if rank0:
         what = f"resuming from {last}" if last.is_file() else "no checkpoint yet, starting it again"
         print(f"torchrun restart of the workers: continuing the run in {run_dir} ({what})", flush=True)
-    if last.is_file():
-        return last, work_dir
-    return None, work_dir if work_dir is not None else run_dir
+    return (last, None) if last.is_file() else (None, run_dir)

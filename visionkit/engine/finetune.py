@@ -9,34 +9,16 @@ too). Whether the parameters are frozen is derived from the epoch, so a resume a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Any
 
 from torch import nn
 
-from visionkit.engine.callbacks import Callback, LoopState
-from visionkit.errors import ConfigError, did_you_mean
+from visionkit.engine import distributed as dist
+from visionkit.engine.patterns import name_matches, unmatched_pattern_message
+from visionkit.errors import ConfigError
 
 FREEZE_ATTR = "_visionkit_freeze"  # the FreezeState apply_freeze leaves on the model
-
-
-def name_matches(name: str, patterns: str | Iterable[str]) -> bool:
-    """Whether a parameter name matches a fnmatch-style pattern, or lies under a module named by one."""
-    patterns = [patterns] if isinstance(patterns, str) else patterns
-    return any(fnmatchcase(name, p) or fnmatchcase(name, p + ".*") for p in patterns)
-
-
-def unmatched_pattern_message(key: str, pattern: str, names: Sequence[str]) -> str:
-    """A ConfigError message for a pattern that matches no parameter, with nearby and sample names."""
-    modules = sorted({n.rsplit(".", i)[0] for n in names for i in range(1, n.count(".") + 1)})
-    hint = did_you_mean(pattern.rstrip("*").rstrip("."), [*modules, *names])
-    sample = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-    return (
-        f"{key} pattern {pattern!r} matches no parameter of the model.{hint} Patterns are fnmatch-style over "
-        f"parameter names (e.g. 'features.*') or a module name (e.g. 'features'); the names are: {sample}."
-    )
 
 
 def freeze_patterns(cfg: dict[str, Any]) -> list[str]:
@@ -116,8 +98,6 @@ def apply_freeze(module: nn.Module, cfg: dict[str, Any]) -> None:
         p.register_post_accumulate_grad_hook(_frozen_grad_hook(state))
     state.set_frozen(True)
     setattr(module, FREEZE_ATTR, state)
-    from visionkit.engine import distributed as dist
-
     if dist.is_main():
         count = sum(p.numel() for p in state.params)
         until = cfg["trainer"].get("unfreeze_at")
@@ -157,41 +137,3 @@ def _human(count: int) -> str:
         if count >= size:
             return f"{count / size:.1f}{unit}"
     return str(count)
-
-
-class Unfreeze(Callback):
-    """Trains the `model.freeze` parameters again from epoch `unfreeze_at` (derived from the epoch on resume)."""
-
-    order = 20  # before user callbacks, so they see the epoch's trainable parameters
-
-    def __init__(self, state: FreezeState, epoch: int) -> None:
-        self.state, self.epoch = state, epoch
-
-    def on_fit_start(self, state: LoopState) -> None:
-        """Set the frozen state the (possibly resumed) epoch implies."""
-        self.state.set_frozen(state.epoch < self.epoch)
-
-    def on_epoch_start(self, state: LoopState) -> None:
-        """Unfreeze when epoch `unfreeze_at` begins."""
-        if self.state.frozen and state.epoch >= self.epoch:
-            self.state.set_frozen(False)
-            if state.is_main:
-                print(f"epoch {state.epoch}: unfroze {len(self.state.params)} tensors ({self.state.patterns})")
-
-
-def finetune_callbacks(cfg: dict[str, Any], module: nn.Module) -> list[Any]:
-    """Callbacks fine-tuning needs (e.g. unfreezing at `trainer.unfreeze_at`)."""
-    epoch = cfg["trainer"].get("unfreeze_at")
-    state = getattr(module, FREEZE_ATTR, None)
-    if epoch is None or state is None:
-        return []
-    from visionkit.engine import distributed as dist
-
-    if dist.is_distributed():
-        # DDP only synchronises the parameters that required gradients when it was built.
-        raise ConfigError(
-            "trainer.unfreeze_at is not supported with several processes (torchrun) yet: DistributedDataParallel "
-            "would not synchronise the unfrozen parameters. Train on one process, or run the frozen phase and "
-            "then a second run without model.freeze."
-        )
-    return [Unfreeze(state, epoch)]

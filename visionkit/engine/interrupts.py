@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from visionkit.engine import distributed as dist
-from visionkit.engine.callbacks import Callback, Checkpointer, LoopState
+from visionkit.engine.callbacks import Checkpointer
+from visionkit.engine.events import Callback, LoopState
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 

@@ -1,13 +1,13 @@
-"""Evaluation in the core: the Metric protocol, building metrics from the config, validation-loss averaging.
+"""Evaluation in the core: the validation pass, validation-loss averaging, and monitor rules.
 
-Every metric is a `torchmetrics.Metric` (reset/update/compute, one cross-rank reduction path, `compute()`
-cached and safe to call twice). A visionkit metric's `update` takes the dict a task's `validation_step`
-returns; its `compute` returns a dict: numbers become `val/<key>` scalars, anything else (tables, lists)
-goes to summary.json.
+Every metric is a `visionkit.Metric` (`visionkit.engine.contracts`), a `torchmetrics.Metric` whose `update`
+takes the dict a task's `validation_step` returns. The evaluator feeds those dicts to every metric and
+averages `val/loss` one way for every task.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -15,66 +15,13 @@ from typing import Any
 
 import torch
 import torchmetrics
+from torch import nn
 
-from visionkit.data.facts import DataFacts
-from visionkit.errors import ConfigError
-
-
-class Metric(torchmetrics.Metric):
-    """Base class of visionkit metrics: `update(outputs)` reads a validation step's outputs by key."""
-
-    full_state_update = False
-    inputs: tuple[str, ...] = ()  # keys of the validation step's outputs this metric reads
-
-    def update(self, outputs: Mapping[str, Any]) -> None:  # type: ignore[override]
-        """Add one batch of a validation step's outputs."""
-        raise NotImplementedError
-
-    def compute(self) -> dict[str, Any]:  # type: ignore[override]
-        """Scores over everything added since the last reset, reduced over every rank."""
-        raise NotImplementedError
-
-
-def facts_kwargs(facts: DataFacts) -> dict[str, Any]:
-    """The data facts as keyword arguments offered to builders (a builder takes the ones it names)."""
-    return {
-        "num_classes": facts.num_classes,
-        "class_names": facts.names if facts.num_classes else facts.class_names,
-        "channels": facts.channels,
-        "in_chans": facts.channels,
-        "image_size": facts.image_size,
-        "category_ids": facts.category_ids,
-        "mean": facts.mean,
-        "std": facts.std,
-        **facts.extra,
-    }
-
-
-def build_metrics(specs: Sequence[Any] | None, scopes: Sequence[str], offered: Mapping[str, Any]) -> list[Metric]:
-    """Build each `metrics:` entry (a name or {name: ..., options}) from the METRICS registry."""
-    from visionkit.registry import METRICS
-
-    if specs is None:
-        return []
-    if not isinstance(specs, (list, tuple)):
-        raise ConfigError(
-            f"'metrics' must be a list of metric names or {{name: ..., options}} mappings, got {specs!r}."
-        )
-    metrics = []
-    for i, spec in enumerate(specs):
-        name = spec if isinstance(spec, str) else spec.get("name") if isinstance(spec, Mapping) else spec
-        try:
-            metric = METRICS.build(spec, key=f"metrics[{i}]", task=list(scopes), **offered)
-        except (TypeError, ValueError) as exc:  # a builder's own check of its options
-            raise ConfigError(f"metrics[{i}] '{name}' cannot be built with these options: {exc}") from exc
-        if not isinstance(metric, torchmetrics.Metric):
-            raise ConfigError(
-                f"metric '{name}' built a {type(metric).__name__}, not a visionkit.engine.metrics.Metric "
-                "(a torchmetrics.Metric whose update takes the validation step's output dict)."
-            )
-        metrics.append(metric)
-    return metrics
-
+from visionkit.data.batches import to_device
+from visionkit.engine import contracts
+from visionkit.engine.checkpoint import rng_state, set_rng_state
+from visionkit.engine.contracts import StepContext, Task
+from visionkit.errors import VisionkitDeprecationWarning
 
 LOWER_IS_BETTER = ("loss", "fd", "error", "mae", "mse", "distance")
 
@@ -93,23 +40,6 @@ def improves(value: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return True
     return value > best if mode == "max" else value < best
-
-
-def batch_size_of(batch: Any, _nested: bool = False) -> int:
-    """Samples in a batch: dim 0 of its first tensor, or the length of a nested list of per-sample tensors.
-
-    `(images, labels)` and `{"image": images, ...}` count images.shape[0]; `([img, img], [target, target])`
-    (detection-style lists) counts 2.
-    """
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.dim() else 1
-    if isinstance(batch, Mapping) and batch:
-        return batch_size_of(next(iter(batch.values())), True)
-    if isinstance(batch, (list, tuple)) and batch:
-        if _nested and isinstance(batch[0], torch.Tensor):
-            return len(batch)  # a list of per-sample tensors inside the batch
-        return batch_size_of(batch[0], True)
-    return 1
 
 
 class WeightedMean(torchmetrics.Metric):
@@ -140,7 +70,7 @@ class Evaluator:
     per-sample mean over the whole validation set (over every rank).
     """
 
-    def __init__(self, metrics: Sequence[Metric], device: torch.device | str = "cpu") -> None:
+    def __init__(self, metrics: Sequence[torchmetrics.Metric], device: torch.device | str = "cpu") -> None:
         self.metrics = list(metrics)
         self.loss = WeightedMean()
         # Metric states are float64, which MPS lacks: there they live on the CPU and outputs are moved to them.
@@ -160,8 +90,6 @@ class Evaluator:
         if not outputs:
             return
         if self.move:
-            from visionkit.tasks.base import to_device
-
             outputs = to_device(outputs, self.device)
         loss = outputs.get("loss")
         if loss is not None:
@@ -187,3 +115,49 @@ class Evaluator:
         if weight > 0:
             scalars["val/loss"] = loss
         return scalars, extras
+
+
+def run_validation(
+    task: Task,
+    model: nn.Module,
+    loader: Any,
+    evaluator: Evaluator,
+    ctx: StepContext,
+    max_batches: int | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Run the task's validation steps over a loader (or its first `max_batches`); the evaluator's (scalars, extras).
+
+    With `max_batches` (e.g. 1, to learn which metrics a run has) the RNG streams and the metric state are
+    left as they were found.
+    """
+    saved = rng_state() if max_batches is not None else None
+    was_training = model.training
+    model.eval()
+    evaluator.reset()
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            batch = task.move_to_device(batch, ctx.device)
+            with (ctx.autocast or contextlib.nullcontext)():
+                outputs = task.validation_step(batch, ctx)
+            evaluator.update(outputs, task.batch_size(batch))
+            if max_batches is not None and i + 1 >= max_batches:
+                break
+    scalars, extras = evaluator.compute()
+    model.train(was_training)
+    if saved is not None:
+        evaluator.reset()
+        set_rng_state(saved)
+    return scalars, extras
+
+
+def __getattr__(name: str) -> Any:
+    """`Metric` lived here before the plugin API: it still resolves, with a DeprecationWarning."""
+    if name == "Metric":
+        warnings.warn(
+            "visionkit.engine.metrics.Metric moved: import it as visionkit.Metric (the plugin API, "
+            "visionkit.PLUGIN_API 2.0); the old name goes away in a later release.",
+            VisionkitDeprecationWarning,
+            stacklevel=2,
+        )
+        return contracts.Metric
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

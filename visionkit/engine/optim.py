@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
+from visionkit.engine.patterns import name_matches, unmatched_pattern_message
 from visionkit.errors import ConfigError, did_you_mean
 from visionkit.registry import check_kwargs
 
@@ -72,8 +73,6 @@ def parameter_groups(
     spec: Mapping[str, Any], cls: type, params: list[torch.nn.Parameter], names: Mapping[Any, str]
 ) -> list[dict[str, Any]]:
     """Split `params` into torch param groups by `spec.param_groups` and the no-decay rule (see build_optimizer)."""
-    from visionkit.engine.finetune import name_matches, unmatched_pattern_message
-
     entries = list(spec.get("param_groups") or [])
     if entries and not names:
         raise ConfigError("optimizer.param_groups needs the parameters' names; pass `names` to build_optimizer.")

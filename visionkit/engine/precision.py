@@ -1,4 +1,4 @@
-"""Device selection and mixed precision through `torch.amp`."""
+"""Devices (choosing one, finding a model's) and mixed precision through `torch.amp`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ def select_device(name: str) -> torch.device:
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ConfigError("trainer.device=mps but MPS is not available here; use trainer.device=cpu or auto.")
     return device
+
+
+def device_of(model: Any) -> torch.device:
+    """The device of a model's first parameter; the CPU for models without parameters (e.g. an ONNX session)."""
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

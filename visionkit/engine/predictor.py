@@ -9,6 +9,7 @@ image (e.g. a mask file beside it) or skip a file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,8 @@ from torch import nn
 
 from visionkit.data import walk_inputs
 from visionkit.data.images import save_image
-from visionkit.deploy.spec import device_of
+from visionkit.engine.contracts import Task
+from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError, did_you_mean
 
 CORE_OPTIONS = {"batch_size": 16, "progress": True}
@@ -53,8 +55,6 @@ def check_options(task: Any, options: Mapping[str, Any]) -> dict[str, Any]:
 
 def supports_predict(task: Any) -> bool:
     """True when the task implements `postprocess` (prediction on files) or `sample` (generation)."""
-    from visionkit.tasks.base import Task
-
     cls = type(task)
     return cls.postprocess is not Task.postprocess or cls.sample is not Task.sample
 
@@ -69,13 +69,15 @@ class Predictor:
     def run(self, inputs: Sequence[str | Path], out_dir: str | Path, options: Mapping[str, Any] | None = None) -> dict:
         """Predict every input (or sample, for a task that generates from nothing); return what was written."""
         task, out = self.task, Path(out_dir)
+        earlier = getattr(task, "predict_earlier", None)  # a task of the earlier protocol predicts by itself
+        done = earlier(self.model, [str(i) for i in inputs], out, dict(options or {})) if earlier else None
+        if done is not None:
+            return done
         if not supports_predict(task):
             raise ConfigError(
                 f"Task '{task.name}' does not implement prediction: it needs a `postprocess` method (and usually "
                 "`preprocess` and `draw`) on its Task class. See docs/plugins.md, 'Write a new task'."
             )
-        from visionkit.tasks.base import Task
-
         opts = check_options(task, options or {})
         if out.exists() and not out.is_dir():
             raise ConfigError(f"The output folder '{out}' is a file; pass a folder for --out.")
@@ -128,8 +130,6 @@ class Predictor:
         return records
 
     def _autocast(self) -> Any:
-        import contextlib
-
         return self.autocast() if self.autocast is not None else contextlib.nullcontext()
 
 

@@ -9,16 +9,18 @@ change (data.image_size, data.channels, model.<key>).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from visionkit.errors import ConfigError
+from visionkit.registry import MODELS
 
 # Fragments of PyTorch's messages for size mismatches in a layer (matmul, conv, norms, cat, broadcast, losses).
 SHAPE_MESSAGES = (
@@ -167,8 +169,6 @@ def _model_spec(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any], list[str]]
     given.pop("name", None)
     accepted: list[str] = []
     try:
-        from visionkit.registry import MODELS
-
         builder = MODELS.get(name, [cfg["task"]]) if cfg.get("task") else None
         if builder is not None:
             accepted = list(inspect.signature(builder).parameters)
@@ -249,24 +249,19 @@ def _image_channels_hint(
     )
 
 
-def explain_training_error(exc: BaseException) -> ConfigError | None:
-    """For an error out of `Trainer.fit`: the layer/key message when a forward failed before the first update."""
-    from visionkit.engine.trainer import Trainer
-
-    tb = exc.__traceback__
-    trainer = None
-    while tb is not None:
-        candidate = tb.tb_frame.f_locals.get("self")
-        if isinstance(candidate, Trainer):
-            trainer = candidate
-        tb = tb.tb_next
-    if trainer is None or trainer.step > 0:  # a mismatch after training started is not a config problem
-        return None
-    task = getattr(trainer, "task", None)
-    return explain(
-        exc,
-        trainer.cfg,
-        getattr(trainer, "facts", None),
-        getattr(trainer, "module", None),
-        getattr(task, "loss_fn", None),
-    )
+@contextlib.contextmanager
+def translated_shape_errors(trainer: Any) -> Iterator[None]:
+    """Turn a shape/channel error of a forward pass before the first update into a ConfigError naming the layer
+    and the key to change (`trainer` gives cfg, facts, module, task and state, when it has them yet)."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as exc:
+        state = getattr(trainer, "state", None)
+        if state is not None and state.step > 0:  # a mismatch after training started is not a config problem
+            raise
+        task = getattr(trainer, "task", None)
+        loss = getattr(task, "loss_fn", None) if task is not None else None
+        error = explain(exc, trainer.cfg, getattr(trainer, "facts", None), getattr(trainer, "module", None), loss)
+        if error is None:
+            raise
+        raise error from None

@@ -32,8 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from visionkit.config import load_config
+from visionkit.engine import distributed as dist
+from visionkit.engine.checkpoint import rng_state, set_rng_state
+from visionkit.engine.contracts import StepContext
+from visionkit.engine.trainer import Trainer
 from visionkit.errors import ConfigError
 
 
@@ -103,7 +107,7 @@ def zero_phase(values: Sequence[float], beta: float) -> list[float]:
     return smooth[n : n + len(x)]
 
 
-def _batches(trainer: Any) -> Iterator[Any]:
+def _batches(trainer: Trainer) -> Iterator[Any]:
     """The training loader's batches, epoch after epoch (each with its own shuffle)."""
     epoch = 0
     while True:
@@ -126,18 +130,14 @@ def check_range(min_lr: float, max_lr: float, steps: int) -> None:
 
 
 def lr_range_test(
-    trainer: Any,
+    trainer: Trainer,
     min_lr: float = 1e-7,
     max_lr: float = 10.0,
     steps: int = 100,
     smoothing: float = 0.9,
     diverge: float = 4.0,
 ) -> LRFinderResult:
-    """Run the range test on a set-up Trainer (`_setup()` done) and restore its model and optimizer after."""
-    from visionkit.engine import distributed as dist
-    from visionkit.engine.checkpoint import rng_state, set_rng_state
-    from visionkit.tasks.base import StepContext
-
+    """Run the range test on a set-up Trainer (`setup()` done) and restore its model and optimizer after."""
     check_range(min_lr, max_lr, steps)
     if len(trainer.optimizers) != 1:
         raise ConfigError(
@@ -161,8 +161,10 @@ def lr_range_test(
         "training": module.training,
         "sampler": (trainer.sampler.epoch, trainer.sampler.start),
     }
-    accumulate, clip = cfg["trainer"]["accumulate"], cfg["trainer"]["clip_grad"]
-    params = trainer.groups[name].params
+    accumulate = cfg["trainer"]["accumulate"]
+    # The run's own update (precision, clipping, accumulation, the finite check), with the lr set here instead of
+    # by the schedule; a non-finite loss skips the update, and ends the test below.
+    updater = trainer.updater.replace(schedulers=None, finite_check="update", max_bad_steps=None, warn=_quiet)
     ctx = StepContext(trainer.model, module, trainer.device, optimizer=name, autocast=trainer.autocast)
     factor = (max_lr / min_lr) ** (1 / (steps - 1))
     lrs: list[float] = []
@@ -176,33 +178,21 @@ def lr_range_test(
             lr = min_lr * factor**step
             for group, ratio in zip(opt.param_groups, ratios):
                 group["lr"] = lr * ratio
-            total, counted = 0.0, 0
-            for _ in range(accumulate):
+            ctx.step, counted = step, 0
+            for i in range(accumulate):
                 batch = next(batches, None)
                 if batch is None:
                     raise ConfigError("The training loader gave no batches; check data.train.")
                 batch = trainer.task.move_to_device(batch, trainer.device)
-                ctx.step = step
-                with trainer.autocast():
-                    out = trainer.task.training_step(batch, ctx)
-                if out is None:  # the task skips this batch
-                    continue
-                loss = out["loss"]
-                trainer.scaler.scale(loss / accumulate if accumulate > 1 else loss).backward()
-                total, counted = total + float(loss.detach()), counted + 1
-            if not counted:
-                opt.zero_grad(set_to_none=True)
+                updater.train_batch(batch, ctx, ends_update=i == accumulate - 1)
+                counted += updater.last_outputs.get(name) is not None  # None: the task skipped this batch
+            summed = updater.take_losses().get("loss")
+            if not counted or summed is None:
                 continue
-            value = total / counted
+            value = float(summed) / counted
             if not math.isfinite(value):
                 reason = f"the loss was not finite at lr {lr:.3g}"
                 break
-            if clip:
-                trainer.scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            trainer.scaler.step(opt)
-            trainer.scaler.update()
-            opt.zero_grad(set_to_none=True)
             average = smoothing * average + (1 - smoothing) * value
             smooth = average / (1 - smoothing ** (len(losses) + 1))
             lrs.append(lr)
@@ -223,6 +213,10 @@ def lr_range_test(
     smoothed = zero_phase(losses[:end], smoothing)
     suggestion, rule = suggest_lr(lrs[:end], smoothed)
     return LRFinderResult(lrs, losses, smoothed, suggestion, rule, base_lr, reason, min_lr, max_lr, steps)
+
+
+def _quiet(message: str) -> None:
+    """The range test reports a non-finite loss as its stop reason, not as a warning."""
 
 
 def plot_lr_find(result: LRFinderResult, path: str | Path, title: str = "") -> None:
@@ -277,21 +271,12 @@ def find_lr(
     diverge: float = 4.0,
 ) -> tuple[LRFinderResult, Path]:
     """Build a config's trainer without a run folder, run the range test, write lr_find.png/json to out_dir."""
-    from visionkit.config import load_config
-    from visionkit.engine import distributed as dist
-    from visionkit.engine.trainer import Trainer
-
     check_range(min_lr, max_lr, steps)
     if not 0 < smoothing < 1:
         raise ConfigError(f"--smoothing {smoothing}: the moving-average factor must be in (0, 1), e.g. 0.9.")
     cfg = load_config(config, list(overrides), task=task)
-    trainer = Trainer(cfg, write=False)
-    try:
-        trainer._setup()  # everything the run would build, without its run folder
+    with Trainer(cfg, write=False) as trainer:  # everything the run would build, without its run folder
         result = lr_range_test(trainer, min_lr, max_lr, steps, smoothing, diverge)
-    finally:
-        if trainer.owns_process_group:
-            dist.destroy_process_group()
     out = Path(out_dir) if out_dir is not None else default_out_dir(cfg["task"])
     out.mkdir(parents=True, exist_ok=True)
     result.extra = {"task": cfg["task"], "model": cfg["model"].get("name"), "optimizer": cfg["optimizer"]["name"]}

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from visionkit.config import load_config, yaml_load
+from visionkit.engine.protocol import build_task
 from visionkit.errors import ConfigError
 
 KEY = re.compile(r"[A-Za-z_][\w\-]*(\.[A-Za-z_][\w\-]*)*")
@@ -115,8 +117,6 @@ def parse_distribution(key: str, spec: Any, where: str) -> Distribution:
 
 def load_space(path: str | Path) -> dict[str, Distribution]:
     """Read and check a search-space YAML file (the keys are not checked against a config here)."""
-    from visionkit.config import yaml_load
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--space '{path}' does not exist; give a YAML file mapping config keys to distributions.")
@@ -151,9 +151,9 @@ def nested(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def trial_config(base: Mapping[str, Any], values: Mapping[str, Any], work_dir: str | None = None) -> dict[str, Any]:
     """The base config with the searched values (and work_dir) set, validated like any config."""
-    from visionkit.config import load_config
-
-    return load_config(base, {**nested(values), "work_dir": work_dir})
+    cfg = load_config(base, {**nested(values), "work_dir": work_dir})
+    build_task(cfg)  # the components too: a searched `model.width` must be an option of the model
+    return cfg
 
 
 def check_space(base: Mapping[str, Any], space: Mapping[str, Distribution], path: str | Path) -> None:

@@ -28,8 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visionkit.engine.callbacks import Callback, LoopState
-from visionkit.errors import ConfigError, VisionkitError
+from visionkit.config import load_config
+from visionkit.engine import runs
+from visionkit.engine.events import Callback, LoopState
+from visionkit.engine.metrics import monitor_mode
+from visionkit.engine.protocol import build_task
+from visionkit.errors import ConfigError, VisionkitError, require
+from visionkit.plugins import import_plugin
+from visionkit.registry import TASKS
 from visionkit.tune.space import Distribution, check_space, load_space, trial_config
 
 # Keys that do not change what a trial computes: a resumed or shared study may differ in them.
@@ -40,8 +46,6 @@ HEARTBEAT_S, GRACE_S = 30, 120
 
 def require_optuna() -> Any:
     """Import Optuna, or stop with a message naming the `tune` extra that installs it."""
-    from visionkit.deploy.spec import require
-
     return require("optuna", "tools/tune.py sweep")
 
 
@@ -229,8 +233,6 @@ class Objective:
 
     def __call__(self, trial: Any) -> float:
         """Train; return the best monitored value, raise TrialPruned or record the user error."""
-        from visionkit.api import train
-
         spec = self.spec
         values = {key: dist.suggest(trial) for key, dist in spec.space.items()}
         run_dir = spec.out / f"trial_{trial.number}"
@@ -241,7 +243,7 @@ class Objective:
         callback = PruningCallback(trial, spec.monitor)
         try:
             cfg = trial_config(spec.base, values, str(run_dir))
-            result = train(cfg, callbacks=[callback])
+            result = runs.train(runs.resolve_run(cfg), callbacks=[callback])
             value = result.summary.get("best_value")
             trial.set_user_attr("epochs", result.summary.get("epochs"))
             trial.set_user_attr("best_metrics", result.best)
@@ -272,8 +274,6 @@ def _fmt(value: Any) -> str:
 def work(spec: SweepSpec, worker: int = 0) -> None:
     """A sweep worker: run trials until the study holds `spec.trials` finished (or running) ones."""
     optuna = require_optuna()
-    from visionkit.plugins import import_plugin
-
     for name in spec.plugins:
         import_plugin(name)
     with quiet_optuna(optuna):
@@ -319,13 +319,10 @@ def sweep_spec(
     **options: Any,
 ) -> SweepSpec:
     """Load and check the base config and the space; choose the study name, output folder and storage."""
-    from visionkit.config import load_config
-    from visionkit.engine.metrics import monitor_mode
-    from visionkit.registry import TASKS
-
     if trials < 1:
         raise ConfigError(f"--trials {trials}: give the number of trials the study should hold (>= 1).")
     base = load_config(config, list(overrides), task=task)
+    build_task(base)  # the base config's components are checked before any trial
     if base["data"].get("val") is None:
         raise ConfigError("A sweep compares trials on validation data: set data.val in the config.")
     space = load_space(space_file)

@@ -11,7 +11,7 @@ from typing import Any
 
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from visionkit.engine.metrics import Metric
+from visionkit import Metric
 from visionkit.registry import METRICS
 
 

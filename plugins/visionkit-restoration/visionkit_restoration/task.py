@@ -104,7 +104,7 @@ class RestorationTask(Task):
 
     def export_spec(self, model: torch.nn.Module, options: Any) -> Any:
         """Export signature: degraded images in [0, 1], any size, in; restored images out."""
-        from visionkit.deploy.spec import TensorInfo, image_spec
+        from visionkit.engine.export_spec import TensorInfo, image_spec
 
         c, sr = int(self.facts.channels or 3), self.cfg["restoration"]["mode"] == "sr2x"
         meaning = f"restored images in [0, 1] at {'twice' if sr else ''} the input size"

@@ -54,9 +54,7 @@ def test_tools_train_eval_predict(tmp_path: Path) -> None:
 
 
 def test_python_api_train_evaluate_predict(tmp_path: Path) -> None:
-    result = visionkit.train(
-        "visionkit/configs/cls/default.yaml", merged(*TINY_CLS, "trainer.epochs=2"), work_dir=tmp_path / "r"
-    )
+    result = visionkit.train("configs/cls/default.yaml", merged(*TINY_CLS, "trainer.epochs=2"), work_dir=tmp_path / "r")
     assert result.run_dir == tmp_path / "r" and result.best_checkpoint.is_file()
     metrics = visionkit.evaluate(result.best_checkpoint)
     assert abs(metrics["val/top1"] - result.best["val/top1"]) < 1e-9

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from visionkit.engine.metrics import Evaluator, Metric
+from visionkit import Metric
+from visionkit.engine.metrics import Evaluator
 from visionkit.errors import ConfigError
 from visionkit.registry import LOSSES, METRICS
 from visionkit.tasks.classification.task import ClassificationTask

@@ -15,9 +15,9 @@ import visionkit
 from tests.conftest import merged
 from tests.tasks.detection.helpers import write_image
 from tests.tasks.detection.test_end_to_end import FCOS, TINY_DET
-from visionkit.config import load_config
+from visionkit import load_config
 from visionkit.data.facts import DataFacts
-from visionkit.deploy.spec import ExportOptions, ExportSpec
+from visionkit.engine.export_spec import ExportOptions, ExportSpec
 from visionkit.errors import ConfigError
 from visionkit.registry import MODELS, TASKS
 from visionkit.tasks.detection.export import DetectionExportedModel, compare_detections
@@ -232,7 +232,7 @@ def test_exported_model_stands_in_for_the_eager_detector(tmp_path) -> None:
 
 
 def test_tools_export_of_a_trained_checkpoint_predicts_like_the_checkpoint(tmp_path, capsys) -> None:
-    from visionkit.deploy.commands import export_main
+    from visionkit.cli.deploy import export_main
 
     run = tmp_path / "run"
     visionkit.train(

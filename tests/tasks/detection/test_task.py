@@ -13,14 +13,14 @@ from torchmetrics.utilities import dim_zero_cat
 
 import visionkit
 from tests.tasks.detection.helpers import pycocotools_stats, write_coco, write_image
+from visionkit import StepContext, load_config
 from visionkit.api import load_model
-from visionkit.config import CONFIG_ROOT, load_config
+from visionkit.config import CONFIG_ROOT
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.engine.metrics import Evaluator
 from visionkit.engine.predictor import Predictor
 from visionkit.errors import ConfigError, DataError
 from visionkit.registry import TASKS
-from visionkit.tasks.base import StepContext
 from visionkit.tasks.detection import task as task_module
 from visionkit.tasks.detection.evaluation import STAT_NAMES, to_coco_results
 from visionkit.tasks.detection.metrics import CocoMAP

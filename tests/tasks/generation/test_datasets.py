@@ -140,7 +140,7 @@ def test_the_model_family_picks_the_task_class() -> None:
 
 
 def test_gan_config_checks_its_loss() -> None:
-    cfg = visionkit.load_config(Path(__file__).resolve().parents[3] / "visionkit" / "configs" / "gen" / "dcgan.yaml")
+    cfg = visionkit.load_config(Path(__file__).resolve().parents[3] / "configs" / "gen" / "dcgan.yaml")
     assert cfg["model"]["name"] == "dcgan"
     with pytest.raises(ConfigError):
         visionkit.load_config(cfg, ["loss.name=cross_entropy"])

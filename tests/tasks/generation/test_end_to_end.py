@@ -45,7 +45,7 @@ TINY_GAN = [
     "generation.eval_samples=8",
     "generation.grid_samples=10",
 ]
-DCGAN = ROOT / "visionkit" / "configs" / "gen" / "dcgan.yaml"
+DCGAN = ROOT / "configs" / "gen" / "dcgan.yaml"
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 

@@ -9,7 +9,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from visionkit.engine.metrics import Metric
+from visionkit import Metric
 from visionkit.errors import ConfigError
 from visionkit.registry import METRICS
 from visionkit.tasks.generation.features import PixelFeatures, build_feature_net

@@ -13,9 +13,9 @@ import torch
 import visionkit
 from tests.conftest import merged
 from tests.tasks.generation.test_end_to_end import DCGAN, TINY_GAN, TINY_GEN
+from visionkit import StepContext
 from visionkit.config import read_yaml
 from visionkit.engine.checkpoint import load_checkpoint
-from visionkit.tasks.base import StepContext
 from visionkit.tasks.generation.gan_task import GANTask
 
 

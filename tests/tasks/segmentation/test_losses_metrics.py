@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassJaccardIndex
 
-from visionkit.config import load_config
+from visionkit import load_config
 from visionkit.errors import ConfigError
 from visionkit.tasks.segmentation.metrics import SegmentationMetrics
 

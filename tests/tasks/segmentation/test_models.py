@@ -8,9 +8,9 @@ import pytest
 import timm
 import torch
 
+from visionkit import StepContext
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
-from visionkit.tasks.base import StepContext
 
 from .conftest import build_model
 
@@ -95,7 +95,7 @@ def test_training_step_adds_the_weighted_auxiliary_loss() -> None:
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"out": self.main(x), "aux": self.aux(x)[..., ::2, ::2]}  # aux at half resolution
 
-    from visionkit.config import load_config
+    from visionkit import load_config
 
     cfg = load_config({"task": "seg", "data": {"num_classes": 3}, "segmentation": {"aux_weight": 0.25}})
     task = TASKS.get("seg")(cfg)

@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 import visionkit
-from visionkit.config import CONFIG_ROOT, load_config
+from visionkit import StepContext, load_config
+from visionkit.config import CONFIG_ROOT
 from visionkit.engine.checkpoint import load_checkpoint
 from visionkit.engine.metrics import Evaluator
 from visionkit.engine.predictor import Predictor
 from visionkit.errors import ConfigError, DataError
 from visionkit.registry import TASKS
-from visionkit.tasks.base import StepContext
 
 from .conftest import build_dataset, write_folder_dataset
 from .test_datasets import _annotations, _coco_files

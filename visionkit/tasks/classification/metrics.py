@@ -14,7 +14,7 @@ import torchmetrics
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from visionkit.engine.metrics import Metric
+from visionkit.engine.contracts import Metric
 from visionkit.errors import ConfigError
 from visionkit.registry import LOSSES, METRICS
 

@@ -12,10 +12,10 @@ from torch.utils.data import Dataset
 
 from visionkit.data.images import read_image, to_tensor
 from visionkit.data.transforms import build_pipeline
-from visionkit.deploy.spec import device_of
+from visionkit.engine.contracts import StepContext, Task
+from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
-from visionkit.tasks.base import StepContext, Task
 from visionkit.tasks.classification.visualize import confusion_matrix_image, prediction_grid
 
 GRID_IMAGES = 64  # images shown in predictions.png
@@ -112,7 +112,7 @@ class ClassificationTask(Task):
 
     def export_spec(self, model: nn.Module, options: Any) -> Any:
         """Normalised images [N, C, S, S] in (S: facts.image_size or --image-size), logits or probabilities out."""
-        from visionkit.deploy.spec import TensorInfo, image_spec
+        from visionkit.engine.export_spec import TensorInfo, image_spec
 
         size = options.image_size or self.facts.image_size
         if not size:

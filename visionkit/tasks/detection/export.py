@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import box_iou
 
-from visionkit.deploy.spec import CheckRow, ExportOptions, ExportSpec, TensorInfo, image_of
+from visionkit.engine.export_spec import CheckRow, ExportOptions, ExportSpec, TensorInfo, image_of
 from visionkit.errors import ConfigError
 
 BOX_TOL = 1e-3  # pixels, after matching detections

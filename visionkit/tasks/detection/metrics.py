@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from pycocotools.coco import COCO
 
-from visionkit.engine.metrics import Metric
+from visionkit.engine.contracts import Metric
 from visionkit.registry import METRICS
 from visionkit.tasks.detection.evaluation import STAT_NAMES, coco_evaluate
 

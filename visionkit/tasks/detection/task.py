@@ -12,13 +12,12 @@ from pycocotools.coco import COCO
 from torch import nn
 from torch.utils.data import Dataset
 
-from visionkit.data.facts import DataFacts, declared_facts, facts_of, resolve_facts
+from visionkit.data.facts import DataFacts, declared_facts, facts_kwargs, facts_of, resolve_facts
 from visionkit.data.images import as_rgb
-from visionkit.deploy.spec import device_of
-from visionkit.engine.metrics import facts_kwargs
+from visionkit.engine.contracts import StepContext, Task
+from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
-from visionkit.tasks.base import StepContext, Task
 from visionkit.tasks.detection.metrics import coco_rows
 from visionkit.tasks.detection.predict import OPTIONS, AnnotationIds, write_results
 from visionkit.tasks.detection.visualize import draw_boxes, grid

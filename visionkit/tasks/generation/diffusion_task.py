@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from visionkit.data import IMAGE_SUFFIXES
+from visionkit.engine.contracts import StepContext
 from visionkit.errors import ConfigError
-from visionkit.tasks.base import StepContext
 from visionkit.tasks.generation.datasets import resize_square, to_model_range
 from visionkit.tasks.generation.diffusion import SAMPLERS
 from visionkit.tasks.generation.inference import class_labels, inpaint_grid, mask_option, read_mask

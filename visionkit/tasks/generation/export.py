@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionkit.deploy.spec import ExportOptions, ExportSpec, TensorInfo
+from visionkit.engine.export_spec import ExportOptions, ExportSpec, TensorInfo
 from visionkit.errors import ConfigError
 
 NOT_PREDICTABLE = {"predict": False}  # tools/predict.py samples with the checkpoint, not with an exported network

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionkit.engine.inference import load_model
 from visionkit.errors import ConfigError
 
 PIXEL_FEATURES = 1024  # "pixels" features are area-downsampled to at most this many values
@@ -83,8 +84,6 @@ class CheckpointClassifier(nn.Module):
 
     def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu") -> None:
         super().__init__()
-        from visionkit.api import load_model
-
         path = Path(checkpoint)
         if not path.is_file():
             raise ConfigError(

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionkit.engine.contracts import OptimizerGroup, StepContext
 from visionkit.errors import ConfigError
 from visionkit.registry import LOSSES
-from visionkit.tasks.base import OptimizerGroup, StepContext
 from visionkit.tasks.generation.gan import GANLoss
 from visionkit.tasks.generation.task import GenerationTask
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from visionkit.engine.metrics import Metric
+from visionkit.engine.contracts import Metric
 from visionkit.registry import METRICS
 from visionkit.tasks.generation.features import CheckpointClassifier, build_feature_net
 

@@ -20,9 +20,9 @@ from torch.utils.data import Dataset
 
 from visionkit.data.facts import DataFacts
 from visionkit.engine import distributed as dist
+from visionkit.engine.contracts import StepContext, Task
 from visionkit.errors import ConfigError
 from visionkit.registry import MODELS, TASKS
-from visionkit.tasks.base import StepContext, Task
 from visionkit.tasks.generation.datasets import HALF, RepeatedDataset
 from visionkit.tasks.generation.inference import class_labels
 from visionkit.tasks.generation.visualize import save_grid, save_images

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from visionkit.engine.metrics import Metric
+from visionkit.engine.contracts import Metric
 from visionkit.registry import METRICS
 
 

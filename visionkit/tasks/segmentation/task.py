@@ -17,10 +17,10 @@ from torch.utils.data import Dataset
 from visionkit.data.facts import DataFacts, declared_facts, facts_of, resolve_facts
 from visionkit.data.images import as_rgb, to_tensor, to_uint8_image
 from visionkit.data.transforms import build_pipeline
-from visionkit.deploy.spec import device_of
+from visionkit.engine.contracts import StepContext, Task
+from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
-from visionkit.tasks.base import StepContext, Task
 from visionkit.tasks.segmentation.datasets import IMAGENET_MEAN, IMAGENET_STD
 from visionkit.tasks.segmentation.visualize import index_png, overlay, sample_grid
 
@@ -265,7 +265,7 @@ class SegmentationTask(Task):
 
     def export_spec(self, model: nn.Module, options: Any) -> Any:
         """Normalised images [N, C, H, W] of any size in; per-pixel logits (or probabilities) at the input size out."""
-        from visionkit.deploy.spec import TensorInfo, image_spec
+        from visionkit.engine.export_spec import TensorInfo, image_spec
 
         what = "probabilities" if options.softmax else "logits"
         return image_spec(

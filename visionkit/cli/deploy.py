@@ -1,16 +1,20 @@
-"""Command lines of tools/export.py, tools/profile.py and tools/explain.py (argument parsing only)."""
+"""`visionkit export|profile|explain`: the command lines of tools/export.py, profile.py and explain.py."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from visionkit.cli import _plugins, _prog, _run
+from visionkit.cli.common import add_plugin_option, import_plugins, prog_name, run_command
 from visionkit.errors import ConfigError
+
+# Commands import the library inside their functions: `visionkit --help` must not pay for importing torch.
 
 
 def _positive_ints(text: str) -> list[int]:
+    """`--batch 1,8` as [1, 8]; anything else is an argparse error."""
     message = f"expected comma-separated positive integers such as 1,8, got {text!r}"
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -23,7 +27,7 @@ def _positive_ints(text: str) -> list[int]:
 
 def export_main(argv: Sequence[str] | None = None) -> int:
     """`tools/export.py`: write an ONNX or TorchScript file and its sidecar JSON, checked against PyTorch."""
-    p = argparse.ArgumentParser(prog=_prog("export"), description="Export a visionkit checkpoint.")
+    p = argparse.ArgumentParser(prog=prog_name("export"), description="Export a visionkit checkpoint.")
     p.add_argument("checkpoint", help="checkpoint .pt or run folder")
     p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
@@ -33,13 +37,13 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", help="output folder (default: <run dir>/export)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
     p.add_argument("--dynamo", action="store_true", help="ONNX through torch.export instead of the tracer")
-    p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    add_plugin_option(p)
     args = p.parse_args(argv)
 
     def go() -> None:
         from visionkit.deploy.export import export_model
 
-        _plugins(args.plugin)
+        import_plugins(args.plugin)
         sidecar = export_model(
             args.checkpoint,
             args.format,
@@ -56,12 +60,12 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     return _run_export(go)
 
 
-def _run_export(fn: object) -> int:
+def _run_export(fn: Callable[[], Any]) -> int:
     """Like the other commands, plus exit status 1 and the difference table when the parity check fails."""
     from visionkit.deploy.parity import ExportCheckError
 
     try:
-        return _run(fn)  # type: ignore[arg-type]
+        return run_command(fn)
     except ExportCheckError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -69,7 +73,7 @@ def _run_export(fn: object) -> int:
 
 def profile_main(argv: Sequence[str] | None = None) -> int:
     """`tools/profile.py`: parameters, FLOPs, memory, latency and throughput of a checkpoint or config's model."""
-    p = argparse.ArgumentParser(prog=_prog("profile"), description="Profile a visionkit model.")
+    p = argparse.ArgumentParser(prog=prog_name("profile"), description="Profile a visionkit model.")
     p.add_argument("checkpoint", nargs="?", help="checkpoint .pt or run folder")
     p.add_argument("--config", help="profile the model a config (or task default, with --task) builds instead")
     p.add_argument("--task", help="task whose default config to profile (with no checkpoint or --config)")
@@ -80,7 +84,7 @@ def profile_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
     p.add_argument("--out", help="folder for profile.json (default: the current folder)")
-    p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    add_plugin_option(p)
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (with --config/--task)")
     args = p.parse_args(argv)
 
@@ -97,7 +101,7 @@ def profile_main(argv: Sequence[str] | None = None) -> int:
                 f"Overrides ({' '.join(args.overrides)}) apply to --config/--task models; a checkpoint's model is "
                 "profiled as it was trained."
             )
-        _plugins(args.plugin)
+        import_plugins(args.plugin)
         if not (args.checkpoint or args.config or args.task):
             raise ConfigError("Give a checkpoint (or run folder), --config FILE, or --task NAME to profile.")
         profile(
@@ -114,12 +118,12 @@ def profile_main(argv: Sequence[str] | None = None) -> int:
             out=args.out,
         )
 
-    return _run(go)
+    return run_command(go)
 
 
 def explain_main(argv: Sequence[str] | None = None) -> int:
     """`tools/explain.py`: class activation maps over images, as overlays and explain.json."""
-    p = argparse.ArgumentParser(prog=_prog("explain"), description="Explain a visionkit model's predictions.")
+    p = argparse.ArgumentParser(prog=prog_name("explain"), description="Explain a visionkit model's predictions.")
     p.add_argument("checkpoint", help="checkpoint .pt or run folder")
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")
     p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "eigencam", "scorecam"])
@@ -127,13 +131,13 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--target-layer", default="auto", help="'auto' or a module name from model.named_modules()")
     p.add_argument("--out", default="explain", help="output folder (default: explain)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    add_plugin_option(p)
     args = p.parse_args(argv)
 
     def go() -> None:
         from visionkit.deploy.explain import explain
 
-        _plugins(args.plugin)
+        import_plugins(args.plugin)
         explain(
             args.checkpoint,
             args.inputs,
@@ -145,4 +149,4 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"wrote overlays and explain.json to {args.out}")
 
-    return _run(go)
+    return run_command(go)

@@ -1,4 +1,4 @@
-"""Command line of tools/tune.py: `lr` (learning-rate range test) and `sweep` (Optuna), argument parsing only."""
+"""`visionkit tune lr|sweep`: the command line of tools/tune.py (learning-rate range test, Optuna sweep)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from visionkit.cli import _plugins, _prog, _run
+from visionkit.cli.common import add_plugin_option, import_plugins, prog_name, run_command
 from visionkit.errors import ConfigError
+
+# Commands import the library inside their functions: `visionkit --help` must not pay for importing torch.
 
 USAGE = """usage: tune.py {lr,sweep} ...
 
@@ -18,9 +20,10 @@ USAGE = """usage: tune.py {lr,sweep} ...
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    """The options `lr` and `sweep` share."""
     p.add_argument("--task", help="task name or alias (cls, seg, det, gen, or a plugin's task)")
     p.add_argument("--config", help="YAML config (or give it as the first positional argument)")
-    p.add_argument("--plugin", action="append", default=[], help="import a plugin module (repeatable)")
+    add_plugin_option(p)
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value", help="a config file, then key.sub=value overrides")
 
 
@@ -43,7 +46,7 @@ def _config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[st
 def lr_main(argv: Sequence[str] | None = None) -> int:
     """`tools/tune.py lr`: the learning-rate range test of a config; writes lr_find.png and lr_find.json."""
     p = argparse.ArgumentParser(
-        prog=f"{_prog('tune')} lr",
+        prog=f"{prog_name('tune')} lr",
         description="Learning-rate range test: trains on successive batches with the lr growing exponentially "
         "from --min-lr to --max-lr, then restores the model. Suggests the lr of steepest loss descent.",
     )
@@ -59,7 +62,7 @@ def lr_main(argv: Sequence[str] | None = None) -> int:
     def go() -> None:
         from visionkit.tune.lr_finder import find_lr
 
-        _plugins(args.plugin)
+        import_plugins(args.plugin)
         config, overrides = _config_and_overrides(args)
         result, out = find_lr(
             config, overrides, task=args.task, out_dir=args.out, min_lr=args.min_lr, max_lr=args.max_lr,
@@ -73,13 +76,13 @@ def lr_main(argv: Sequence[str] | None = None) -> int:
             print(f"use it with: optimizer.lr={result.suggestion:.2g}")
         print(f"wrote {out / 'lr_find.png'} and {out / 'lr_find.json'}")
 
-    return _run(go)
+    return run_command(go)
 
 
 def sweep_main(argv: Sequence[str] | None = None) -> int:
     """`tools/tune.py sweep`: an Optuna study over config keys; resumes from its storage when re-run."""
     p = argparse.ArgumentParser(
-        prog=f"{_prog('tune')} sweep",
+        prog=f"{prog_name('tune')} sweep",
         description="Hyper-parameter sweep on Optuna (TPE sampler, median pruner fed from validation). Every trial is "
         "a run folder <out>/trial_<n>; re-running the same command resumes the study up to --trials in total.",
     )
@@ -107,7 +110,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
             if value is not None and value < least:
                 raise ConfigError(f"--{flag.replace('_', '-')} must be an integer >= {least}, got {value}.")
         require_optuna()
-        _plugins(args.plugin)
+        import_plugins(args.plugin)
         config, overrides = _config_and_overrides(args)
         run_sweep(
             config, overrides, args.space, args.trials, task=args.task, jobs=args.jobs, storage=args.storage,
@@ -121,10 +124,10 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         nonlocal interrupted
         try:
             go()
-        except KeyboardInterrupt:  # _run's own message speaks of --resume; a sweep resumes by re-running
+        except KeyboardInterrupt:  # run_command's own message speaks of --resume; a sweep resumes by re-running
             interrupted = True
 
-    status = _run(guarded)
+    status = run_command(guarded)
     if interrupted:
         print("interrupted; re-run the same command to resume the study", file=sys.stderr)
         return 130
