@@ -24,10 +24,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check visionkit tools tests plugins benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check visionkit tools tests plugins benchmarks
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) -c "import lightning" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'

@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 
 from visionkit.errors import ConfigError, did_you_mean
+from visionkit.plugins import import_plugin
+from visionkit.registry import TASKS
 
 # The default configs live in configs/ at the repository root and ship inside the package as
 # visionkit/configs (setup.py maps one to the other). A regular install or wheel has the packaged copy;
@@ -237,8 +239,6 @@ def find_config(path: str | Path) -> Path:
 def task_config_path(task: str) -> Path:
     """Default config of a task, shipped in the package: CONFIG_ROOT/<short alias>/default.yaml
     (or CONFIG_ROOT/<name>/default.yaml), else the task class's `default_config` file."""
-    from visionkit.registry import TASKS
-
     entry = TASKS.entry(task)
     for folder in (*entry.aliases, entry.name):
         candidate = CONFIG_ROOT / folder / "default.yaml"
@@ -260,9 +260,6 @@ def load_config(
     Component specs (model, datasets, optimizer, ...) are the task's to check: `Task.validate`, which
     `visionkit.load_config` and every run call before building anything.
     """
-    from visionkit.plugins import import_plugin
-    from visionkit.registry import TASKS
-
     over = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
     for plugin in over.get("plugins") or []:
         import_plugin(plugin)

@@ -9,6 +9,7 @@ from typing import Any
 import albumentations as A
 
 from visionkit.errors import ConfigError, did_you_mean
+from visionkit.registry import TRANSFORMS, check_kwargs
 
 
 def _albumentations_names() -> list[str]:
@@ -17,8 +18,6 @@ def _albumentations_names() -> list[str]:
 
 def build_transform(spec: Mapping[str, Any], key: str = "transforms") -> A.BasicTransform:
     """Build one albumentations transform from `{name: HorizontalFlip, p: 0.5, ...}`."""
-    from visionkit.registry import TRANSFORMS, check_kwargs
-
     if isinstance(spec, str):
         spec = {"name": spec}
     if not isinstance(spec, Mapping) or "name" not in spec:

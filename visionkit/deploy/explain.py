@@ -25,7 +25,12 @@ from visionkit.data.images import as_rgb, save_image
 from visionkit.deploy.explain_layers import FeatureMap, probe, resolve_layer
 from visionkit.engine.inference import load_model
 from visionkit.engine.precision import device_of
+from visionkit.engine.predictor import check_options
 from visionkit.errors import ConfigError, did_you_mean, require
+from visionkit.tasks.classification.task import ClassificationTask
+from visionkit.tasks.detection.task import DetectionTask
+from visionkit.tasks.detection.visualize import draw_boxes
+from visionkit.tasks.segmentation.task import SegmentationTask, logits_of, resize_to
 
 METHODS = ("gradcam", "gradcam++", "eigencam", "scorecam")
 FEATURE = "tools/explain.py"
@@ -59,10 +64,6 @@ def cam_methods() -> dict[str, type]:
 
 def task_kind(task: Any) -> str:
     """'classification', 'segmentation' or 'detection' for the built-in tasks and their subclasses."""
-    from visionkit.tasks.classification.task import ClassificationTask
-    from visionkit.tasks.detection.task import DetectionTask
-    from visionkit.tasks.segmentation.task import SegmentationTask
-
     for cls, kind in (
         (ClassificationTask, "classification"),
         (SegmentationTask, "segmentation"),
@@ -100,8 +101,6 @@ class SegmentationLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """BxCxHxW logits at the size of x."""
-        from visionkit.tasks.segmentation.task import logits_of, resize_to
-
         return resize_to(logits_of(self.model(x)), x.shape[-2:])
 
 
@@ -131,8 +130,6 @@ class Explainer:
         target_layer: str = "auto",
         options: dict[str, Any] | None = None,
     ) -> None:
-        from visionkit.engine.predictor import check_options
-
         self.cams = cam_methods()
         if method not in self.cams:
             raise ConfigError(
@@ -210,8 +207,6 @@ class Explainer:
         peak_y, peak_x = np.unravel_index(int(np.argmax(full)), full.shape)
         picture: Any = overlay(rgb, full)
         if boxes is not None:
-            from visionkit.tasks.detection.visualize import draw_boxes
-
             picture = draw_boxes(picture, *boxes, self.names, min_side=0)
         record = {**record, "peak": [int(peak_x), int(peak_y)], "target_layer": self.layer, "method": self.method}
         return Explanation(full, record, picture)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from visionkit.config import load_config
+from visionkit.deploy.export import write_onnx
 from visionkit.engine.export_spec import ExportOptions, ExportSpec, image_of
 from visionkit.engine.inference import load_model
 from visionkit.engine.precision import select_device
@@ -181,8 +182,6 @@ def write_model_onnx(target: Target, path: Path) -> None:
     """The target as ONNX (opset 17, dynamic batch where it has one): `write_onnx` for an export signature."""
     spec = target.spec
     if spec is not None:
-        from visionkit.deploy.export import write_onnx
-
         write_onnx(spec, path, opset=OPSET)
         return
     with torch.no_grad():

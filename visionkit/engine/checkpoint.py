@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from visionkit.errors import VisionkitError
+from visionkit.errors import DataError, VisionkitError
 
 
 def rng_state() -> dict[str, Any]:
@@ -112,8 +112,6 @@ def inference_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 def check_same_facts(saved: dict[str, Any] | None, facts: Any, path: Any) -> None:
     """Refuse to resume on data whose classes or channels differ from the checkpoint's (DataError)."""
-    from visionkit.errors import DataError
-
     if not saved:
         return
     for key in ("class_names", "num_classes", "channels"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from visionkit.engine.events import Callback, LoopState
+from visionkit.errors import ConfigError
 from visionkit.registry import CALLBACKS
 
 
@@ -57,8 +58,6 @@ class TensorBoardLogger(Callback):
     """Writes scalars (training losses, lr, throughput, validation metrics) for TensorBoard under `<run>/tb`."""
 
     def __init__(self, log_dir: str | None = None) -> None:
-        from visionkit.errors import ConfigError
-
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:

@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from visionkit.errors import ConfigError
+
 
 @dataclass
 class RunResult:
@@ -59,8 +61,6 @@ def prepare_run_dir(run_dir: Path) -> None:
 
 @contextmanager
 def _run_dir_errors(run_dir: Path) -> Iterator[None]:
-    from visionkit.errors import ConfigError
-
     try:
         yield
     except (OSError, ValueError) as exc:

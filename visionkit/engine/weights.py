@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from visionkit.engine import distributed
 from visionkit.engine.checkpoint import load_failure
 from visionkit.errors import ConfigError
 
@@ -151,8 +152,6 @@ def misfit_message(own: Mapping[str, Any], state: Mapping[str, Any], source: str
 
 def announce(model: nn.Module, report: LoadReport) -> LoadReport:
     """Keep the report on `model.weights_reports` and print its one-line summary (on the main process only)."""
-    from visionkit.engine import distributed
-
     reports = getattr(model, "weights_reports", None)
     if not isinstance(reports, list):
         reports = []
@@ -250,8 +249,6 @@ def hub_file(url: str) -> Path:
 
 def torch_hub_state_dict(url: str, what: str, how: str) -> tuple[dict[str, torch.Tensor], str]:
     """A state dict through torch.hub's cache (downloaded once unless offline); `how` says how to fetch it by hand."""
-    from visionkit.engine import distributed
-
     file = hub_file(url)
     if not file.is_file():
         if offline():

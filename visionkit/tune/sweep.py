@@ -36,6 +36,7 @@ from visionkit.engine.protocol import build_task
 from visionkit.errors import ConfigError, VisionkitError, require
 from visionkit.plugins import import_plugin
 from visionkit.registry import TASKS
+from visionkit.tune.results import write_results
 from visionkit.tune.space import Distribution, check_space, load_space, trial_config
 
 # Keys that do not change what a trial computes: a resumed or shared study may differ in them.
@@ -350,8 +351,6 @@ def run_sweep(
     **options: Any,
 ) -> dict[str, Any]:
     """Run (or resume) a sweep to `trials` trials; write the results table, best config and plot; return them."""
-    from visionkit.tune.results import write_results
-
     optuna = require_optuna()
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs}: give the number of worker processes (>= 1).")

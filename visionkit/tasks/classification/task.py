@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from visionkit.data.images import read_image, to_tensor
 from visionkit.data.transforms import build_pipeline
 from visionkit.engine.contracts import StepContext, Task
+from visionkit.engine.export_spec import TensorInfo, image_spec
 from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
@@ -112,8 +113,6 @@ class ClassificationTask(Task):
 
     def export_spec(self, model: nn.Module, options: Any) -> Any:
         """Normalised images [N, C, S, S] in (S: facts.image_size or --image-size), logits or probabilities out."""
-        from visionkit.engine.export_spec import TensorInfo, image_spec
-
         size = options.image_size or self.facts.image_size
         if not size:
             raise ConfigError("The checkpoint records no image size (data facts); pass --image-size to export.")

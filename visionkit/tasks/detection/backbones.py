@@ -15,7 +15,14 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from visionkit.engine.weights import carry_reports, check_choice, load_timm, load_torchvision, loading_enabled
+from visionkit.engine.weights import (
+    carry_reports,
+    check_choice,
+    load_timm,
+    load_torchvision,
+    loading_enabled,
+    read_state_file,
+)
 from visionkit.errors import ConfigError, DataError, did_you_mean
 
 TINY_WIDTHS = {"tiny": (16, 32, 64, 96, 128), "small": (24, 48, 96, 160, 256)}
@@ -101,7 +108,6 @@ def _load_state(module: nn.Module, path: str | Path, what: str) -> None:
             f"{what} file '{path}' does not exist. Give a local .pth state dict, or model.pretrained=true for the "
             "library's ImageNet weights (torchvision and timm backbones)."
         )
-    from visionkit.engine.weights import read_state_file
 
     state = read_state_file(path, what)
     own = module.state_dict()

@@ -17,6 +17,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from visionkit.errors import DataError
+from visionkit.tasks.detection.coco import read_coco_json
+from visionkit.tasks.detection.datasets import quiet_coco
 
 # Names of COCOeval.stats in order (AP at IoU .50:.95 / .50 / .75, by area, then AR at 1/10/100 detections, by area).
 STAT_NAMES = (
@@ -106,9 +108,6 @@ def coco_evaluate(
 
 def evaluate_results_file(results_json: str | Path, ann_json: str | Path) -> dict[str, Any]:
     """Evaluate a COCO results JSON against a COCO annotation JSON: the 12 stats and per-class AP."""
-    from visionkit.tasks.detection.coco import read_coco_json
-    from visionkit.tasks.detection.datasets import quiet_coco
-
     gt = quiet_coco(read_coco_json(ann_json, "annotation file"))
     path = Path(results_json)
     if not path.is_file():

@@ -14,10 +14,12 @@ from torch.utils.data import Dataset
 
 from visionkit.data.facts import DataFacts, declared_facts, facts_kwargs, facts_of, resolve_facts
 from visionkit.data.images import as_rgb
+from visionkit.data.transforms import build_pipeline
 from visionkit.engine.contracts import StepContext, Task
 from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
+from visionkit.tasks.detection.export import DetectionExportedModel, detection_export_spec
 from visionkit.tasks.detection.metrics import coco_rows
 from visionkit.tasks.detection.predict import OPTIONS, AnnotationIds, write_results
 from visionkit.tasks.detection.visualize import draw_boxes, grid
@@ -221,8 +223,6 @@ class DetectionTask(Task):
 
     def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> tuple[torch.Tensor, tuple[int, int]]:
         """`data.val_transforms`, then /255 (no normalisation: the detector normalises); with the original size."""
-        from visionkit.data.transforms import build_pipeline
-
         self._annotation_ids(options)  # a bad ann_file stops before any image is predicted
         if not hasattr(self, "_val_pipeline"):
             self._val_pipeline = build_pipeline(self.cfg["data"].get("val_transforms"), key="data.val_transforms")
@@ -296,12 +296,8 @@ class DetectionTask(Task):
     # -- export (visionkit/tasks/detection/export.py) -------------------------------------------
     def export_spec(self, model: nn.Module, options: Any) -> Any:
         """One [1, 3, H, W] image in 0..1 in; final boxes (xyxy, input pixels), scores and labels out."""
-        from visionkit.tasks.detection.export import detection_export_spec
-
         return detection_export_spec(self, model, options)
 
     def exported_model(self, session: Any, sidecar: dict[str, Any]) -> Any:
         """The exported detector behind the eager Detector's interface (lists of images in, dicts out)."""
-        from visionkit.tasks.detection.export import DetectionExportedModel
-
         return DetectionExportedModel(session, sidecar)

@@ -14,6 +14,7 @@ from visionkit.engine.contracts import StepContext
 from visionkit.errors import ConfigError
 from visionkit.tasks.generation.datasets import resize_square, to_model_range
 from visionkit.tasks.generation.diffusion import SAMPLERS
+from visionkit.tasks.generation.export import diffusion_spec
 from visionkit.tasks.generation.inference import class_labels, inpaint_grid, mask_option, read_mask
 from visionkit.tasks.generation.task import GenerationTask
 from visionkit.tasks.generation.visualize import to_picture
@@ -172,6 +173,4 @@ class DiffusionTask(GenerationTask):
 
     def export_spec(self, model: nn.Module, options: Any) -> Any:
         """The network to export (denoiser); sampling stays in Python."""
-        from visionkit.tasks.generation.export import diffusion_spec
-
         return diffusion_spec(model, options)

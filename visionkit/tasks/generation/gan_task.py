@@ -10,6 +10,7 @@ from torch import nn
 from visionkit.engine.contracts import OptimizerGroup, StepContext
 from visionkit.errors import ConfigError
 from visionkit.registry import LOSSES
+from visionkit.tasks.generation.export import gan_spec
 from visionkit.tasks.generation.gan import GANLoss
 from visionkit.tasks.generation.task import GenerationTask
 
@@ -64,6 +65,4 @@ class GANTask(GenerationTask):
 
     def export_spec(self, model: nn.Module, options: Any) -> Any:
         """The network to export (generator); sampling stays in Python."""
-        from visionkit.tasks.generation.export import gan_spec
-
         return gan_spec(model, options)

@@ -18,6 +18,7 @@ from visionkit.data.facts import DataFacts, declared_facts, facts_of, resolve_fa
 from visionkit.data.images import as_rgb, to_tensor, to_uint8_image
 from visionkit.data.transforms import build_pipeline
 from visionkit.engine.contracts import StepContext, Task
+from visionkit.engine.export_spec import TensorInfo, image_spec
 from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
@@ -265,8 +266,6 @@ class SegmentationTask(Task):
 
     def export_spec(self, model: nn.Module, options: Any) -> Any:
         """Normalised images [N, C, H, W] of any size in; per-pixel logits (or probabilities) at the input size out."""
-        from visionkit.engine.export_spec import TensorInfo, image_spec
-
         what = "probabilities" if options.softmax else "logits"
         return image_spec(
             PixelScores(model, options.softmax),
