@@ -185,3 +185,13 @@ def test_checkpoint_paths_accept_run_folders_and_refuse_other_files(run, tmp_pat
 
 def _records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_declarable_fact_keys_are_the_fields_of_the_facts_record() -> None:
+    import dataclasses
+
+    from visionkit.config import BASE_DEFAULTS, FACT_KEYS
+    from visionkit.data.facts import DataFacts
+
+    assert FACT_KEYS == tuple(f.name for f in dataclasses.fields(DataFacts) if f.name != "extra")
+    assert all(BASE_DEFAULTS["data"][key] is None for key in FACT_KEYS)

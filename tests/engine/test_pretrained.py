@@ -14,7 +14,8 @@ from tests.conftest import TINY_DATA
 from visionkit import load_config
 from visionkit.cli import train_main
 from visionkit.data.facts import DataFacts
-from visionkit.engine.weights import hub_file, skip_pretrained, weights_reports
+from visionkit.engine.hubs import hub_file
+from visionkit.engine.weights import skip_pretrained, weights_reports
 from visionkit.errors import ConfigError
 from visionkit.registry import MODELS, TASKS
 

@@ -9,7 +9,8 @@ from typing import Any
 import albumentations as A
 
 from visionkit.errors import ConfigError, did_you_mean
-from visionkit.registry import TRANSFORMS, check_kwargs
+from visionkit.registry import TRANSFORMS
+from visionkit.signatures import check_kwargs
 
 
 def _albumentations_names() -> list[str]:

@@ -27,7 +27,8 @@ from visionkit.engine.events import Callback, LoopState
 from visionkit.engine.finetune import frozen_parameters
 from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError
-from visionkit.registry import CALLBACKS, DATASETS, LOSSES, METRICS, MODELS, Registry, check_kwargs
+from visionkit.registry import CALLBACKS, DATASETS, LOSSES, METRICS, MODELS, Registry
+from visionkit.signatures import check_kwargs
 
 __all__ = ["Callback", "DataFacts", "LoopState", "Metric", "OptimizerGroup", "StepContext", "Task"]
 

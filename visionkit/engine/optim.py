@@ -11,7 +11,7 @@ from torch.optim import lr_scheduler
 
 from visionkit.engine.patterns import name_matches, unmatched_pattern_message
 from visionkit.errors import ConfigError, did_you_mean
-from visionkit.registry import check_kwargs
+from visionkit.signatures import check_kwargs
 
 SCHEDULERS = ("constant", "cosine", "step", "multistep", "exponential", "onecycle", "linear")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-from visionkit.engine.weights import load_timm
+from visionkit.engine.hubs import load_timm
 from visionkit.errors import ConfigError, did_you_mean
 from visionkit.registry import MODELS
 

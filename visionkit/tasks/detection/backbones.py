@@ -15,14 +15,8 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from visionkit.engine.weights import (
-    carry_reports,
-    check_choice,
-    load_timm,
-    load_torchvision,
-    loading_enabled,
-    read_state_file,
-)
+from visionkit.engine.hubs import load_timm, load_torchvision
+from visionkit.engine.weights import carry_reports, check_choice, loading_enabled, read_state_file
 from visionkit.errors import ConfigError, DataError, did_you_mean
 
 TINY_WIDTHS = {"tiny": (16, 32, 64, 96, 128), "small": (24, 48, 96, 160, 256)}

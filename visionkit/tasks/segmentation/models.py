@@ -15,16 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionkit.engine.weights import (
-    LoadReport,
-    announce,
-    check_choice,
-    load_matching,
-    load_timm,
-    load_torchvision,
-    loading_enabled,
-    read_state_file,
-)
+from visionkit.engine.hubs import load_timm, load_torchvision
+from visionkit.engine.weights import LoadReport, announce, check_choice, load_matching, loading_enabled, read_state_file
 from visionkit.errors import ConfigError, did_you_mean
 from visionkit.registry import MODELS
 
