@@ -89,8 +89,12 @@ class Probe(Callback):
         }
 
     def on_batch_end(self, state: Any) -> None:
-        """Count a batch whose update was skipped (non-finite loss)."""
+        """Count a batch whose update was skipped (non-finite loss, checked on the host each update)."""
         self.skipped += not state.updated
+
+    def on_fit_end(self, state: Any, summary: dict[str, Any]) -> None:
+        """Non-finite updates the loop counted without a host read each update (`trainer.finite_check: log`)."""
+        self.skipped = max(self.skipped, state.nonfinite_updates)
 
     def on_log(self, state: Any, record: dict[str, Any]) -> None:
         """Keep the record."""

@@ -255,10 +255,12 @@ class Registry:
         return dict(self.entry(name, task).metadata)
 
     def entries(self, discover_first: bool = True) -> list[Entry]:
-        """Every entry, sorted by name (namespaces last); `discover_first=False` lists what is registered now."""
+        """Every entry, sorted by name, then task and module (namespaces last), whatever order they registered in;
+        `discover_first=False` lists what is registered now."""
         if discover_first:
             discover()
-        return [e for n in sorted(self._entries) for e in self._entries[n]] + list(self._namespaces.values())
+        named = [e for n in sorted(self._entries) for e in sorted(self._entries[n], key=lambda e: (e.tasks, e.module))]
+        return named + [self._namespaces[p] for p in sorted(self._namespaces)]
 
     # -- building -----------------------------------------------------------------------------
     def build(

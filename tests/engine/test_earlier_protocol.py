@@ -108,3 +108,12 @@ def test_a_protocol_the_core_cannot_use_is_a_plugin_error(cls: type, message: st
             build_task(cfg)
     finally:
         plugins.restore(saved)
+
+
+def test_an_adapted_task_pickles_for_spawned_loader_workers(earlier: type) -> None:
+    import pickle
+
+    task = build_task(visionkit.load_config({"task": "earlier_denoise"}))
+    again = pickle.loads(pickle.dumps(task.collate))  # what a DataLoader hands a spawned worker
+    assert type(again.__self__) is type(task) and isinstance(again.__self__, earlier)
+    assert again.__self__.cfg == task.cfg

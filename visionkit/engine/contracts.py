@@ -24,7 +24,7 @@ from visionkit.data.facts import DataFacts, declared_facts, facts_kwargs, facts_
 from visionkit.data.images import read_image, to_tensor
 from visionkit.data.transforms import build_pipeline
 from visionkit.engine.events import Callback, LoopState
-from visionkit.engine.finetune import frozen_parameters
+from visionkit.engine.finetune import frozen_parameters, validate_finetune
 from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError
 from visionkit.registry import CALLBACKS, DATASETS, LOSSES, METRICS, MODELS, Registry
@@ -113,6 +113,7 @@ class Task:
         # Facts are known only once the data is read: stand-ins let builders that require them pass the check.
         known = {k: v if v is not None else "<from the data>" for k, v in self.model_defaults(self.facts).items()}
         check_spec(MODELS, builder_spec(cfg.get("model")), "model", known, self.scopes())
+        validate_finetune(cfg)  # model.freeze and trainer.unfreeze_at
         for split in ("train", "val"):
             if cfg["data"].get(split) is not None:
                 check_spec(

@@ -255,9 +255,10 @@ def _training_batch(trainer: Trainer) -> tuple[Any, dict[str, Any]]:
         norms[name] = float(torch.stack(grads).norm()) / scale if grads else 0.0
         norms[f"{name}/params_without_grad"] = sum(1 for p in params if p.requires_grad and p.grad is None)
 
-    # Step 0: every group is due; one batch is a whole update here; the report says whether the loss was finite.
+    # Step 0: every group is due; one batch is a whole update here. Every group steps even when a loss is not
+    # finite ("log": no NaN reaches the weights), so the report shows every group's losses and gradient norms.
     updater = trainer.updater.replace(
-        accumulate=1, finite_check="update", max_bad_steps=None, before_step=read_norms, warn=lambda message: None
+        accumulate=1, finite_check="log", max_bad_steps=None, before_step=read_norms, warn=lambda message: None
     )
     updater.train_batch(batch, ctx, ends_update=True)
     losses = {
@@ -280,9 +281,10 @@ def _validation_batch(trainer: Trainer) -> dict[str, Any] | None:
     t0 = time.perf_counter()
     model = trainer.ema.model.module if trainer.ema is not None else trainer.module
     ctx = StepContext(model, model, trainer.device, autocast=trainer.autocast)
-    scalars, _ = run_validation(trainer.task, model, trainer.val_loader, trainer.evaluator, ctx, max_batches=1)
+    sizes: list[int] = []
+    scalars, _ = run_validation(trainer.task, model, trainer.val_loader, trainer.evaluator, ctx, 1, sizes)
     return {
-        "batch_size": min(trainer.cfg["data"]["batch_size"], len(trainer.val_set)),
+        "batch_size": sizes[0] if sizes else 0,
         "metrics": scalars,
         "monitor": trainer.monitor,
         "seconds": round(time.perf_counter() - t0, 3),

@@ -40,7 +40,6 @@ class LoopState:
     epochs: int
     monitor: str
     monitor_mode: str
-    max_steps: int | None = None
     step: int = 0  # optimizer updates done
     epoch: int = 0  # epochs finished
     batch_in_epoch: int = 0  # training batches done in the current epoch
@@ -54,6 +53,8 @@ class LoopState:
     last_loss: dict[str, float] = field(default_factory=dict)
     stop: bool = False
     stop_reason: str = ""
+    max_steps: int | None = None  # trainer.max_steps
+    nonfinite_updates: int = 0  # updates whose loss was NaN/inf, counted up to the last log step
 
     @property
     def finished(self) -> bool:

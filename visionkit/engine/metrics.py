@@ -124,11 +124,12 @@ def run_validation(
     evaluator: Evaluator,
     ctx: StepContext,
     max_batches: int | None = None,
+    sizes: list[int] | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Run the task's validation steps over a loader (or its first `max_batches`); the evaluator's (scalars, extras).
 
     With `max_batches` (e.g. 1, to learn which metrics a run has) the RNG streams and the metric state are
-    left as they were found.
+    left as they were found. `sizes` collects each batch's sample count.
     """
     saved = rng_state() if max_batches is not None else None
     was_training = model.training
@@ -139,7 +140,10 @@ def run_validation(
             batch = task.move_to_device(batch, ctx.device)
             with (ctx.autocast or contextlib.nullcontext)():
                 outputs = task.validation_step(batch, ctx)
-            evaluator.update(outputs, task.batch_size(batch))
+            count = task.batch_size(batch)
+            evaluator.update(outputs, count)
+            if sizes is not None:
+                sizes.append(count)
             if max_batches is not None and i + 1 >= max_batches:
                 break
     scalars, extras = evaluator.compute()

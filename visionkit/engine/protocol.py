@@ -13,7 +13,7 @@ import inspect
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -21,7 +21,6 @@ from torch.utils.data import Dataset
 
 from visionkit.data.facts import DataFacts, facts_kwargs
 from visionkit.engine.contracts import StepContext, Task
-from visionkit.engine.finetune import validate_finetune
 from visionkit.engine.optim import validate_optimizer, validate_scheduler
 from visionkit.errors import PluginError, VisionkitDeprecationWarning
 from visionkit.registry import TASKS
@@ -32,8 +31,8 @@ _adapted: dict[type, type] = {}
 
 
 def build_task(cfg: dict[str, Any], validate: bool = True) -> Task:
-    """The config's task, built from the TASKS registry and (by default) validated: the optimizer, schedule and
-    fine-tuning sections by the core, the component specs by `Task.validate`."""
+    """The config's task, built from the TASKS registry and (by default) validated: the optimizer and schedule
+    sections by the core, the component specs (and model.freeze) by `Task.validate`."""
     cls = task_class(cfg["task"])
     task = cls(cfg)  # a class may build a subclass (e.g. generation builds its model family's task)
     if _own(type(task), "training_step") is None:
@@ -44,7 +43,6 @@ def build_task(cfg: dict[str, Any], validate: bool = True) -> Task:
     if validate:
         validate_optimizer(cfg["optimizer"])
         validate_scheduler(cfg["scheduler"])
-        validate_finetune(cfg)
         task.validate()
     return task
 
@@ -71,7 +69,14 @@ def task_class(name: str) -> type[Task]:
         VisionkitDeprecationWarning,
         stacklevel=3,
     )
-    _adapted[cls] = type(cls.__name__, (EarlierTaskAdapter, cls), {"__module__": cls.__module__})
+    return adapted_class(cls)
+
+
+def adapted_class(cls: type) -> type[Task]:
+    """The earlier-protocol class `cls` behind the adapter (made once per process)."""
+    if cls not in _adapted:
+        attrs = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "earlier_class": cls}
+        _adapted[cls] = type(cls.__name__, (EarlierTaskAdapter, cls), attrs)
     return _adapted[cls]
 
 
@@ -128,6 +133,12 @@ class EarlierMetrics:
 class EarlierTaskAdapter(Task):
     """Mixed in before an earlier-protocol task class: presents it to the core as a current task."""
 
+    earlier_class: ClassVar[type]  # the task's own class
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as the task's own class and adapted again when loaded (e.g. in a spawned loader worker)."""
+        return (_rebuild_adapted, (self.earlier_class, self.__dict__))
+
     def model_defaults(self, facts: DataFacts | None = None) -> dict[str, Any]:
         """The data facts, with the task's own `model_defaults()` winning where it gives a value (its own code
         calls it without facts: then its values alone)."""
@@ -162,6 +173,13 @@ class EarlierTaskAdapter(Task):
             return None
         with torch.no_grad():
             return super().predict_files(model, [Path(i) for i in inputs], out_dir, dict(options))  # type: ignore[misc]
+
+
+def _rebuild_adapted(cls: type, state: dict[str, Any]) -> Task:
+    """An adapted task from its pickled state."""
+    task = object.__new__(adapted_class(cls))
+    task.__dict__.update(state)
+    return task
 
 
 def _takes_no_facts(bound: Any) -> bool:

@@ -66,8 +66,9 @@ def resolve_run(
     given = load_config(config, overrides, task=task) if config is not None or (task and not resume) else None
     task_name = given["task"] if given else TASKS.canonical(task) if task else None
     chosen = str(work_dir) if work_dir is not None else _override_work_dir(overrides)
-    if chosen is None and given is not None and given.get("work_dir"):
-        chosen = str(given["work_dir"])
+    explicit = resume is not None and str(resume) != "auto"
+    if chosen is None and not explicit and given is not None and given.get("work_dir"):
+        chosen = str(given["work_dir"])  # an explicit resume continues in its checkpoint's folder instead
     resume, reuse = elastic_resume(resume, chosen, task_name or "")  # a torchrun restart resumes its launch's run
     if reuse is not None and chosen is None:
         work_dir = chosen = str(reuse)

@@ -87,9 +87,19 @@ class Trainer:
 
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self) -> None:
-        """Open the process group, build data, model, optimizers and callbacks, restore a resume (once)."""
+        """Open the process group, build data, model, optimizers and callbacks, restore a resume (once).
+
+        A set-up that fails leaves nothing open (the process group it opened, loader workers)."""
         if self.is_set_up:
             return
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+        self.is_set_up = True
+
+    def _setup(self) -> None:
         cfg, t = self.cfg, self.cfg["trainer"]
         self.owns_process_group = dist.init_process_group(self.device, t["dist_timeout"])
         torch.manual_seed(t["seed"])
@@ -124,10 +134,8 @@ class Trainer:
             mark_run_dir(self.run_dir)  # a torchrun restart finds its run dir by this marker
         self._build_optimizers()
         self.ema = EMA(self.module, t["ema"]) if t["ema"] else None
-        self.state = LoopState(
-            cfg, self.run_dir, dist.is_main(), t["epochs"], self.monitor, self.monitor_mode, t["max_steps"]
-        )
-        self.state.batches_per_epoch = len(self.sampler)
+        self.state = LoopState(cfg, self.run_dir, dist.is_main(), t["epochs"], self.monitor, self.monitor_mode)
+        self.state.max_steps, self.state.batches_per_epoch = t["max_steps"], len(self.sampler)
         self.callbacks = self._build_callbacks()
         self._check_monitor()
         if self.resume:
@@ -146,7 +154,6 @@ class Trainer:
             accumulate=t["accumulate"], clip_grad=t["clip_grad"], ddp=ddp, max_bad_steps=t["max_bad_steps"],
             finite_check=finite_check_for(t["finite_check"], self.device), warn=self.print,
         )  # fmt: skip
-        self.is_set_up = True
 
     def close(self) -> None:
         """Stop the loader workers and leave the process group this trainer opened (a caller's stays open)."""
@@ -338,6 +345,7 @@ class Trainer:
     def _log_train(self, rate: bool) -> None:
         """Average the summed losses since the last log into a record for the `on_log` callbacks."""
         self.updater.check(self.state.step)  # non-finite updates since the last log ("log" finite check)
+        self.state.nonfinite_updates = self.updater.nonfinite
         values = {f"train/{k}": float(v) / max(self.count, 1) for k, v in self.updater.take_losses().items()}
         lr = next(iter(self.optimizers.values())).param_groups[0]["lr"]
         self.state.last_loss = {k: v for k, v in values.items() if k.endswith("loss")}
@@ -360,6 +368,8 @@ class Trainer:
         return self.wall_before + time.perf_counter() - self.started
 
     def _finish(self, seconds: float, this_process: float) -> RunResult:
+        self.updater.check(self.state.step)
+        self.state.nonfinite_updates = self.updater.nonfinite
         ranks = dist.all_gather_objects({"rank": dist.rank(), "batches": self.batches_seen})
         ckpt_dir = self.run_dir / "checkpoints"
         best_ckpt = ckpt_dir / "best.pt"
@@ -377,6 +387,7 @@ class Trainer:
             "last_checkpoint": str(ckpt_dir / "last.pt"),
             "steps": s.step,
             "epochs": s.epoch,
+            "nonfinite_updates": s.nonfinite_updates,
             "wall_time_s": round(seconds, 2),
             "wall_time_this_process_s": round(this_process, 2),
             "device": str(self.device),

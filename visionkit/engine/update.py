@@ -12,9 +12,10 @@ loss skips the update (`finite_check`):
 - "update": the loss is checked on the host before the step; the skipped update leaves the weights, optimizer
   state, schedule, step count and EMA exactly as they were. On a CPU this costs nothing.
 - "log": nothing waits for the device: the gradients of a non-finite update are zeroed on the device before the
-  step, so no NaN or inf reaches the weights, but the optimizer's own state and the schedule advance by one; the
-  count is read at the next `check()` (the trainer's log step, where it synchronises anyway). Use it on GPUs, where
-  a host read per update stalls the device queue.
+  step, so no NaN or inf reaches the weights or the optimizer state. The update still counts: the step count, the
+  schedule and the EMA advance, and an optimizer with momentum (SGD momentum, Adam) still moves the weights by its
+  running averages. The count is read at the next `check()` (the trainer's log step, where it synchronises
+  anyway). Use it on GPUs, where a host read per update stalls the device queue.
 `max_bad_steps` non-finite updates in a row stop training with a TrainingError.
 """
 
@@ -72,6 +73,7 @@ class Updater:
         self.skipped: set[str] = set()  # groups whose training step returned None in this update
         self.sums: dict[str, torch.Tensor] = {}  # losses since the last `take_losses`, summed on the device
         self.bad_steps = 0
+        self.nonfinite = 0  # non-finite updates seen so far ("log": up to the last check)
         self.at_step = 0  # updates done before this batch (for messages)
         self._reset_finite()
         self.bad_run = torch.zeros((), dtype=torch.long, device=self.device)  # "log": bad updates in a row
@@ -144,7 +146,7 @@ class Updater:
         opt, params = self.optimizers[name], self.groups[name].params
         if self.before_step is not None:
             self.before_step(name)
-        if self.finite_check == "log":  # a non-finite update moves nothing: its gradients become zeros
+        if self.finite_check == "log":  # a non-finite update adds no NaN: its gradients become zeros
             bad = ~self.finite
             for p in params:
                 if p.grad is not None:
@@ -158,10 +160,13 @@ class Updater:
         opt.zero_grad(set_to_none=True)
 
     def check(self, step: int) -> None:
-        """ "log" mode: report the non-finite updates since the last check (one host read); stop after too many."""
+        """In "log" mode, report the non-finite updates since the last check (one host read); stop after too many.
+
+        `nonfinite` then counts every non-finite update so far, in either mode."""
         if self.finite_check != "log":
             return
         total, worst = int(self.bad_total), int(self.worst_run)
+        self.nonfinite += total
         if total:
             self.warn(f"warning: non-finite loss in {total} update(s) before step {step}; their gradients were zeroed")
             self.bad_total.zero_()
@@ -199,6 +204,7 @@ class Updater:
     def _skip_update(self) -> None:
         self.zero_grad()
         self.bad_steps += 1
+        self.nonfinite += 1
         self.warn(f"warning: non-finite loss at step {self.at_step}; update skipped ({self.bad_steps} in a row)")
         if self.max_bad_steps is not None and self.bad_steps >= self.max_bad_steps:
             raise TrainingError(_too_many(self.bad_steps, self.at_step))

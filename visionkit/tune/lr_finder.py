@@ -184,7 +184,7 @@ def lr_range_test(
                 if batch is None:
                     raise ConfigError("The training loader gave no batches; check data.train.")
                 batch = trainer.task.move_to_device(batch, trainer.device)
-                updater.train_batch(batch, ctx, ends_update=i == accumulate - 1)
+                stepped = updater.train_batch(batch, ctx, ends_update=i == accumulate - 1)
                 counted += updater.last_outputs.get(name) is not None  # None: the task skipped this batch
             summed = updater.take_losses().get("loss")
             if not counted or summed is None:
@@ -193,6 +193,8 @@ def lr_range_test(
             if not math.isfinite(value):
                 reason = f"the loss was not finite at lr {lr:.3g}"
                 break
+            if not stepped:  # the task skipped a batch of the update, so nothing trained at this lr
+                continue
             average = smoothing * average + (1 - smoothing) * value
             smooth = average / (1 - smoothing ** (len(losses) + 1))
             lrs.append(lr)

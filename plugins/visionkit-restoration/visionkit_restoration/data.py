@@ -7,10 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from visionkit.data.facts import DataFacts
+from visionkit import DATASETS, DataFacts
 from visionkit.data.images import to_tensor, to_uint8_image
 from visionkit.errors import ConfigError
-from visionkit.registry import DATASETS
 
 # Degradation modes and the factor by which each one shrinks the image (the model's upscale factor).
 MODES = {"denoise": 1, "sr2x": 2}

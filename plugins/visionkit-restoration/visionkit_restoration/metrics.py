@@ -11,8 +11,7 @@ from typing import Any
 
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from visionkit import Metric
-from visionkit.registry import METRICS
+from visionkit import METRICS, Metric
 
 
 @METRICS.register("psnr", task="restoration")

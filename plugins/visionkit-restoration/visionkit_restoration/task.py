@@ -9,9 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from visionkit import TASKS, StepContext, Task, TensorInfo, image_spec
 from visionkit.data.images import save_image, to_tensor, to_uint8_image
-from visionkit.registry import TASKS
-from visionkit.tasks.base import StepContext, Task
 from visionkit_restoration.data import check_mode, comparison_grid
 from visionkit_restoration.models import upscale
 
@@ -104,8 +103,6 @@ class RestorationTask(Task):
 
     def export_spec(self, model: torch.nn.Module, options: Any) -> Any:
         """Export signature: degraded images in [0, 1], any size, in; restored images out."""
-        from visionkit.engine.export_spec import TensorInfo, image_spec
-
         c, sr = int(self.facts.channels or 3), self.cfg["restoration"]["mode"] == "sr2x"
         meaning = f"restored images in [0, 1] at {'twice' if sr else ''} the input size"
         out = TensorInfo("restored", [c, "out_height", "out_width"], "float32", meaning.replace("  ", " "))
