@@ -13,7 +13,7 @@ from visionkit.errors import VisionkitError, did_you_mean
 from visionkit.registry import ALL, TASKS
 
 # Commands import the library (api, engine, tasks) inside their functions: `visionkit --help` must not pay for
-# importing torch (0.08 s instead of 5.8 s on a 2-core CPU). The registry and config need no torch.
+# importing torch (0.09 s instead of 4.6 s on a 2-core CPU). The registry and config need no torch.
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

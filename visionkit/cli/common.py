@@ -11,8 +11,8 @@ from typing import Any
 from visionkit.errors import VisionkitDeprecationWarning, VisionkitError
 from visionkit.plugins import import_plugin
 
-# The library is imported inside the functions: `visionkit --help` must not pay for importing torch (0.08 s
-# instead of 5.8 s on a 2-core CPU).
+# The library is imported inside the functions: `visionkit --help` must not pay for importing torch (0.09 s
+# instead of 4.6 s on a 2-core CPU, docs/benchmarks.md).
 
 
 def run_command(fn: Callable[[], Any]) -> int:

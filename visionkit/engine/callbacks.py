@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from visionkit.engine import distributed as dist
-from visionkit.engine import events
+from visionkit.engine import events, loggers
 from visionkit.engine.finetune import FREEZE_ATTR, FreezeState
 from visionkit.engine.report import RunReport, epoch_line
 from visionkit.errors import ConfigError, VisionkitDeprecationWarning
@@ -271,18 +271,19 @@ def unfreeze_callbacks(cfg: dict[str, Any], module: nn.Module) -> list[events.Ca
     return [Unfreeze(state, epoch)]
 
 
-_MOVED = {"Callback", "LoopState", "CallbackList", "EVENTS"}
+_MOVED = {"Callback": "visionkit", "LoopState": "visionkit", "CallbackList": "visionkit.engine.events"}
+_MOVED |= {"EVENTS": "visionkit.engine.events", "CSVLogger": "visionkit.engine.loggers"}
+_MOVED |= {"TensorBoardLogger": "visionkit.engine.loggers"}
 
 
 def __getattr__(name: str) -> Any:
-    """The protocol's earlier home: `Callback`, `LoopState`, ... warn and come from `visionkit.engine.events`."""
+    """Earlier names of this module (`Callback`, `LoopState`, the loggers, ...): they warn and still resolve."""
     if name in _MOVED:
-        where = "visionkit" if name in ("Callback", "LoopState") else "visionkit.engine.events"
         warnings.warn(
-            f"visionkit.engine.callbacks.{name} moved: import it from {where} (the plugin API, "
+            f"visionkit.engine.callbacks.{name} moved: import it from {_MOVED[name]} (the plugin API, "
             "visionkit.PLUGIN_API 2.0); the old name goes away in a later release.",
             VisionkitDeprecationWarning,
             stacklevel=2,
         )
-        return getattr(events, name)
+        return getattr(loggers if name.endswith("Logger") else events, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

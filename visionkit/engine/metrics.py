@@ -17,6 +17,7 @@ import torch
 import torchmetrics
 from torch import nn
 
+from visionkit.data import batches, facts
 from visionkit.data.batches import to_device
 from visionkit.engine import contracts
 from visionkit.engine.checkpoint import rng_state, set_rng_state
@@ -154,14 +155,23 @@ def run_validation(
     return scalars, extras
 
 
+_MOVED = {
+    "Metric": (contracts, "visionkit.Metric"),
+    "build_metrics": (contracts, "visionkit.engine.contracts.build_metrics"),
+    "facts_kwargs": (facts, "visionkit.data.facts.facts_kwargs"),
+    "batch_size_of": (batches, "visionkit.data.batches.batch_size_of"),
+}
+
+
 def __getattr__(name: str) -> Any:
-    """`Metric` lived here before the plugin API: it still resolves, with a DeprecationWarning."""
-    if name == "Metric":
+    """Names that lived here before the plugin API (`Metric`, ...): they still resolve, with a DeprecationWarning."""
+    if name in _MOVED:
+        module, where = _MOVED[name]
         warnings.warn(
-            "visionkit.engine.metrics.Metric moved: import it as visionkit.Metric (the plugin API, "
-            "visionkit.PLUGIN_API 2.0); the old name goes away in a later release.",
+            f"visionkit.engine.metrics.{name} moved: use {where} (the plugin API, visionkit.PLUGIN_API 2.0); "
+            "the old name goes away in a later release.",
             VisionkitDeprecationWarning,
             stacklevel=2,
         )
-        return contracts.Metric
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
