@@ -258,7 +258,12 @@ def _training_batch(trainer: Trainer) -> tuple[Any, dict[str, Any]]:
     # Step 0: every group is due; one batch is a whole update here. Every group steps even when a loss is not
     # finite ("log": no NaN reaches the weights), so the report shows every group's losses and gradient norms.
     updater = trainer.updater.replace(
-        accumulate=1, finite_check="log", max_bad_steps=None, before_step=read_norms, warn=lambda message: None
+        accumulate=1,
+        finite_check="log",
+        max_bad_steps=None,
+        before_step=read_norms,
+        warn=lambda message: None,
+        keep_outputs=True,
     )
     updater.train_batch(batch, ctx, ends_update=True)
     losses = {

@@ -65,6 +65,7 @@ class Updater:
     max_bad_steps: int | None = 5  # None: never stop (the caller decides)
     warn: Callable[[str], None] = print
     before_step: Callable[[str], None] | None = None  # called with a group's name just before its optimizer steps
+    keep_outputs: bool = False  # keep each group's last training-step outputs (detached) in `last_outputs`
     last_outputs: dict[str, dict[str, torch.Tensor] | None] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -97,7 +98,8 @@ class Updater:
             with sync:
                 with self.autocast():
                     out = self.task.training_step(batch, ctx)
-                self.last_outputs[name] = out
+                if self.keep_outputs:
+                    self.last_outputs[name] = None if out is None else {k: _detached(v) for k, v in out.items()}
                 if out is None:
                     self.skipped.add(name)
                     continue
@@ -216,3 +218,7 @@ def _too_many(count: int, step: int | None) -> str:
         f"The loss was NaN/inf for {count} updates in a row{at}. Try a lower optimizer.lr, trainer.clip_grad=1.0, "
         "trainer.precision=fp32, or check the data for bad values."
     )
+
+
+def _detached(value: Any) -> Any:
+    return value.detach() if isinstance(value, torch.Tensor) else value

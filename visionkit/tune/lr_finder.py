@@ -164,7 +164,9 @@ def lr_range_test(
     accumulate = cfg["trainer"]["accumulate"]
     # The run's own update (precision, clipping, accumulation, the finite check), with the lr set here instead of
     # by the schedule; a non-finite loss skips the update, and ends the test below.
-    updater = trainer.updater.replace(schedulers=None, finite_check="update", max_bad_steps=None, warn=_quiet)
+    updater = trainer.updater.replace(
+        schedulers=None, finite_check="update", max_bad_steps=None, warn=_quiet, keep_outputs=True
+    )
     ctx = StepContext(trainer.model, module, trainer.device, optimizer=name, autocast=trainer.autocast)
     factor = (max_lr / min_lr) ** (1 / (steps - 1))
     lrs: list[float] = []
