@@ -77,6 +77,19 @@ def test_cli_user_error_exits_2_without_traceback() -> None:
     assert "Traceback" not in proc.stderr
     proc = run_tool("train", "--config", "configs/cls/nope.yaml")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+    proc = run_tool("train", "--config", "configs/cls")
+    assert proc.returncode == 2 and "is a folder; pass a YAML file inside it" in proc.stderr
+    assert "default.yaml" in proc.stderr
+
+
+def test_overrides_may_follow_options_and_a_mistyped_command_is_named(capsys) -> None:
+    from visionkit.cli import main
+
+    assert main(["trian", "--task", "cls"]) == 2
+    assert "error: unknown command 'trian'. Did you mean 'train'?" in capsys.readouterr().err
+    proc = run_tool("train", "--task", "cls", "trainer.max_steps=1", "--dry-run", "trainer.num_threads=1")
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run ok" in proc.stdout
 
 
 def test_resolved_config_is_written(tmp_path) -> None:
@@ -136,8 +149,9 @@ def test_yaml_alias_bomb_is_refused_without_expanding(tmp_path) -> None:
 
 def test_duplicate_yaml_keys_duplicate_overrides_and_base_cycles_are_errors(tmp_path) -> None:
     (tmp_path / "dup.yaml").write_text("task: cls\ntrainer:\n  epochs: 3\n  epochs: 5\n")
-    with pytest.raises(ConfigError, match="key 'epochs' appears twice.*line 4"):
-        load_config(tmp_path / "dup.yaml")
+    (tmp_path / "child.yaml").write_text("_base_: dup.yaml\n")
+    with pytest.raises(ConfigError, match="dup.yaml': The key 'epochs' appears twice.*line 4"):
+        load_config(tmp_path / "child.yaml")  # the message names the file that holds the key twice
     (tmp_path / "a.yaml").write_text("_base_: b.yaml\ntask: cls\n")
     (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
     with pytest.raises(ConfigError, match="inherits from itself through _base_"):

@@ -106,3 +106,22 @@ def test_metadata_is_stored_per_entry_and_read_by_task() -> None:
     assert reg.metadata("plain") == {}
     reg.metadata("net", "generation")["family"] = "diffusion"  # a copy: the registry is unchanged
     assert reg.metadata("net", "generation") == {"family": "gan"}
+
+
+def test_one_builder_registered_for_two_tasks_serves_both() -> None:
+    from visionkit import plugins
+
+    saved = plugins.snapshot()
+    try:
+        def net(num_classes: int = 2) -> str:
+            return "net"
+
+        MODELS.register("vk_two_task_net", net, task="classification")
+        MODELS.register("vk_two_task_net", net, task="segmentation")
+        assert MODELS.get("vk_two_task_net", "classification") is net
+        assert MODELS.get("vk_two_task_net", "segmentation") is net
+        MODELS.register("vk_two_task_net", net, task="segmentation")  # the same registration again: still one
+        tasks = [e.tasks for e in MODELS.entries() if e.name == "vk_two_task_net"]
+        assert tasks == [("classification",), ("segmentation",)]
+    finally:
+        plugins.restore(saved)

@@ -33,15 +33,16 @@ from visionkit.version import PLUGIN_API, __version__  # noqa: E402
 
 if TYPE_CHECKING:
     from visionkit.api import dry_run, evaluate, load_config, load_model, predict, train
-    from visionkit.engine.contracts import Callback, DataFacts, LoopState, Metric, OptimizerGroup, StepContext, Task
+    from visionkit.data.facts import DataFacts
+    from visionkit.engine.contracts import Callback, LoopState, Metric, OptimizerGroup, StepContext, Task
     from visionkit.engine.export_spec import ExportOptions, ExportSpec, TensorInfo, image_spec
 
 _LAZY = {
     **dict.fromkeys(("dry_run", "evaluate", "load_config", "load_model", "predict", "train"), "visionkit.api"),
     **dict.fromkeys(
-        ("Callback", "DataFacts", "LoopState", "Metric", "OptimizerGroup", "StepContext", "Task"),
-        "visionkit.engine.contracts",
+        ("Callback", "LoopState", "Metric", "OptimizerGroup", "StepContext", "Task"), "visionkit.engine.contracts"
     ),
+    "DataFacts": "visionkit.data.facts",  # needs no torch
     **dict.fromkeys(("ExportOptions", "ExportSpec", "TensorInfo", "image_spec"), "visionkit.engine.export_spec"),
 }
 _SUBPACKAGES = ("api", "cli", "config", "data", "deploy", "engine", "errors", "plugins", "registry", "tasks", "tune")

@@ -122,6 +122,12 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
     if path.resolve() in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, path.resolve()))
         raise ConfigError(f"Config '{path}' inherits from itself through _base_: {cycle}. Remove one _base_ entry.")
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.yaml"))[:5]
+        raise ConfigError(
+            f"Config '{path}' is a folder; pass a YAML file"
+            + (f" inside it (e.g. {path / found[0]}; it holds {', '.join(found)})." if found else ", not a folder.")
+        )
     if not path.is_file():
         raise ConfigError(
             f"Config file '{path}' does not exist. Pass a YAML file, e.g. configs/cls/default.yaml "

@@ -6,6 +6,7 @@ import difflib
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,7 +28,12 @@ class PluginError(VisionkitError):
 
 
 class VisionkitDeprecationWarning(DeprecationWarning):
-    """An old name or protocol that still works and goes away in a later release (the CLI shows it once)."""
+    """An old name or protocol that still works and goes away in a later release (shown once per place)."""
+
+
+# Python hides DeprecationWarning outside __main__, so a script calling visionkit.train would never hear that its
+# plugin uses an old name: visionkit's own deprecations are shown (once per place) like any warning.
+warnings.filterwarnings("default", category=VisionkitDeprecationWarning)
 
 
 def did_you_mean(name: str, candidates: Iterable[str], n: int = 3) -> str:

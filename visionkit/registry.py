@@ -133,7 +133,10 @@ class Registry:
                     "Pick another name, or pass override=True to replace it on purpose."
                 )
             _announce_overrides(self.kind, entry, key, others)
-            for old in [e for _, e in clashes] + [e for e in self._entries.get(key, []) if e.obj is entry.obj]:
+            # The same object registered again for tasks it already serves replaces its entry (a module imported
+            # twice); for other tasks it is one more entry, so one builder can serve several tasks.
+            again = [e for e in self._entries.get(key, []) if e.obj is entry.obj and _overlap(e, entry)]
+            for old in [e for _, e in clashes] + again:
                 self._remove(old)
             self._entries.setdefault(key, []).append(entry)
             for alias in entry.aliases:

@@ -44,7 +44,10 @@ def yaml_load(text: str, source: str = "the config") -> Any:
     """Parse YAML text with the config loader, bounded in size and in what its aliases expand to."""
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{source} is {len(text)} bytes; a config may hold at most {MAX_CONFIG_BYTES} bytes.")
-    data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:  # a key given twice: say in which file
+        raise ConfigError(f"{source}: {exc}") from None
     _check_expanded_size(data, source)
     return data
 

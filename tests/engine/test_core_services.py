@@ -195,3 +195,27 @@ def test_declarable_fact_keys_are_the_fields_of_the_facts_record() -> None:
 
     assert FACT_KEYS == tuple(f.name for f in dataclasses.fields(DataFacts) if f.name != "extra")
     assert all(BASE_DEFAULTS["data"][key] is None for key in FACT_KEYS)
+
+
+def test_metric_protocol_mistakes_are_plugin_errors_naming_the_metric() -> None:
+    import torch
+
+    from visionkit import Metric
+    from visionkit.engine.metrics import Evaluator
+    from visionkit.errors import PluginError
+
+    class ReadsPred(Metric):
+        inputs = ("pred",)
+
+        def update(self, outputs):  # noqa: ANN001, ANN201
+            self.seen = outputs["pred"]
+
+        def compute(self):  # noqa: ANN201
+            return torch.tensor(1.0)  # a tensor, not a dict
+
+    evaluator = Evaluator([ReadsPred()])
+    with pytest.raises(PluginError, match=r"'ReadsPred' .*reads 'pred' .*hold \['logits', 'loss'\]"):
+        evaluator.update({"logits": torch.zeros(2), "loss": torch.tensor(0.5)}, 2)
+    evaluator.update({"pred": torch.zeros(2)}, 2)
+    with pytest.raises(PluginError, match=r"'ReadsPred' .*returned a Tensor from compute\(\); .*returns a dict"):
+        evaluator.compute()

@@ -88,6 +88,13 @@ class NoTrainingStep(visionkit.Task):
     name = "vk_no_training_step"
 
 
+class NoValidationStep(visionkit.Task):
+    name = "vk_no_validation_step"
+
+    def training_step(self, batch: object, ctx: visionkit.StepContext) -> dict:
+        raise AssertionError("not reached")
+
+
 class NotATask:
     name = "vk_not_a_task"
 
@@ -97,13 +104,17 @@ class NotATask:
 
 @pytest.mark.parametrize(
     ("cls", "message"),
-    [(NoTrainingStep, "does not implement training_step"), (NotATask, "is not a subclass of visionkit.Task")],
+    [
+        (NoTrainingStep, "does not implement training_step"),
+        (NoValidationStep, "does not implement validation_step.*but the config has data.val"),
+        (NotATask, "is not a subclass of visionkit.Task"),
+    ],
 )
 def test_a_protocol_the_core_cannot_use_is_a_plugin_error(cls: type, message: str) -> None:
     saved = plugins.snapshot()
     try:
         TASKS.register(cls.name, cls)
-        cfg = visionkit.config.load_config({"task": cls.name, "model": {"name": "mlp"}})
+        cfg = visionkit.config.load_config({"task": cls.name, "model": {"name": "mlp"}, "data": {"val": "x"}})
         with pytest.raises(PluginError, match=message):
             build_task(cfg)
     finally:

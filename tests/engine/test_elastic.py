@@ -182,7 +182,8 @@ def test_torchrun_restart_after_a_killed_worker_resumes_and_finishes(tmp_path: P
             assert agent.poll() is None, f"torchrun ended before the first checkpoint:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"no checkpoint:\n{log.read_text()[-3000:]}"
             time.sleep(0.2)
-        killed = next(pid for pid in _children(agent.pid) if _rank_of(pid) == "1")
+        first_attempt = _children(agent.pid)
+        killed = next(pid for pid in first_attempt if _rank_of(pid) == "1")
         os.kill(killed, signal.SIGKILL)
         code = agent.wait(timeout=max(deadline - time.monotonic(), 1))
     finally:
@@ -193,7 +194,8 @@ def test_torchrun_restart_after_a_killed_worker_resumes_and_finishes(tmp_path: P
                 pass
     text = log.read_text()
     assert code == 0, text[-4000:]
-    assert killed is not None and f"(pid: {killed})" in text  # torchrun saw the killed rank fail and restarted
+    # torchrun saw the first attempt fail (the killed rank, or its peer when that one noticed first) and restarted
+    assert killed is not None and any(f"(pid: {pid})" in text.split("torchrun restart")[0] for pid in first_attempt)
     assert "torchrun restart of the workers: continuing the run in" in text
     resumed_at = int(text.split("resumed from ", 1)[1].split("step ", 1)[1].split()[0])
     assert 10 <= resumed_at < max_steps

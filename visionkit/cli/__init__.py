@@ -9,6 +9,7 @@ from visionkit.cli.commands import eval_main, list_main, predict_main, train_mai
 from visionkit.cli.common import user_message
 from visionkit.cli.deploy import explain_main, export_main, profile_main
 from visionkit.cli.tune import lr_main, sweep_main, tune_main
+from visionkit.errors import did_you_mean
 from visionkit.version import __version__
 
 __all__ = [
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"visionkit {__version__}")
         return 0
     if not argv or argv[0] not in commands:
+        if argv:
+            hint = did_you_mean(argv[0], commands)
+            print(f"error: unknown command {argv[0]!r}.{hint}\n", file=sys.stderr)
         print(usage, file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])

@@ -31,7 +31,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         "write nothing",
     )
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
 
     def go() -> None:
         from visionkit.api import train
@@ -63,7 +63,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", help="also write the metrics to this JSON file")
     add_plugin_option(p)
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
 
     def go() -> None:
         import_plugins(args.plugin)

@@ -86,7 +86,7 @@ def profile_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", help="folder for profile.json (default: the current folder)")
     add_plugin_option(p)
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value (with --config/--task)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
 
     def go() -> None:
         from pathlib import Path

@@ -22,7 +22,7 @@ from visionkit.data.batches import to_device
 from visionkit.engine import contracts
 from visionkit.engine.checkpoint import rng_state, set_rng_state
 from visionkit.engine.contracts import StepContext, Task
-from visionkit.errors import VisionkitDeprecationWarning
+from visionkit.errors import PluginError, VisionkitDeprecationWarning
 
 LOWER_IS_BETTER = ("loss", "fd", "error", "mae", "mse", "distance")
 
@@ -96,14 +96,29 @@ class Evaluator:
         if loss is not None:
             self.loss.update(torch.as_tensor(loss), float(batch_size))
         for m in self.metrics:
-            m.update(outputs)
+            try:
+                m.update(outputs)
+            except KeyError as exc:
+                if exc.args and exc.args[0] in outputs:
+                    raise  # a key missing inside the metric's own tables: its bug, with its traceback
+                raise PluginError(
+                    f"Metric {_named(m)} reads {exc.args[0]!r} from the validation step's outputs, which hold "
+                    f"{sorted(map(str, outputs))} (the metric declares inputs {tuple(getattr(m, 'inputs', ()))}): "
+                    "return that key from the task's validation_step, or choose other metrics (`metrics:`)."
+                ) from None
 
     def compute(self) -> tuple[dict[str, float], dict[str, Any]]:
         """(val/<name> scalars, non-scalar extras) over everything added since `reset`, reduced over ranks."""
         scalars: dict[str, float] = {}
         extras: dict[str, Any] = {}
         for m in self.metrics:
-            for key, value in (m.compute() or {}).items():
+            result = m.compute() or {}
+            if not isinstance(result, Mapping):
+                raise PluginError(
+                    f"Metric {_named(m)} returned a {type(result).__name__} from compute(); a visionkit.Metric returns "
+                    "a dict such as {'accuracy': value} (numbers become val/<key>, anything else goes to summary.json)."
+                )
+            for key, value in result.items():
                 if isinstance(value, torch.Tensor) and value.numel() == 1:
                     value = value.item()
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -116,6 +131,10 @@ class Evaluator:
         if weight > 0:
             scalars["val/loss"] = loss
         return scalars, extras
+
+
+def _named(metric: Any) -> str:
+    return f"'{type(metric).__name__}' ({type(metric).__module__})"
 
 
 def run_validation(

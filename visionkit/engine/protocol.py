@@ -35,10 +35,16 @@ def build_task(cfg: dict[str, Any], validate: bool = True) -> Task:
     sections by the core, the component specs (and model.freeze) by `Task.validate`."""
     cls = task_class(cfg["task"])
     task = cls(cfg)  # a class may build a subclass (e.g. generation builds its model family's task)
+    where = f"Task '{cfg['task']}' ({type(task).__module__}.{type(task).__qualname__})"
     if _own(type(task), "training_step") is None:
         raise PluginError(
-            f"Task '{cfg['task']}' ({type(task).__module__}.{type(task).__qualname__}) does not implement "
-            f"training_step(batch, ctx), which returns the losses to train (plugin API {PLUGIN_API}, docs/plugins.md)."
+            f"{where} does not implement training_step(batch, ctx), which returns the losses to train "
+            f"(plugin API {PLUGIN_API}, docs/plugins.md)."
+        )
+    if cfg["data"].get("val") is not None and _own(type(task), "validation_step") is None:
+        raise PluginError(
+            f"{where} does not implement validation_step(batch, ctx), which returns what the metrics read, but "
+            f"the config has data.val. Implement it (plugin API {PLUGIN_API}, docs/plugins.md), or set data.val=null."
         )
     if validate:
         validate_optimizer(cfg["optimizer"])

@@ -398,5 +398,6 @@ class Trainer:
             **self.last_extras,
         }
         self.emit("on_fit_end", s, summary)
+        dist.barrier()  # every rank returns once rank 0 has written the run's files, and leaves the group together
         self.print(f"done in {seconds:.1f}s; results in {self.run_dir}")
         return RunResult(self.run_dir, s.metrics, s.best_metrics, best_ckpt, summary)
