@@ -52,11 +52,14 @@ def test_plugin_flag_is_recorded_and_its_checkpoint_evaluates_without_it(
     assert yaml.safe_load((run / "config.yaml").read_text())["plugins"] == ["vk_hard_probe"]
     best = run / "checkpoints" / "best.pt"
     assert torch.load(best, weights_only=True)["config"]["plugins"] == ["vk_hard_probe"]
-    proc = run_tool("eval", str(best), env=env)  # no --plugin: the checkpoint's config imports it
+    proc = run_tool("eval", str(best), env=env)  # the checkpoint names the plugin, but never imports it
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "trained with the plugin 'vk_hard_probe'" in proc.stderr and "pass --plugin vk_hard_probe" in proc.stderr
+    proc = run_tool("eval", str(best), "--plugin", "vk_hard_probe", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "accuracy" in proc.stdout
     # A model.* setting that builds another shape: the file and the first misfitting tensor, no traceback.
-    assert cli.eval_main([str(best), "model.image_size=4"]) == 2
+    assert cli.eval_main([str(best), "--plugin", "vk_hard_probe", "model.image_size=4"]) == 2
     err = capsys.readouterr().err
     assert f"error: The weights in '{best}' do not fit the model" in err
     assert "'1.weight' has shape [10, 64] in the file but [10, 16] in the model" in err

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from visionkit.errors import ConfigError, did_you_mean
-from visionkit.plugins import import_plugin
+from visionkit.plugins import import_plugin, require_loaded
 from visionkit.registry import TASKS
 from visionkit.yaml_reader import yaml_load
 
@@ -204,14 +204,20 @@ def load_config(
     config: str | Path | Mapping[str, Any] | None = None,
     overrides: Sequence[str] | Mapping[str, Any] = (),
     task: str | None = None,
+    *,
+    source: str | None = None,
+    plugin_info: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Load and merge a config and check it against the schema; returns a plain nested dict with every key present.
 
     Component specs (model, datasets, optimizer, ...) are the task's to check: `Task.validate`, which
-    `visionkit.load_config` and every run call before building anything.
+    `visionkit.load_config` and every run call before building anything. The `plugins:` of a user's config and
+    overrides are imported. A config read from a file people download (`source`, e.g. "checkpoint 'x.pt'") never
+    imports or calls what it names: its plugins must be loaded already (`--plugin`, an installed entry point),
+    else a PluginError says which flag to pass (`plugin_info`: what the file recorded of each plugin).
     """
     over = parse_overrides(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
-    for plugin in over.get("plugins") or []:
+    for plugin in plugin_list(over, "overrides"):
         import_plugin(plugin)
     if config is None:
         name = task or over.get("task")
@@ -226,8 +232,12 @@ def load_config(
         user["task"] = task
     if not user.get("task"):
         raise ConfigError("The config has no 'task' key; add e.g. `task: classification`.")
-    for plugin in user.get("plugins") or []:
-        import_plugin(plugin)
+    listed = plugin_list(user, source or "the config")
+    if source is None:
+        for plugin in listed:
+            import_plugin(plugin)
+    else:
+        require_loaded(listed, source, plugin_info)
     task_cls = TASKS.get(user["task"])
     user["task"] = TASKS.canonical(user["task"])
     schema = deep_merge(BASE_DEFAULTS, getattr(task_cls, "defaults", {}))
@@ -235,6 +245,14 @@ def load_config(
     cfg = deep_merge(schema, user)
     check_values(cfg)
     return cfg
+
+
+def plugin_list(cfg: Mapping[str, Any], where: str) -> list[str]:
+    """The `plugins:` entries of a config: a list of module (or module:function) names."""
+    listed = cfg.get("plugins") or []
+    if not isinstance(listed, list) or not all(isinstance(p, str) and p for p in listed):
+        raise ConfigError(f"'plugins' in {where} must be a list of module names (e.g. [my_pkg.plugin]): {listed!r}.")
+    return listed
 
 
 def check_keys(user: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> None:

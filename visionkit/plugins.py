@@ -6,10 +6,10 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, entry_points, packages_distributions
 from typing import Any
 
 from visionkit import registry
@@ -142,6 +142,36 @@ def _warn_registered_nothing(spec: str, module: object, seen_before: bool) -> No
         f"plugin '{spec}' registered nothing: importing it added no component to any visionkit registry "
         f"({', '.join(r.kind for r in ALL.values())}); {why}, or check that it calls e.g. "
         f"MODELS.register(...) from visionkit.registry.{earlier}"
+    )
+
+
+def describe(spec: str) -> dict[str, Any]:
+    """What a checkpoint records of a plugin, as information only: its spec, module and installing distribution."""
+    module = spec.partition(":")[0]
+    dists = packages_distributions().get(module.split(".")[0])
+    return {"spec": spec, "module": module, "distribution": dists[0] if dists else None}
+
+
+def is_loaded(spec: str) -> bool:
+    """True when a plugin was imported in this process (by import_plugin, an entry point or the user's own code)."""
+    return spec in _imported or spec.partition(":")[0] in sys.modules
+
+
+def require_loaded(specs: Iterable[str], source: str, recorded: Iterable[Mapping[str, Any]] = ()) -> None:
+    """Check that the plugins a downloaded file names are loaded; never import them (a PluginError naming the flag)."""
+    missing = [spec for spec in specs if not is_loaded(spec)]
+    if not missing:
+        return
+    spec = missing[0]
+    known = {r.get("spec"): r for r in recorded if isinstance(r, Mapping)}
+    dist = known.get(spec, {}).get("distribution") or describe(spec)["distribution"]
+    from_dist = f" (from the distribution '{dist}')" if dist else ""
+    others = f"; it also names {', '.join(repr(m) for m in missing[1:])}" if len(missing) > 1 else ""
+    install = f", or install '{dist}' so that its entry point loads it" if dist else ""
+    raise PluginError(
+        f"{source} was trained with the plugin '{spec}'{from_dist}, which this process has not loaded{others}. "
+        f"visionkit never imports or calls code that a checkpoint or exported model names: pass --plugin {spec} "
+        f"(from Python: visionkit.plugins.import_plugin('{spec}') first){install}."
     )
 
 

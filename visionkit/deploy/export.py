@@ -18,6 +18,7 @@ from visionkit.deploy.runtime import ExportedSession, sidecar_path
 from visionkit.engine.export_spec import ExportOptions, ExportSpec
 from visionkit.engine.inference import load_model
 from visionkit.errors import ConfigError, VisionkitError, require
+from visionkit.plugins import describe as describe_plugin
 from visionkit.version import __version__
 
 DEFAULT_OPSET = 17  # the tracer's well-trodden opset; torch.export-based export needs 18 or later
@@ -210,6 +211,7 @@ def export_model(
             "versions": {"visionkit": __version__, "torch": torch.__version__, "opset": opset_used},
             "check": check_record,
             "config": cfg,
+            "plugins": [describe_plugin(name) for name in cfg.get("plugins") or []],  # information only
         }
         if fmt == "onnx":
             sidecar["versions"]["onnx"] = require("onnx", "ONNX export").__version__

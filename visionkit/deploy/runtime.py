@@ -114,7 +114,8 @@ def predict_exported(
 ) -> dict[str, Any]:
     """tools/predict.py on an exported model: the task's preprocessing and output files, the exported network."""
     sidecar, model_path = load_sidecar(path)
-    cfg = load_config(sidecar["config"])  # imports the run's plugins, as the checkpoint path does
+    recorded = sidecar.get("plugins") if isinstance(sidecar.get("plugins"), list) else []
+    cfg = load_config(sidecar["config"], source=f"Exported model '{model_path}'", plugin_info=recorded)
     task = build_task(cfg)
     task.facts = DataFacts.from_dict(sidecar["data"])
     if not sidecar.get("predict", True):

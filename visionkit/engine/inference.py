@@ -26,7 +26,10 @@ def load_model(
     The task's `facts` are the data facts saved with the checkpoint; thread counts are left alone.
     """
     ckpt = load_checkpoint(checkpoint)
-    cfg = load_config(ckpt["config"], list(overrides))
+    # The checkpoint's plugins are information: loading it never imports or calls them.
+    cfg = load_config(
+        ckpt["config"], list(overrides), source=f"Checkpoint '{checkpoint}'", plugin_info=_recorded(ckpt)
+    )
     task = build_task(cfg)
     # Checkpoints before format 2 kept the data facts in their config's data section.
     task.facts = DataFacts.from_dict(ckpt.get("facts") or declared_facts(ckpt["config"].get("data", {})).to_dict())
@@ -37,6 +40,12 @@ def load_model(
     model.to(dev).eval()
     task.setup(model, dev)
     return task, model, cfg
+
+
+def _recorded(ckpt: Mapping[str, Any]) -> list[Any]:
+    """What a checkpoint recorded of its plugins (spec, module, distribution); older checkpoints record nothing."""
+    recorded = ckpt.get("plugins")
+    return list(recorded) if isinstance(recorded, list) else []
 
 
 def run_autocast(cfg: Mapping[str, Any], device: torch.device) -> Any:

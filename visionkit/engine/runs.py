@@ -102,7 +102,8 @@ def _resumed_config(
     checkpoint: Path, given: dict[str, Any] | None, overrides: list[str], task: str | None
 ) -> dict[str, Any]:
     """The config a resume trains with: the given one, or the checkpoint's with the overrides; changes checked."""
-    saved = load_checkpoint(checkpoint)["config"]
+    ckpt = load_checkpoint(checkpoint)
+    saved = ckpt["config"]
     if task is not None and TASKS.canonical(task) != TASKS.canonical(saved["task"]):
         raise ConfigError(
             f"--task {task} does not match the checkpoint to resume, '{checkpoint}', which is a "
@@ -112,7 +113,9 @@ def _resumed_config(
     before_no_decay = "decay_norm_and_bias" not in saved.get("optimizer", {})
     if before_no_decay:  # saved before biases and norms went undecayed: it keeps decaying them
         saved["optimizer"] = {**saved.get("optimizer", {}), "decay_norm_and_bias": True}
-    cfg = given if given is not None else load_config(saved, overrides)
+    recorded = ckpt.get("plugins") if isinstance(ckpt.get("plugins"), list) else []
+    where = f"Checkpoint '{checkpoint}'"  # its plugins are information: resuming never imports or calls them
+    cfg = given if given is not None else load_config(saved, overrides, source=where, plugin_info=recorded)
     if before_no_decay and not any(o.startswith("optimizer.decay_norm_and_bias=") for o in overrides):
         cfg["optimizer"]["decay_norm_and_bias"] = True
     adopt_saved_batch(saved, cfg)  # `batch_size: auto` resumes with the batch the run chose

@@ -49,6 +49,7 @@ from visionkit.engine.update import TrainingError as TrainingError  # raised by 
 from visionkit.engine.update import Updater, finite_check_for
 from visionkit.engine.weights import load_model_weights, skip_pretrained
 from visionkit.errors import ConfigError, VisionkitError
+from visionkit.plugins import describe as describe_plugin
 from visionkit.registry import CALLBACKS
 
 
@@ -219,6 +220,7 @@ class Trainer:
             "rng": rng_state(),
             "wall_time_s": self._wall_time(),
             "config": self.cfg,
+            "plugins": [describe_plugin(spec) for spec in self.cfg.get("plugins") or []],  # information only
             "facts": self.facts.to_dict(),
             "format": 2,
         }
