@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionkit.data import walk_inputs
 from visionkit.data.images import as_rgb, save_image
+from visionkit.data.inputs import walk_inputs
 from visionkit.deploy.explain_layers import FeatureMap, probe, resolve_layer
 from visionkit.engine.inference import load_model
 from visionkit.engine.precision import device_of
@@ -313,7 +313,7 @@ def explain(
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"The output folder '{out_dir}' is a file; pass a folder for --out.")
-    files = walk_inputs([str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)])
+    files = walk_inputs([str(i) for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs)], out_dir)
     task, model, _ = load_model(checkpoint, device=device)
     explainer = Explainer(task, model, method, target_class, target_layer)
     records = []

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from visionkit.data import walk_inputs
 from visionkit.data.images import save_image
+from visionkit.data.inputs import walk_inputs
 from visionkit.engine.contracts import Task
 from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError, did_you_mean
@@ -89,7 +89,7 @@ class Predictor:
         if not inputs:
             with torch.no_grad(), self._autocast():
                 return task.sample(self.model, out, opts)
-        files = walk_inputs(inputs)
+        files = walk_inputs(inputs, out)
         records: list[dict[str, Any]] = []
         bar = _progress(len(files), opts["progress"])
         batch: list[tuple[Path, Path, Any, Any]] = []

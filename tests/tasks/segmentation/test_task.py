@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -119,13 +120,16 @@ def _task_and_model(tmp_path: Path, num_classes: int = 3):
 
 def test_predict_writes_index_masks_overlays_and_json(tmp_path: Path) -> None:
     task, model = _task_and_model(tmp_path)
-    inputs = [tmp_path / "data" / "images", tmp_path / "data" / "images" / "img00.png"]  # a folder and a file
+    other = tmp_path / "other" / "img00.png"  # a file named like one in the folder (the same file would count once)
+    other.parent.mkdir()
+    shutil.copy(tmp_path / "data" / "images" / "img00.png", other)
+    inputs = [tmp_path / "data" / "images", other]  # a folder and a file
     result = Predictor(task, model).run(inputs, tmp_path / "out", {"alpha": 0.3})
     assert len(result["predictions"]) == 4 and result["data"]["class_names"] == ["bg", "red", "blue"]
     written = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert written == {k: result[k] for k in ("task", "data", "predictions")} and written["task"] == "segmentation"
     names = [p["masks"] for p in result["predictions"]]
-    assert len(set(names)) == 4  # the repeated input does not overwrite the first one
+    assert len(set(names)) == 4  # the same-named input does not overwrite the first one
     assert names[0] == "masks/img00.png" and result["predictions"][0]["overlays"] == "overlays/img00.png"
     with torch.no_grad():
         logits = model(
