@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,6 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from visionkit.errors import ConfigError
+
+try:  # file locks: fcntl on POSIX, msvcrt on Windows
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+try:
+    import msvcrt
+except ImportError:
+    msvcrt = None  # type: ignore[assignment]
 
 
 @dataclass
@@ -39,7 +50,6 @@ def default_run_dir(cfg: dict[str, Any]) -> Path:
 def check_run_dir(run_dir: Path) -> None:
     """Fail early, creating nothing, when the run folder could not be created or written (a ConfigError)."""
     import errno
-    import os
 
     with _run_dir_errors(run_dir):
         existing = run_dir
@@ -51,12 +61,75 @@ def check_run_dir(run_dir: Path) -> None:
             raise PermissionError(errno.EACCES, f"{os.strerror(errno.EACCES)} ('{existing}' is read-only)")
 
 
-def prepare_run_dir(run_dir: Path) -> None:
-    """Create `<run>/checkpoints` and remove temporaries a killed save left; a ConfigError if it cannot be written."""
+def prepare_run_dir(run_dir: Path, new_run: bool = True) -> RunLock:
+    """Create `<run>/checkpoints`, lock the folder for this run, remove temporaries a killed save left.
+
+    A ConfigError if it cannot be written, when another run holds the lock, or when a new run finds a run there
+    (one that finished while this one was set up)."""
     with _run_dir_errors(run_dir):
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)
+    if new_run and (run_dir / "checkpoints" / "last.pt").is_file():
+        lock.release()
+        raise ConfigError(
+            f"The work dir '{run_dir}' already holds a run (checkpoints/last.pt). Continue it with --resume auto, "
+            "or choose another --work-dir for a new run."
+        )
+    with _run_dir_errors(run_dir):
         for stale in (run_dir / "checkpoints").glob("*.tmp"):  # left by a save that was killed
             stale.unlink()
+    return lock
+
+
+class RunLock:
+    """An OS file lock on a run folder while a run writes it; the OS releases it when the process ends (kill -9
+    included), so a crashed run's folder can be resumed at once."""
+
+    NAME = ".visionkit-run.lock"
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / self.NAME
+        with _run_dir_errors(run_dir):
+            self.file = open(self.path, "a+")  # noqa: SIM115 - held open for the run's lifetime
+        if not _try_lock(self.file):
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise ConfigError(
+                f"The run folder '{run_dir}' is in use by another run ({holder}): two runs writing one folder would "
+                "destroy each other's checkpoints and logs. Wait for it to finish (then --resume auto continues it), "
+                "or give this run another --work-dir."
+            )
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {datetime.now():%Y-%m-%d %H:%M:%S}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        """Give the folder back (the lock file stays; an unlocked one means nothing)."""
+        if not self.file.closed:
+            _unlock(self.file)
+            self.file.close()
+
+
+def _try_lock(file: Any) -> bool:
+    """Take an exclusive lock without waiting: False when another process holds it."""
+    try:
+        if fcntl is not None:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        elif msvcrt is not None:  # Windows
+            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    return True
+
+
+def _unlock(file: Any) -> None:
+    if fcntl is not None:
+        fcntl.flock(file.fileno(), fcntl.LOCK_UN)
+    elif msvcrt is not None:
+        file.seek(0)
+        msvcrt.locking(file.fileno(), msvcrt.LK_UNLCK, 1)
 
 
 @contextmanager
@@ -152,6 +225,30 @@ class RunReport:
         if self._file:
             self._file.close()
             self._file = None
+
+
+def run_summary(
+    task: str, state: Any, run_dir: Path, seconds: tuple[float, float], run: dict[str, Any], facts: Any
+) -> dict[str, Any]:
+    """What summary.json holds: the monitor, final and best metrics, checkpoints, counts, times, the data facts."""
+    folder = run_dir / "checkpoints"
+    return {
+        "task": task,
+        "monitor": state.monitor,
+        "monitor_mode": state.monitor_mode,
+        "final": state.metrics,
+        "best": state.best_metrics,
+        "best_value": state.best_value,
+        "best_checkpoint": str(folder / "best.pt"),
+        "last_checkpoint": str(folder / "last.pt"),
+        "steps": state.step,
+        "epochs": state.epoch,
+        "nonfinite_updates": state.nonfinite_updates,
+        "wall_time_s": round(seconds[0], 2),  # every process of the run (up to its checkpoint) and this one
+        "wall_time_this_process_s": round(seconds[1], 2),
+        **run,  # device, precision, world size, batches per rank
+        "data": facts.to_dict(),
+    }
 
 
 def epoch_line(

@@ -43,7 +43,7 @@ from visionkit.engine.metrics import Evaluator, improves, monitor_mode, run_vali
 from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
 from visionkit.engine.protocol import build_task
-from visionkit.engine.report import RunResult, check_run_dir, default_run_dir, prepare_run_dir
+from visionkit.engine.report import RunResult, check_run_dir, default_run_dir, prepare_run_dir, run_summary
 from visionkit.engine.shape_errors import translated_shape_errors
 from visionkit.engine.update import TrainingError as TrainingError  # raised by the update; importable from here
 from visionkit.engine.update import Updater, finite_check_for
@@ -130,7 +130,7 @@ class Trainer:
         self.train_loader, self.sampler, self.val_loader = loaders.train, loaders.sampler, loaders.val
         self.updates_per_epoch = loaders.updates_per_epoch
         if dist.is_main() and self.write:
-            prepare_run_dir(self.run_dir)
+            self.lock = prepare_run_dir(self.run_dir, new_run=not self.resume)  # one run writes a folder at a time
             dump_config(cfg, self.run_dir / "config.yaml")
             mark_run_dir(self.run_dir)  # a torchrun restart finds its run dir by this marker
         self._build_optimizers()
@@ -159,6 +159,8 @@ class Trainer:
     def close(self) -> None:
         """Stop the loader workers and leave the process group this trainer opened (a caller's stays open)."""
         close_workers(getattr(self, "train_loader", None), getattr(self, "val_loader", None))
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
         if self.owns_process_group:
             dist.destroy_process_group()
             self.owns_process_group = False
@@ -373,32 +375,12 @@ class Trainer:
         self.updater.check(self.state.step)
         self.state.nonfinite_updates = self.updater.nonfinite
         ranks = dist.all_gather_objects({"rank": dist.rank(), "batches": self.batches_seen})
-        ckpt_dir = self.run_dir / "checkpoints"
-        best_ckpt = ckpt_dir / "best.pt"
-        s = self.state
-        if dist.is_main() and not best_ckpt.exists() and (ckpt_dir / "last.pt").exists():
-            shutil.copyfile(ckpt_dir / "last.pt", best_ckpt)  # no validation ran: last is the best we have
-        summary = {
-            "task": self.cfg["task"],
-            "monitor": self.monitor,
-            "monitor_mode": self.monitor_mode,
-            "final": s.metrics,
-            "best": s.best_metrics,
-            "best_value": s.best_value,
-            "best_checkpoint": str(best_ckpt),
-            "last_checkpoint": str(ckpt_dir / "last.pt"),
-            "steps": s.step,
-            "epochs": s.epoch,
-            "nonfinite_updates": s.nonfinite_updates,
-            "wall_time_s": round(seconds, 2),
-            "wall_time_this_process_s": round(this_process, 2),
-            "device": str(self.device),
-            "precision": self.precision,
-            "world_size": dist.world_size(),
-            "ranks": ranks,
-            "data": self.facts.to_dict(),
-            **self.last_extras,
-        }
+        s, best_ckpt = self.state, self.run_dir / "checkpoints" / "best.pt"
+        if dist.is_main() and not best_ckpt.exists() and best_ckpt.with_name("last.pt").exists():
+            shutil.copyfile(best_ckpt.with_name("last.pt"), best_ckpt)  # no validation ran: last is the best we have
+        run = {"device": str(self.device), "precision": self.precision, "world_size": dist.world_size(), "ranks": ranks}
+        summary = run_summary(self.cfg["task"], s, self.run_dir, (seconds, this_process), run, self.facts)
+        summary.update(self.last_extras)
         self.emit("on_fit_end", s, summary)
         dist.barrier()  # every rank returns once rank 0 has written the run's files, and leaves the group together
         self.print(f"done in {seconds:.1f}s; results in {self.run_dir}")
