@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from visionkit.errors import DataError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -17,4 +19,20 @@ def cache_dir() -> Path:
     root = os.environ.get("VISIONKIT_CACHE") or Path.home() / ".cache" / "visionkit"
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def path_in_root(root: Path, name: str, where: str, allow_outside: bool = False, key: str = "") -> Path:
+    """`root / name` for a file an annotation names; a DataError when it leaves `root` (`../x.png`, an absolute
+    path), unless the dataset allows it (`allow_outside_root: true`): an annotation file must not read elsewhere."""
+    path = root / name
+    if allow_outside:
+        return path
+    base = os.path.realpath(root)
+    if os.path.isabs(name) or os.path.commonpath([base, os.path.realpath(path)]) != base:
+        option = f" Set {key}.allow_outside_root=true if the images really live elsewhere." if key else ""
+        raise DataError(
+            f"{where} names the image '{name}', which lies outside the image folder '{root}': annotation files may "
+            f"only name images under it (relative paths, no '..').{option}"
+        )
     return path

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from visionkit.data import path_in_root
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
 from visionkit.tasks.detection.datasets import (
@@ -51,9 +52,11 @@ def read_coco_json(path: str | Path, what: str = "ann_file") -> dict[str, Any]:
 
 
 def coco_records(
-    data: dict[str, Any], image_dir: Path, checker: BoxChecker, source: str
+    data: dict[str, Any], image_dir: Path, checker: BoxChecker, source: str, outside: bool = False, key: str = ""
 ) -> tuple[list[ImageRecord], list[str], list[int]]:
-    """Turn a COCO dict into image records; crowd annotations become ignore regions (not trained on)."""
+    """Turn a COCO dict into image records; crowd annotations become ignore regions (not trained on).
+
+    Image files must lie under `image_dir` unless `outside`; an image id given twice is refused."""
     categories = sorted(data["categories"], key=lambda c: c["id"])
     category_ids = [c["id"] for c in categories]
     label_of = {cid: i for i, cid in enumerate(category_ids)}
@@ -62,7 +65,12 @@ def coco_records(
     for img in sorted(data["images"], key=lambda im: im.get("id", -1)):
         if "id" not in img or "file_name" not in img:
             raise DataError(f"{source}: image entry {img} needs 'id' and 'file_name'.")
-        path = image_dir / img["file_name"]
+        if img["id"] in records:
+            raise DataError(
+                f"{source}: image id {img['id']} is given twice in 'images' ('{records[img['id']].path.name}' and "
+                f"'{img['file_name']}'): its annotations would land on one of them. Give every image its own id."
+            )
+        path = path_in_root(image_dir, str(img["file_name"]), f"{source} image id {img['id']}", outside, key)
         width, height = img.get("width"), img.get("height")
         if not width or not height:
             width, height = image_size_of(path, source)
@@ -111,12 +119,15 @@ def coco_dataset(
     min_visibility: float = 0.3,
     invalid_boxes: str = "clip",
     check_files: bool = True,
+    allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """COCO instances JSON + image folder; crowd boxes are ignored in training and kept as COCO eval ignores them."""
     source = f"data.{split} (coco '{ann_file}')"
     data = read_coco_json(ann_file, f"data.{split}.ann_file")
     checker = BoxChecker(invalid_boxes, source)
-    records, class_names, category_ids = coco_records(data, Path(image_dir), checker, source)
+    records, class_names, category_ids = coco_records(
+        data, Path(image_dir), checker, source, allow_outside_root, f"data.{split}"
+    )
     require_annotations(records, source)
     if check_files:
         check_files_exist(records, source)

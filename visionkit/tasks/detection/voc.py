@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from visionkit.data import path_in_root
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
 from visionkit.tasks.detection.datasets import (
@@ -53,15 +54,23 @@ def _text(node: ET.Element, tag: str, where: str) -> str:
 
 
 def parse_voc_xml(
-    path: Path, image_dir: Path, class_index: dict[str, int], checker: BoxChecker, image_id: int
+    path: Path,
+    image_dir: Path,
+    class_index: dict[str, int],
+    checker: BoxChecker,
+    image_id: int,
+    outside: bool = False,
+    key: str = "",
 ) -> ImageRecord:
-    """One annotation file as a record; `difficult` objects become ignore regions (see voc_dataset)."""
+    """One annotation file as a record; `difficult` objects become ignore regions (see voc_dataset).
+
+    Its `<filename>` must lie under `image_dir` unless `outside`."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
         raise DataError(f"VOC annotation '{path}' is not valid XML: {exc}") from exc
     name = root.findtext("filename") or f"{path.stem}.jpg"
-    image = image_dir / name.strip()
+    image = path_in_root(image_dir, name.strip(), f"VOC annotation '{path}'", outside, key)
     size = root.find("size")
     if size is not None and size.findtext("width") and size.findtext("height"):
         width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
@@ -108,6 +117,7 @@ def voc_dataset(
     min_visibility: float = 0.3,
     invalid_boxes: str = "clip",
     check_files: bool = True,
+    allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """Pascal VOC layout; `difficult` objects are not trained on and are ignored in eval (unless use_difficult)."""
     base = Path(root)
@@ -121,10 +131,11 @@ def voc_dataset(
     checker = BoxChecker(invalid_boxes, source)
     records = []
     for i, stem in enumerate(s.split()[0] for s in listing.read_text().splitlines() if s.strip()):
-        xml = base / "Annotations" / f"{stem}.xml"
+        xml = path_in_root(base / "Annotations", f"{stem}.xml", f"{source}: '{listing}'", allow_outside_root)
         if not xml.is_file():
             raise DataError(f"{source}: annotation '{xml}' listed in '{listing}' does not exist.")
-        rec = parse_voc_xml(xml, base / "JPEGImages", class_index, checker, i + 1)
+        key = f"data.{split}"
+        rec = parse_voc_xml(xml, base / "JPEGImages", class_index, checker, i + 1, allow_outside_root, key)
         if use_difficult and len(rec.ignore_boxes):
             rec.boxes = np.concatenate([rec.boxes, rec.ignore_boxes])
             rec.labels = np.concatenate([rec.labels, rec.ignore_labels])

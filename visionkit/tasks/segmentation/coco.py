@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from visionkit.data import path_in_root
 from visionkit.data.images import read_image
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
@@ -66,8 +67,10 @@ class CocoSegmentationDataset(SegmentationDataset):
         class_names: list[str] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        allow_outside_root: bool = False,
     ) -> None:
         self.annotation_file, self.image_root = Path(annotations).expanduser(), Path(images).expanduser()
+        self.allow_outside_root = allow_outside_root
         if crowd not in ("ignore", "class", "skip"):
             raise DataError(f"The coco dataset's option crowd is {crowd!r}; accepted: ignore, class, skip.")
         if crowd == "ignore" and ignore_index is None:
@@ -116,6 +119,19 @@ class CocoSegmentationDataset(SegmentationDataset):
         if not self.images:
             raise DataError(f"'{self.annotation_file}' lists no images.")
         ids = {im["id"] for im in self.images}
+        if len(ids) != len(self.images):
+            twice = next(i for i in ids if sum(im["id"] == i for im in self.images) > 1)
+            raise DataError(
+                f"'{self.annotation_file}': image id {twice} is given twice in 'images': its annotations would land "
+                "on one of them. Give every image its own id."
+            )
+        self.paths = {
+            im["id"]: path_in_root(
+                self.image_root, str(im["file_name"]), f"'{self.annotation_file}' image id {im['id']}",
+                self.allow_outside_root, "data.<split>",
+            )
+            for im in self.images
+        }  # fmt: skip
         self.annotations: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
         for ann in coco.get("annotations") or []:
             if ann.get("image_id") not in ids:
@@ -131,11 +147,7 @@ class CocoSegmentationDataset(SegmentationDataset):
             if "segmentation" not in ann:
                 raise DataError(f"'{self.annotation_file}': annotation {ann.get('id')} has no 'segmentation'.")
             self.annotations[ann["image_id"]].append(ann)
-        missing = [
-            str(self.image_root / im["file_name"])
-            for im in self.images
-            if not (self.image_root / im["file_name"]).is_file()
-        ]
+        missing = [str(self.paths[im["id"]]) for im in self.images if not self.paths[im["id"]].is_file()]
         if missing:
             raise DataError(
                 f"{len(missing)} image file(s) listed in '{self.annotation_file}' do not exist under "
@@ -167,7 +179,7 @@ class CocoSegmentationDataset(SegmentationDataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         """Read the image and render its mask."""
         info = self.images[index]
-        path = self.image_root / info["file_name"]
+        path = self.paths[info["id"]]
         image = read_image(path, 3)
         if image.shape[:2] != (int(info["height"]), int(info["width"])):
             raise DataError(
