@@ -1,4 +1,9 @@
-"""Image files in and out: reading any common format as uint8 HWC, tensors for models, and back."""
+"""Image files in and out: reading any common format as uint8 HWC, tensors for models, and back.
+
+Images are read as they are displayed: a file's EXIF orientation (phone photos are often stored landscape with
+Orientation 6) is applied on reading, as annotation tools (CVAT, Label Studio, labelme) show and label them, and
+sizes read from headers are the displayed ones.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from visionkit.errors import DataError
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _GREY = ("L", "1", "LA", "F", *_SIXTEEN_BIT)  # modes read_image returns as one channel unless asked for three
+ORIENTATION = 0x0112  # the EXIF tag
+TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1, upright, when it has none or an unreadable one)."""
+    try:
+        value = image.getexif().get(ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is an upright image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as displayed: its EXIF orientation applied (the same image when it has none)."""
+    return ImageOps.exif_transpose(image) if exif_orientation(image) != 1 else image
 
 
 def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
@@ -21,7 +42,8 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     16-bit and 32-bit integer images are scaled to 8 bits by their bit depth (not clipped).
     """
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as opened:
+            im = upright(opened)
             if im.mode == "F":  # floating point: [0, 1] images are scaled, others read as 0-255
                 wide = np.asarray(im, dtype=np.float64)
                 scale = 255.0 if np.nanmax(wide, initial=0) <= 1.0 else 1.0
@@ -48,11 +70,19 @@ def image_header(path: str | Path, channels: int | None = None) -> tuple[int, in
     try:
         with Image.open(path) as im:  # opening reads the header; pixels are decoded only on access
             width, height, mode = im.width, im.height, im.mode
+            if exif_orientation(im) in TRANSPOSED:
+                width, height = height, width
     except FileNotFoundError as exc:
         raise DataError(f"Image file '{path}' does not exist.") from exc
     except OSError as exc:
         raise DataError(f"Image file '{path}' could not be read as an image ({exc}).") from exc
     return height, width, channels if channels in (1, 3) else (1 if mode in _GREY else 3)
+
+
+def stored_size(path: str | Path) -> tuple[int, int, int]:
+    """(width, height, EXIF orientation) of an image as stored, before its orientation is applied."""
+    with Image.open(path) as im:
+        return im.width, im.height, exif_orientation(im)
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:

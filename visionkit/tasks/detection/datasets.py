@@ -13,11 +13,10 @@ from typing import Any
 import albumentations as A
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from visionkit.data.images import read_image
+from visionkit.data.images import image_header, read_image, stored_size
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import ConfigError, DataError
 
@@ -93,14 +92,13 @@ def check_files_exist(records: Sequence[ImageRecord], source: str) -> None:
 
 
 def image_size_of(path: Path, source: str) -> tuple[int, int]:
-    """(width, height) from the image header."""
+    """(width, height) from the image header, as displayed (its EXIF orientation applied)."""
     try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError as exc:
-        raise DataError(f"{source}: image file '{path}' is missing.") from exc
-    except OSError as exc:
-        raise DataError(f"{source}: image file '{path}' cannot be read: {exc}") from exc
+        height, width, _ = image_header(path)
+    except DataError as exc:
+        what = "is missing" if "does not exist" in str(exc) else f"cannot be read: {exc}"
+        raise DataError(f"{source}: image file '{path}' {what}") from None
+    return width, height
 
 
 def quiet_coco(dataset: dict[str, Any]) -> COCO:
@@ -159,9 +157,17 @@ class DetectionDataset(Dataset):
         except DataError as exc:
             raise DataError(f"{self.source}: {exc}") from exc
         if image.shape[:2] != (rec.height, rec.width):
+            width, height, orientation = stored_size(rec.path)
+            exif = (
+                f" The file is stored as {width}x{height} with EXIF orientation {orientation}, which visionkit applies "
+                "(as annotation tools display it): these annotations were made on the stored, unrotated image. "
+                "Re-export them from a tool that applies EXIF, or save the image without its orientation tag."
+                if orientation != 1 and (width, height) == (rec.width, rec.height)
+                else ""
+            )
             raise DataError(
                 f"{self.source}: image '{rec.path}' is {image.shape[1]}x{image.shape[0]} but its annotation says "
-                f"{rec.width}x{rec.height}; boxes would be misplaced. Fix width/height in the annotations."
+                f"{rec.width}x{rec.height}; boxes would be misplaced. Fix width/height in the annotations.{exif}"
             )
         return image
 

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from visionkit.data import IMAGE_SUFFIXES
-from visionkit.data.images import read_image, to_tensor
+from visionkit.data.images import read_image, to_tensor, upright
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
 
@@ -87,7 +87,8 @@ def read_mask(
 ) -> np.ndarray:
     """Read a mask PNG of class indices (mode L/P/I) or an RGB colour mask mapped through `palette`."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as opened:
+            img = upright(opened)  # displayed as its image is (EXIF orientation applied)
             mode = img.mode
             if mode in ("RGB", "RGBA"):
                 rgb = np.asarray(img.convert("RGB"))
