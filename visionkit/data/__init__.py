@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from visionkit.errors import DataError
@@ -36,3 +37,18 @@ def path_in_root(root: Path, name: str, where: str, allow_outside: bool = False,
             f"only name images under it (relative paths, no '..').{option}"
         )
     return path
+
+
+def skip_hidden(paths: list[Path], root: Path, where: str) -> list[Path]:
+    """`paths` without hidden files and folders (a name under `root` starting with '.', such as macOS's `._x.png`
+    or `.DS_Store/`), with one DataWarning saying how many were skipped."""
+    kept = [p for p in paths if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    if len(kept) < len(paths):
+        example = next(p for p in paths if p not in kept)
+        warnings.warn(
+            f"{where}: skipped {len(paths) - len(kept)} hidden file(s) or folder(s) under '{root}' (names starting "
+            f"with '.', e.g. '{example}'); rename them without the dot to use them.",
+            DataWarning,
+            stacklevel=3,
+        )
+    return kept

@@ -186,3 +186,13 @@ def test_tools_train_with_an_empty_class_warns_and_reports_no_accuracy_for_it(tm
     with pytest.warns(DataWarning, match="data.val: no images for 1 of 3 classes: 'eel'"):
         metrics = evaluate(run / "checkpoints" / "best.pt")
     assert metrics["per_class_accuracy"]["eel"] is None and metrics["per_class_accuracy"]["cat"] == 1.0
+
+
+def test_image_folder_skips_hidden_folders_and_appledouble_files(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs", {"cat": 10, "dog": 200})
+    _png(root / "._dog" / "0.png", 50)  # a dot-folder of images used to become a class without a word
+    (root / "cat" / "._0.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # used to stop the run
+    with pytest.warns(DataWarning, match=r"skipped 3 hidden .*\._dog'"):
+        ds = build("image_folder", root=str(root))
+    assert ds.classes == ["cat", "dog"] and len(ds) == 6
+    assert all(not p.name.startswith(".") for p in ds.load.files)

@@ -243,3 +243,16 @@ def test_voc_zero_area_and_size_from_image(tmp_path) -> None:
     rec = ds.records[0]
     assert (rec.width, rec.height) == (40, 30)  # read from the image header
     assert rec.boxes.tolist() == [[0, 0, 10, 10]] and rec.labels.tolist() == [VOC_CLASSES.index("cat")]
+
+
+def test_yolo_label_files_without_an_image_are_counted_and_non_finite_classes_refused(tmp_path) -> None:
+    from visionkit.data import DataWarning
+
+    labels = {"train/a": "0 0.5 0.5 0.2 0.2\n", "train/gone": "1 0.5 0.5 0.2 0.2\n"}
+    data_yaml = write_yolo(tmp_path, labels, {"train/a": (32, 32)})
+    with pytest.warns(DataWarning, match=r"1 label file\(s\) have no image and are not used, e.g. '.*gone.txt'"):
+        assert len(yolo_dataset(str(data_yaml))) == 1
+    for bad in ("nan", "inf"):
+        (tmp_path / "labels" / "train" / "a.txt").write_text(f"{bad} 0.5 0.5 0.2 0.2\n")
+        with pytest.raises(DataError, match=f"class index {bad} is not one of"):
+            yolo_dataset(str(data_yaml))

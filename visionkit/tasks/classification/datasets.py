@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from visionkit.data import IMAGE_SUFFIXES
+from visionkit.data import IMAGE_SUFFIXES, skip_hidden
 from visionkit.data.checks import check_same_shape, warn_empty_classes
 from visionkit.data.facts import DataFacts
 from visionkit.data.images import read_image, to_tensor
@@ -193,7 +193,10 @@ def image_folder(
     base = Path(root)
     if not base.is_dir():
         raise DataError(f"data.{split}.root '{root}' is not a folder; expected root/<class>/<image files>.")
-    found = sorted(p.name for p in base.iterdir() if p.is_dir())
+    folders = sorted(p for p in base.iterdir() if p.is_dir())
+    candidates = [f for d in folders for f in sorted(d.glob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+    visible = set(skip_hidden([*folders, *candidates], base, f"data.{split}"))  # one note for all of them
+    found = [p.name for p in folders if p in visible]
     names = list(classes) if classes else found
     missing = [c for c in found if c not in names]
     if missing:
@@ -202,10 +205,9 @@ def image_folder(
         )
     files, labels = [], []
     for label, name in enumerate(names):
-        for f in sorted((base / name).glob("*")) if (base / name).is_dir() else []:
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(f)
-                labels.append(label)
+        for f in (p for p in candidates if p.parent == base / name and p in visible):
+            files.append(f)
+            labels.append(label)
     if not files:
         raise DataError(f"No images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under '{root}/<class>/'.")
     places = [f"folder '{base / n}' {'holds no images' if (base / n).is_dir() else 'does not exist'}" for n in names]

@@ -56,7 +56,8 @@ def coco_records(
 ) -> tuple[list[ImageRecord], list[str], list[int]]:
     """Turn a COCO dict into image records; crowd annotations become ignore regions (not trained on).
 
-    Image files must lie under `image_dir` unless `outside`; an image id given twice is refused."""
+    Image files must lie under `image_dir` unless `outside`; an image id given twice is refused. `data` is
+    changed to what is trained on (boxes clipped, empty ones dropped), so evaluation scores against the same."""
     categories = sorted(data["categories"], key=lambda c: c["id"])
     category_ids = [c["id"] for c in categories]
     label_of = {cid: i for i, cid in enumerate(category_ids)}
@@ -99,9 +100,13 @@ def coco_records(
             continue
         rec = records[image_id]
         box = checker.check([x, y, x + w, y + h], rec.width, rec.height, f"{where} in '{rec.path.name}'")
-        if box is not None:
+        if box is None:
+            ann["_visionkit_dropped"] = True  # not trained on: the evaluation's ground truth leaves it out too
+        else:
             boxes[image_id].append(box)
             labels[image_id].append(label_of[cat])
+            ann["bbox"] = [box[0], box[1], box[2] - box[0], box[3] - box[1]]  # scored as trained (clipped)
+    data["annotations"] = [a for a in data["annotations"] if not a.pop("_visionkit_dropped", False)]
     for image_id, rec in records.items():
         rec.boxes = np.asarray(boxes[image_id], np.float32).reshape(-1, 4)
         rec.labels = np.asarray(labels[image_id], np.int64)

@@ -228,3 +228,10 @@ def require_annotations(records: Sequence[ImageRecord], source: str) -> None:
             f"{source}: none of the {len(records)} images has an annotation (the annotation list is empty). "
             "Images without boxes are fine as negatives, but a split needs at least one box."
         )
+    if not any(len(r.boxes) for r in records):
+        crowds = sum(len(r.ignore_boxes) for r in records)
+        raise DataError(
+            f"{source}: all {crowds} annotation(s) are ignored regions (COCO iscrowd=1, or VOC difficult), which "
+            "are neither trained on nor scored: training would learn nothing and mAP would read -1. A split needs "
+            "at least one ordinary box (for VOC, use_difficult: true counts difficult objects)."
+        )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from visionkit.data import IMAGE_SUFFIXES
+from visionkit.data import IMAGE_SUFFIXES, DataWarning, skip_hidden
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
 from visionkit.tasks.detection.datasets import (
@@ -58,7 +60,7 @@ def split_images(entry: Any, root: Path, source: str) -> list[Path]:
         p = Path(item)
         p = p if p.is_absolute() else root / p
         if p.is_dir():
-            images += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            images += skip_hidden(sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES), p, source)
         elif p.suffix == ".txt" and p.is_file():
             for line in p.read_text().splitlines():
                 if line.strip():
@@ -101,7 +103,7 @@ def parse_label_file(
         else:
             raise DataError(f"{where}: expected 'class cx cy w h' (5 values), got {len(values)} values.")
         cls = values[0]
-        if cls != int(cls) or not 0 <= cls < num_classes:
+        if not math.isfinite(cls) or cls != int(cls) or not 0 <= cls < num_classes:
             raise DataError(
                 f"{where}: class index {parts[0]} is not one of the data YAML's {num_classes} classes "
                 f"(0..{num_classes - 1})."
@@ -111,6 +113,20 @@ def parse_label_file(
             boxes.append(checked)
             labels.append(int(cls))
     return boxes, labels
+
+
+def warn_unused_labels(images: Sequence[Path], source: str) -> None:
+    """A DataWarning counting the label files of the split's label folders that belong to no image."""
+    used = {label_path(image) for image in images}
+    folders = sorted({p.parent for p in used if p.parent.is_dir()})
+    unused = [f for folder in folders for f in sorted(folder.glob("*.txt")) if f not in used]
+    if unused:
+        warnings.warn(
+            f"{source}: {len(unused)} label file(s) have no image and are not used, e.g. '{unused[0]}' (an image "
+            "with another extension, or one that was deleted?).",
+            DataWarning,
+            stacklevel=3,
+        )
 
 
 @DATASETS.register("yolo", task=TASK)
@@ -139,6 +155,7 @@ def yolo_dataset(
             rec.boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
             rec.labels = np.asarray(labels, np.int64)
         records.append(rec)
+    warn_unused_labels(images, source)
     require_annotations(records, source)
     checker.report()
     return DetectionDataset(records, names, list(range(1, len(names) + 1)), transforms, min_visibility, source, split)

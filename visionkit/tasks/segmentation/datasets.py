@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from visionkit.data import IMAGE_SUFFIXES
+from visionkit.data import IMAGE_SUFFIXES, skip_hidden
 from visionkit.data.images import read_image, to_tensor, upright
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
@@ -155,7 +155,8 @@ class FolderSegmentationDataset(SegmentationDataset):
                     f"Segmentation folder dataset: {what} '{folder}' does not exist. Expected the layout "
                     f"root/{image_dir}/NAME.jpg|png with root/{mask_dir}/NAME{mask_suffix} (root='{self.root}')."
                 )
-        self.images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        listed = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.images = skip_hidden(listed, self.image_dir, "Segmentation folder dataset")
         if not self.images:
             raise DataError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found in '{self.image_dir}'.")
         self.masks = [self.mask_dir / (p.stem + mask_suffix) for p in self.images]

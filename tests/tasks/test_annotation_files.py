@@ -1,4 +1,4 @@
-"""Annotation files may only name images under their image folder; an image id given twice is refused."""
+"""Annotation files: images only under their folder, ids once, boxes scored as trained, something to train on."""
 
 from __future__ import annotations
 
@@ -72,3 +72,32 @@ def test_a_voc_filename_outside_jpeg_images_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"names the image '../../secret.jpg', which lies outside the image folder"):
         voc(root=str(root))
     assert len(voc(root=str(root), allow_outside_root=True)) == 1
+
+
+def test_boxes_dropped_from_training_are_not_scored_either(tmp_path: Path) -> None:
+    ann, images = _coco(tmp_path, ["a.png", "b.png"])
+    data = json.loads(ann.read_text())
+    data["annotations"].append({"id": 9, "image_id": 1, "category_id": 1, "bbox": [5, 5, 0, 6], "iscrowd": 0})
+    data["annotations"].append({"id": 10, "image_id": 2, "category_id": 1, "bbox": [12, 12, 10, 10], "iscrowd": 0})
+    ann.write_text(json.dumps(data))  # a zero-width box (dropped) and one reaching past the image (clipped)
+    with pytest.warns(UserWarning, match="1 box.* clipped .* 1 box.* dropped"):
+        dataset = DATASETS.get("coco", "detection")(ann_file=str(ann), image_dir=str(images))
+    from visionkit.tasks.detection.evaluation import coco_evaluate
+
+    trained = [(i, box.tolist()) for i, rec in enumerate(dataset.records, 1) for box in rec.boxes]
+    perfect = [
+        {"image_id": i, "category_id": 1, "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": 1.0}
+        for i, b in trained
+    ]
+    stats, _, _ = coco_evaluate(dataset.coco, perfect)
+    assert stats["mAP"] == pytest.approx(1.0) and stats["mAP50"] == pytest.approx(1.0)
+
+
+def test_a_split_of_only_crowd_regions_is_refused(tmp_path: Path) -> None:
+    ann, images = _coco(tmp_path, ["a.png", "b.png"])
+    data = json.loads(ann.read_text())
+    for a in data["annotations"]:
+        a["iscrowd"] = 1
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="all 2 annotation.* are ignored regions .*mAP would read -1"):
+        DATASETS.get("coco", "detection")(ann_file=str(ann), image_dir=str(images))
