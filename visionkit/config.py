@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -134,7 +135,7 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
             f"or cls/default.yaml (relative paths are also looked up in the default configs, {CONFIG_ROOT})."
         )
     try:
-        data = yaml_load(path.read_text(), f"Config file '{path}'") or {}
+        data = yaml_load(_text_of(path), f"Config file '{path}'") or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file '{path}' is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -147,6 +148,17 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
             candidate = CONFIG_ROOT / base
         merged = deep_merge(merged, read_yaml(candidate, (*_chain, path.resolve())))
     return deep_merge(merged, data)
+
+
+def _text_of(path: Path) -> str:
+    """A config file's text; a ConfigError for a file that is not text (e.g. a `_base_` naming a binary file)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Config file '{path}' is not a text file (byte {exc.start} is not UTF-8): a config is YAML text. "
+            "Check the path (and any _base_ naming it)."
+        ) from None
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -232,6 +244,7 @@ def load_config(
         user["task"] = task
     if not user.get("task"):
         raise ConfigError("The config has no 'task' key; add e.g. `task: classification`.")
+    check_finite(user)
     listed = plugin_list(user, source or "the config")
     if source is None:
         for plugin in listed:
@@ -245,6 +258,18 @@ def load_config(
     cfg = deep_merge(schema, user)
     check_values(cfg)
     return cfg
+
+
+def check_finite(node: Any, prefix: str = "") -> None:
+    """Refuse NaN and infinite numbers anywhere in a config (`loss.label_smoothing=.nan` used to switch it off)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"Config key '{prefix[:-1]}' is {node}; numbers in a config must be finite.")
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            check_finite(value, f"{prefix}{key}.")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            check_finite(value, f"{prefix[:-1]}[{i}].")
 
 
 def plugin_list(cfg: Mapping[str, Any], where: str) -> list[str]:

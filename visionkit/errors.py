@@ -27,6 +27,10 @@ class PluginError(VisionkitError):
     """A plugin failed to load, or implements a protocol the core cannot use."""
 
 
+class VisionkitWarning(UserWarning):
+    """Something works, but likely not as meant; the command line prints it as `warning: ...`."""
+
+
 class VisionkitDeprecationWarning(DeprecationWarning):
     """An old name or protocol that still works and goes away in a later release (shown once per place)."""
 

@@ -6,12 +6,12 @@ import os
 import warnings
 from pathlib import Path
 
-from visionkit.errors import DataError
+from visionkit.errors import DataError, VisionkitWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
-class DataWarning(UserWarning):
+class DataWarning(VisionkitWarning):
     """Data that trains, but likely not as meant (e.g. a class without images); filter it like any warning."""
 
 

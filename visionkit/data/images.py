@@ -7,6 +7,7 @@ sizes read from headers are the displayed ones.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,10 @@ from visionkit.errors import DataError
 
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _GREY = ("L", "1", "LA", "F", *_SIXTEEN_BIT)  # modes read_image returns as one channel unless asked for three
+# The most pixels one image may have (a PNG header can claim 40000x40000 in a few bytes); VISIONKIT_MAX_IMAGE_PIXELS
+# raises it. PIL's own bomb check is set to the same bound, so a file is refused before it is decoded.
+MAX_PIXELS = int(os.environ.get("VISIONKIT_MAX_IMAGE_PIXELS", 178_956_970))  # PIL's default error bound
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # PIL errors above twice this
 ORIENTATION = 0x0112  # the EXIF tag
 TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 
@@ -43,6 +48,7 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     """
     try:
         with Image.open(path) as opened:
+            check_pixels(opened, path)
             im = upright(opened)
             if im.mode == "F":  # floating point: [0, 1] images are scaled, others read as 0-255
                 wide = np.asarray(im, dtype=np.float64)
@@ -60,20 +66,38 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
                 array = np.array(im.convert(mode))  # a writable copy (torch warns about read-only arrays)
     except FileNotFoundError as exc:
         raise DataError(f"Image file '{path}' does not exist.") from exc
+    except Image.DecompressionBombError as exc:
+        raise DataError(_too_many_pixels(path, str(exc))) from None
     except OSError as exc:
         raise DataError(f"Image file '{path}' could not be read as an image ({exc}).") from exc
     return array[:, :, None] if array.ndim == 2 else array
+
+
+def check_pixels(image: Image.Image, path: str | Path) -> None:
+    """Refuse an image whose header claims more than MAX_PIXELS pixels (a DataError naming the file)."""
+    if image.width * image.height > MAX_PIXELS:
+        raise DataError(_too_many_pixels(path, f"its header says {image.width}x{image.height}"))
+
+
+def _too_many_pixels(path: str | Path, what: str) -> str:
+    return (
+        f"Image file '{path}' is too large to read ({what}): more than {MAX_PIXELS:,} pixels, the bound that keeps a "
+        "crafted header from filling the memory. Set VISIONKIT_MAX_IMAGE_PIXELS to read larger images."
+    )
 
 
 def image_header(path: str | Path, channels: int | None = None) -> tuple[int, int, int]:
     """(height, width, channels) that `read_image(path, channels)` would return, from the file header only."""
     try:
         with Image.open(path) as im:  # opening reads the header; pixels are decoded only on access
+            check_pixels(im, path)
             width, height, mode = im.width, im.height, im.mode
             if exif_orientation(im) in TRANSPOSED:
                 width, height = height, width
     except FileNotFoundError as exc:
         raise DataError(f"Image file '{path}' does not exist.") from exc
+    except Image.DecompressionBombError as exc:
+        raise DataError(_too_many_pixels(path, str(exc))) from None
     except OSError as exc:
         raise DataError(f"Image file '{path}' could not be read as an image ({exc}).") from exc
     return height, width, channels if channels in (1, 3) else (1 if mode in _GREY else 3)

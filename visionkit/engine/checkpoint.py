@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -51,9 +53,28 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        error = _write_failure(path, exc)
+        if error is None:
+            raise
+        raise error from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _write_failure(path: Path, exc: BaseException) -> VisionkitError | None:
+    """A disk that filled up while writing a checkpoint, in the user's terms (None for any other failure)."""
+    text = str(exc)
+    free = shutil.disk_usage(path.parent).free
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "no space left" in text.lower()
+    if not full and not ("write failed" in text and free < 64 * 2**20):  # torch's zip writer: "file write failed"
+        return None
+    kept = "the previous checkpoint there is kept" if path.exists() else "nothing was written there"
+    return VisionkitError(
+        f"Could not write the checkpoint '{path}': the disk holding '{path.parent}' is full ({free / 2**20:.0f} MiB "
+        f"free); {kept}. Free some space (or move the run with --work-dir) and continue with --resume auto."
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

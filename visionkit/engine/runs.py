@@ -8,6 +8,7 @@ trials both go through here.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class RunPlan:
     cfg: dict[str, Any]
     resume: Path | None
     run_dir: Path | None  # None: runs/<task>/<time>, chosen by the trainer (rank 0's name under torchrun)
+    complete: str = ""  # a resumed run with nothing left to train: what to tell the user
 
 
 def resolve_run(
@@ -75,8 +77,10 @@ def resolve_run(
     checkpoint = find_resume(resume, chosen, task_name) if resume else None
     if resume is not None and str(resume) == "auto" and checkpoint is None and os.environ.get("RANK", "0") == "0":
         print("--resume auto: no checkpoints/last.pt to resume; starting a new run", flush=True)
+    complete = ""
     if checkpoint is not None:
-        cfg = _resumed_config(checkpoint, given, overrides, task)
+        cfg, counters = _resumed_config(checkpoint, given, overrides, task)
+        complete = _complete(checkpoint, counters, cfg)
         if work_dir is None and _override_work_dir(overrides) is None:  # a resume continues in its own folder
             cfg["work_dir"] = str(Path(checkpoint).resolve().parent.parent)
     else:
@@ -90,18 +94,49 @@ def resolve_run(
             f"The work dir '{cfg['work_dir']}' already holds a run (checkpoints/last.pt). Continue it with "
             "--resume auto (resume='auto'), or choose another --work-dir for a new run."
         )
-    return RunPlan(cfg, checkpoint, Path(cfg["work_dir"]) if cfg.get("work_dir") else None)
+    return RunPlan(cfg, checkpoint, Path(cfg["work_dir"]) if cfg.get("work_dir") else None, complete)
 
 
 def train(plan: RunPlan, callbacks: Sequence[Any] = ()) -> RunResult:
-    """Train a resolved run."""
+    """Train a resolved run (a complete one is left as it is: its result is read back)."""
+    if plan.complete and plan.resume is not None:
+        if os.environ.get("RANK", "0") == "0":
+            print(plan.complete, flush=True)
+        return finished_result(plan.resume.resolve().parent.parent)
     return Trainer(plan.cfg, resume=plan.resume, callbacks=callbacks, run_dir=plan.run_dir).fit()
+
+
+def _complete(checkpoint: Path, counters: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
+    """The message for a resume with nothing left to train (trainer.epochs and max_steps reached), else ''."""
+    t, epoch, step = cfg["trainer"], int(counters.get("epoch", 0)), int(counters.get("step", 0))
+    done = epoch >= t["epochs"] or (t["max_steps"] is not None and step >= t["max_steps"])
+    if not done:
+        return ""
+    run_dir = checkpoint.resolve().parent.parent
+    return (
+        f"The run in {run_dir} is complete ({epoch} epochs, {step} updates; trainer.epochs {t['epochs']}, "
+        f"trainer.max_steps {t['max_steps']}): nothing to resume, nothing changed. Extend it with --resume auto "
+        f"--work-dir {run_dir} trainer.epochs={max(epoch, t['epochs']) * 2} (or a higher trainer.max_steps), or start "
+        "a new run."
+    )
+
+
+def finished_result(run_dir: Path) -> RunResult:
+    """The result of a finished run, read back from its summary.json."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {}
+    best = run_dir / "checkpoints" / "best.pt"
+    final, best_metrics = summary.get("final", {}), summary.get("best", {})
+    return RunResult(run_dir, final, best_metrics, best if best.is_file() else None, summary)
 
 
 def _resumed_config(
     checkpoint: Path, given: dict[str, Any] | None, overrides: list[str], task: str | None
-) -> dict[str, Any]:
-    """The config a resume trains with: the given one, or the checkpoint's with the overrides; changes checked."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config a resume trains with (the given one, or the checkpoint's with the overrides; changes checked)
+    and the checkpoint's loop counters."""
     ckpt = load_checkpoint(checkpoint)
     saved = ckpt["config"]
     if task is not None and TASKS.canonical(task) != TASKS.canonical(saved["task"]):
@@ -120,7 +155,7 @@ def _resumed_config(
         cfg["optimizer"]["decay_norm_and_bias"] = True
     adopt_saved_batch(saved, cfg)  # `batch_size: auto` resumes with the batch the run chose
     check_resume_changes(saved, cfg)
-    return cfg
+    return cfg, {k: ckpt.get(k, 0) for k in ("step", "epoch", "batch_in_epoch")}
 
 
 def _override_work_dir(overrides: Sequence[str]) -> str | None:

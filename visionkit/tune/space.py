@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -62,8 +63,8 @@ class Distribution:
 
 def _number(where: str, name: str, value: Any, integer: bool) -> float | int:
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        expected = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        expected = "an integer" if integer else "a finite number"
         raise ConfigError(f"{where}: '{name}' must be {expected}, got {value!r}.")
     return value
 
@@ -91,6 +92,7 @@ def parse_distribution(key: str, spec: Any, where: str) -> Distribution:
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: 'choices' must be a non-empty list, got {choices!r}.")
         bad = [c for c in choices if c is not None and not isinstance(c, (bool, int, float, str))]
+        bad += [c for c in choices if isinstance(c, float) and not math.isfinite(c)]
         if bad:
             raise ConfigError(f"{where}: choices must be numbers, strings, booleans or null; got {bad[0]!r}.")
         return Distribution(key, kind, choices=tuple(choices))

@@ -16,6 +16,7 @@ import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from visionkit.data import DataWarning
 from visionkit.data.images import image_header, read_image, stored_size
 from visionkit.data.transforms import build_pipeline
 from visionkit.errors import ConfigError, DataError
@@ -77,6 +78,7 @@ class BoxChecker:
                 f"{self.source}: {len(self.clipped)} box(es) clipped to the image, {len(self.dropped)} box(es) "
                 f"with no area inside the image dropped (first dropped: {self.dropped[:3]}; first clipped: "
                 f"{self.clipped[:3]}). Set invalid_boxes: error to stop on such boxes instead.",
+                DataWarning,  # visionkit's own category: the command line prints it as `warning: ...`
                 stacklevel=3,
             )
 

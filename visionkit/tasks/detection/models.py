@@ -25,7 +25,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import Conv2dNormActivation
 
 from visionkit.engine.weights import announce, carry_reports, load_matching, loading_enabled, read_state_file
-from visionkit.errors import ConfigError, DataError
+from visionkit.errors import ConfigError, DataError, VisionkitWarning
 from visionkit.registry import MODELS
 from visionkit.tasks.detection.backbones import TimmFeatures, build_fpn_backbone, fpn_strides, multiscale_body
 
@@ -103,6 +103,7 @@ def _load_detector_weights(net: nn.Module, weights: str) -> None:
         warnings.warn(
             f"model.weights '{path}': {len(skipped)} tensors not loaded (new or resized, e.g. class heads): "
             f"{skipped[:4]}",
+            VisionkitWarning,
             stacklevel=2,
         )
     announce(net, report)

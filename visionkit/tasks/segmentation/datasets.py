@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from visionkit.data import IMAGE_SUFFIXES, skip_hidden
-from visionkit.data.images import read_image, to_tensor, upright
+from visionkit.data.images import check_pixels, read_image, to_tensor, upright
 from visionkit.errors import DataError
 from visionkit.registry import DATASETS
 
@@ -88,8 +88,14 @@ def read_mask(
     """Read a mask PNG of class indices (mode L/P/I) or an RGB colour mask mapped through `palette`."""
     try:
         with Image.open(path) as opened:
+            check_pixels(opened, path)
             img = upright(opened)  # displayed as its image is (EXIF orientation applied)
             mode = img.mode
+            if mode in ("LA", "PA", "La"):
+                raise DataError(
+                    f"Mask '{path}' is a {mode} image (one channel of classes plus transparency); store class indices "
+                    "as a single-channel or palette PNG (mode L or P) without an alpha channel."
+                )
             if mode in ("RGB", "RGBA"):
                 rgb = np.asarray(img.convert("RGB"))
             else:
