@@ -105,7 +105,8 @@ def coco_records(
         else:
             boxes[image_id].append(box)
             labels[image_id].append(label_of[cat])
-            ann["bbox"] = [box[0], box[1], box[2] - box[0], box[3] - box[1]]  # scored as trained (clipped)
+            if box != [x, y, x + w, y + h]:  # clipped: scored as trained
+                ann["bbox"] = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
     data["annotations"] = [a for a in data["annotations"] if not a.pop("_visionkit_dropped", False)]
     for image_id, rec in records.items():
         rec.boxes = np.asarray(boxes[image_id], np.float32).reshape(-1, 4)
