@@ -117,6 +117,12 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return out
 
 
+RENAMED = {  # packaged configs that moved: a user asking for the old name is told the new one
+    "det/yolo.yaml": "The YOLO-txt data format example is now det/yolo_txt_format.yaml (the YOLO detector's "
+    "recipes are det/yolo_n.yaml and det/yolo_s.yaml).",
+}
+
+
 def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config file and resolve its `_base_` chain (relative to the file, else the packaged configs)."""
     path = Path(path)
@@ -130,8 +136,9 @@ def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
             + (f" inside it (e.g. {path / found[0]}; it holds {', '.join(found)})." if found else ", not a folder.")
         )
     if not path.is_file():
+        renamed = next((f" {new}" for old, new in RENAMED.items() if path.as_posix().endswith(old)), "")
         raise ConfigError(
-            f"Config file '{path}' does not exist. Pass a YAML file, e.g. configs/cls/default.yaml "
+            f"Config file '{path}' does not exist.{renamed} Pass a YAML file, e.g. configs/cls/default.yaml "
             f"or cls/default.yaml (relative paths are also looked up in the default configs, {CONFIG_ROOT})."
         )
     try:

@@ -138,7 +138,7 @@ def _epoch(sampler: BalancedBatchSampler, epoch: int, start: int = 0) -> list[li
 def test_balanced_sampler_draws_classes_evenly_and_deterministically() -> None:
     sampler = BalancedBatchSampler(LABELS, 50, seed=3)
     assert len(sampler) == 20  # an epoch is as long as the data set
-    drawn = Counter(LABELS[i] for epoch in range(3) for batch in _epoch(sampler, epoch) for i, _ in batch)
+    drawn = Counter(LABELS[i] for epoch in range(3) for batch in _epoch(sampler, epoch) for i, *_ in batch)
     assert all(abs(drawn[c] / 3000 - 1 / 3) < 0.05 for c in range(3)), drawn
     again = BalancedBatchSampler(LABELS, 50, seed=3)
     assert _epoch(again, 1) == _epoch(sampler, 1)  # the same seed and epoch: the same batches
@@ -150,11 +150,11 @@ def test_balanced_sampler_resumes_mid_epoch_and_shards_ranks() -> None:
     full = _epoch(BalancedBatchSampler(LABELS, 32, seed=0), 2)
     assert _epoch(BalancedBatchSampler(LABELS, 32, seed=0), 2, start=5) == full[5:]  # indices and batch seeds
     ranks = [BalancedBatchSampler(LABELS, 32, seed=0, rank=r, world=3) for r in range(3)]
-    shards = [[i for batch in _epoch(s, 2) for i, _ in batch] for s in ranks]
+    shards = [[i for batch in _epoch(s, 2) for i, *_ in batch] for s in ranks]
     assert len(ranks[0]) == len(ranks[2]) == 11 and all(len(s) == 334 for s in shards)  # ceil(1000 / 3) each
     global_draw = ranks[0].global_draw(2)
     assert all(s == global_draw[r::3] for r, s in enumerate(shards))  # disjoint slices of one draw
-    seeds = [{seed for batch in _epoch(s, 2) for _, seed in batch} for s in ranks]
+    seeds = [{seed for batch in _epoch(s, 2) for _, seed, _ in batch} for s in ranks]
     assert not (seeds[0] & seeds[1])  # each rank's batches get their own augmentation seeds
 
 

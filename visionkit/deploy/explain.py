@@ -201,6 +201,9 @@ class Explainer:
         batch = x[None].to(device_of(self.model))
         if self._cam is None:
             self._setup(batch)
+        window = getattr(getattr(self.model, "net", self.model), "input_window", None)
+        if self.kind == "detection" and callable(window) and self.feature_map is not None:
+            self.feature_map.window = window(*x.shape[-2:])  # a letterboxing detector: the image's part of its maps
         record, cam, boxes = getattr(self, f"_{self.kind}")(batch, image)
         rgb = as_rgb(image)
         full = resize_cam(cam, rgb.shape[:2])

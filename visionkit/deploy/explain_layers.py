@@ -87,12 +87,14 @@ class FeatureMap:
     Tokens (BxNxC, e.g. a ViT block) drop their prefix tokens and fold into a square grid; channels-last
     maps are permuted; several levels (an FPN's dict) are resized to the finest level (at most
     MAX_COMBINED_SIDE a side) and stacked along channels. `valid` is the fraction (height, width) of the
-    map that holds the image, when the model pads its input (torchvision detectors pad to a multiple of 32).
+    map that holds the image, when the model pads its input (torchvision detectors pad to a multiple of 32);
+    `window` (top, left, bottom, right fractions) does the same for a model that pads on every side (a letterbox).
     """
 
     def __init__(self, channels_last: bool = False, prefix_tokens: int = 0) -> None:
         self.channels_last, self.prefix_tokens = channels_last, prefix_tokens
         self.valid: tuple[float, float] | None = None
+        self.window: tuple[float, float, float, float] | None = None
 
     def __call__(self, output: Any) -> torch.Tensor:
         if isinstance(output, torch.Tensor):
@@ -111,11 +113,15 @@ class FeatureMap:
         return x.permute(0, 3, 1, 2) if self.channels_last else x
 
     def _crop(self, x: torch.Tensor) -> torch.Tensor:
-        if self.valid is None:
+        window = self.window or ((0.0, 0.0, *self.valid) if self.valid is not None else None)
+        if window is None:
             return x
-        height = max(1, math.ceil(x.shape[-2] * self.valid[0] - 1e-6))
-        width = max(1, math.ceil(x.shape[-1] * self.valid[1] - 1e-6))
-        return x[..., :height, :width]
+        height, width = x.shape[-2:]
+        top = min(math.floor(height * window[0] + 1e-6), height - 1)
+        left = min(math.floor(width * window[1] + 1e-6), width - 1)
+        bottom = max(top + 1, math.ceil(height * window[2] - 1e-6))
+        right = max(left + 1, math.ceil(width * window[3] - 1e-6))
+        return x[..., top:bottom, left:right]
 
 
 # -- choosing the layer ---------------------------------------------------------------------------------

@@ -19,8 +19,8 @@ def batch_seed(seed: int, epoch: int, batch: int, rank: int) -> int:
 
 
 class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Batches of `(index, seed)` for this rank: a DistributedSampler permutation per epoch, batched,
-    each batch tagged with its seed, optionally starting part-way into the epoch (for resume)."""
+    """Batches of `(index, seed, epoch)` for this rank: a DistributedSampler permutation per epoch, batched,
+    each batch tagged with its seed and epoch, optionally starting part-way into the epoch (for resume)."""
 
     def __init__(
         self,
@@ -57,7 +57,7 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
         for b in range(self.start, n_batches):
             chunk = indices[b * self.batch_size : (b + 1) * self.batch_size]
             s = batch_seed(self.seed, self.epoch, b, self.rank)
-            yield [(i, s) for i in chunk]
+            yield [(i, s, self.epoch) for i in chunk]
 
     def __len__(self) -> int:
         per_rank = (
@@ -128,7 +128,8 @@ def _single_label(value: Any, key: str, name: str) -> int:
 
 
 class SeededDataset(Dataset):
-    """Wraps a dataset so each batch reseeds python/numpy/torch RNGs and the dataset's `transform`."""
+    """Wraps a dataset so each batch reseeds python/numpy/torch RNGs and the dataset's `transform`, and tells a
+    dataset with a `set_epoch(epoch)` method the epoch of the batch (in whichever process loads it)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -141,7 +142,7 @@ class SeededDataset(Dataset):
         if hasattr(transform, "set_random_seed"):
             transform.set_random_seed(seed)
 
-    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
+    def __getitems__(self, items: list[tuple[int, int, int]]) -> list[Any]:
         """Load one batch under its own seed.
 
         In a worker, python/numpy/torch RNGs are reseeded per batch, so augmentation does not depend on
@@ -152,6 +153,8 @@ class SeededDataset(Dataset):
         if not items:
             return []
         seed = items[0][1]
+        if len(items[0]) > 2 and callable(getattr(self.dataset, "set_epoch", None)):
+            self.dataset.set_epoch(items[0][2])  # type: ignore[attr-defined]  # e.g. mosaic closes in the last epochs
         if get_worker_info() is not None:
             random.seed(seed)
             np.random.seed(seed)
@@ -159,9 +162,9 @@ class SeededDataset(Dataset):
             # a stack trace per call (about 0.3 ms each), and data loading never draws from those devices.
             torch.default_generator.manual_seed(seed)
         self._seed_transform(seed)
-        return [self.dataset[i] for i, _ in items]
+        return [self.dataset[item[0]] for item in items]
 
-    def __getitem__(self, item: tuple[int, int]) -> Any:
+    def __getitem__(self, item: tuple[int, int, int]) -> Any:
         return self.__getitems__([item])[0]
 
 

@@ -1,4 +1,4 @@
-"""Detection export: post-processing in the graph for all four families, the detection parity check, the stand-in."""
+"""Detection export: post-processing in the graph for all five families, the detection parity check, the stand-in."""
 
 from __future__ import annotations
 
@@ -24,15 +24,17 @@ from visionkit.tasks.detection.export import DetectionExportedModel, compare_det
 
 FAMILIES = {
     "fasterrcnn": {
+        "backbone": "tiny",
         "strides": [8, 16, 32],
         "fpn_channels": 16,
         "representation_size": 32,
         "rpn_pre_nms_top_n": 50,
         "rpn_post_nms_top_n": 20,
     },
-    "retinanet": {"fpn_channels": 16, "score_thresh": 0.005},  # an untrained head scores ~0.01 (its prior)
-    "fcos": {"fpn_channels": 64, "head_convs": 1},
-    "ssdlite": {"extra_channels": [32, 32, 16, 16]},
+    "retinanet": {"backbone": "tiny", "fpn_channels": 16, "score_thresh": 0.005},  # untrained: scores ~0.01
+    "fcos": {"backbone": "tiny", "fpn_channels": 64, "head_convs": 1},
+    "ssdlite": {"backbone": "tiny", "extra_channels": [32, 32, 16, 16]},
+    "yolo": {"size": "n"},
 }
 NAMES = ["boxes", "scores", "labels"]
 
@@ -47,7 +49,7 @@ def make_task():
 def tiny_detector(name: str) -> torch.nn.Module:
     """A tiny detector whose untrained weights are jittered, so its scores are not all tied (eval mode)."""
     torch.manual_seed(0)
-    model = MODELS.build({"name": name, "backbone": "tiny", **FAMILIES[name]}, num_classes=3, image_size=64)
+    model = MODELS.build({"name": name, **FAMILIES[name]}, num_classes=3, image_size=64)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -231,12 +233,16 @@ def test_exported_model_stands_in_for_the_eager_detector(tmp_path) -> None:
         assert torch.allclose(e["bbox"][order_e], x["bbox"][order_x], atol=1e-2)
 
 
-def test_tools_export_of_a_trained_checkpoint_predicts_like_the_checkpoint(tmp_path, capsys) -> None:
+YOLO_N = ["model={_delete_: true, name: yolo, size: n}", "data.image_size=64"]  # 48 px shapes, letterboxed to 64
+
+
+@pytest.mark.parametrize(("model", "limit"), [(FCOS, 100), (YOLO_N, 300)], ids=["fcos", "yolo_n"])
+def test_tools_export_of_a_trained_checkpoint_predicts_like_the_checkpoint(model, limit, tmp_path, capsys) -> None:
     from visionkit.cli.deploy import export_main
 
     run = tmp_path / "run"
     visionkit.train(
-        None, merged(*TINY_DET, *FCOS, "trainer.progress=false", "detection.num_samples=0"), task="det", work_dir=run
+        None, merged(*TINY_DET, *model, "trainer.progress=false", "detection.num_samples=0"), task="det", work_dir=run
     )
     assert export_main([str(run), "--out", str(tmp_path / "x")]) == 0
     out = capsys.readouterr().out
@@ -248,7 +254,7 @@ def test_tools_export_of_a_trained_checkpoint_predicts_like_the_checkpoint(tmp_p
         "height",
         "width",
     ]
-    assert sidecar["notes"]["detections_per_img"] == 100 and sidecar["check"]["passed"] is True
+    assert sidecar["notes"]["detections_per_img"] == limit and sidecar["check"]["passed"] is True
     assert export_main([str(run), "--out", str(tmp_path / "y"), "--dynamic-batch"]) == 2  # a ConfigError
     assert "one image per call" in capsys.readouterr().err
     for i, (w, h) in enumerate([(48, 48), (64, 40), (30, 56)]):

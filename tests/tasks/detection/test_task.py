@@ -36,10 +36,15 @@ def config(tmp_path: Path, **data) -> dict:
     )
 
 
-@pytest.mark.parametrize("name", ["default", "coco", "yolo", "voc"])
+@pytest.mark.parametrize("name", ["default", "coco", "yolo_txt_format", "voc", "yolo_n", "yolo_s"])
 def test_shipped_configs_validate(name) -> None:
     cfg = load_config(CONFIG_ROOT / "det" / f"{name}.yaml")
     assert cfg["task"] == "detection" and TASKS.get("det").monitor == "val/mAP"
+
+
+def test_the_renamed_data_format_config_says_its_new_name() -> None:
+    with pytest.raises(ConfigError, match="det/yolo_txt_format.yaml .*det/yolo_n.yaml"):
+        load_config("det/yolo.yaml")
 
 
 def test_config_errors_name_the_key(tmp_path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from visionkit.tasks.detection.yolo_loss import assign, decode, distribution_focal_loss, encode
@@ -47,7 +49,11 @@ def test_distance_coding_round_trip_and_the_focal_loss_minimum() -> None:
 def test_letterbox_keeps_the_aspect_ratio_and_maps_boxes_back() -> None:
     image = torch.rand(3, 40, 100)
     batch, scales, offsets = letterbox_batch([image], 64)
-    assert batch.shape == (1, 3, 64, 64) and scales == [0.64] and offsets[0].tolist() == [0.0, 19.0]
+    assert (
+        batch.shape == (1, 3, 64, 64)
+        and math.isclose(scales[0], 0.64, rel_tol=1e-6)
+        and offsets[0].tolist() == [0.0, 19.0]
+    )
     assert torch.all(batch[0, :, :19] == PAD) and torch.all(batch[0, :, 19 + 26 :] == PAD)  # grey bars, 26 rows
     box = torch.tensor([[10.0, 5.0, 50.0, 30.0]])
     squared = box * scales[0] + offsets[0].repeat(2)

@@ -176,6 +176,13 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rec = self.records[index]
         out = self.transform(image=self.load_image(index), bboxes=rec.boxes, labels=rec.labels)
+        return self.to_sample(out, rec.image_id, (rec.height, rec.width))
+
+    @staticmethod
+    def to_sample(
+        out: dict[str, Any], image_id: int, orig_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A transform's output as (image float[3,H,W] in 0..1, target); sub-pixel boxes dropped."""
         image = out["image"]
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
@@ -186,8 +193,8 @@ class DetectionDataset(Dataset):
         target = {
             "boxes": boxes[keep],
             "labels": labels[keep],
-            "image_id": torch.tensor(rec.image_id),
-            "orig_size": torch.tensor([rec.height, rec.width]),
+            "image_id": torch.tensor(image_id),
+            "orig_size": torch.tensor(list(orig_size)),
         }
         return image, target
 

@@ -21,6 +21,7 @@ from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
 from visionkit.tasks.detection.export import DetectionExportedModel, detection_export_spec
 from visionkit.tasks.detection.metrics import coco_rows
+from visionkit.tasks.detection.mosaic import MosaicDataset, MosaicOptions
 from visionkit.tasks.detection.predict import OPTIONS, AnnotationIds, write_results
 from visionkit.tasks.detection.visualize import draw_boxes, grid
 
@@ -53,6 +54,16 @@ class DetectionTask(Task):
             "class_names": None,
             "category_ids": None,
             "min_visibility": 0.3,
+            "mosaic": {
+                "p": 0.0,
+                "close_epochs": 0,
+                "scale": [0.5, 1.5],
+                "translate": 0.1,
+                "degrees": 0.0,
+                "shear": 0.0,
+                "mixup": 0.0,
+                "min_visibility": 0.1,
+            },
         },
         "metrics": ["coco_map"],
         "detection": {"num_samples": 8, "sample_score_thresh": 0.3},
@@ -87,6 +98,7 @@ class DetectionTask(Task):
             )
         if not 0 <= float(data["min_visibility"]) <= 1:
             raise ConfigError(f"data.min_visibility must lie in [0, 1], got {data['min_visibility']!r}.")
+        MosaicOptions.from_config(data["mosaic"])
         if not isinstance(opts["num_samples"], int) or opts["num_samples"] < 0:
             raise ConfigError(f"detection.num_samples must be an integer >= 0, got {opts['num_samples']!r}.")
         if not 0 <= float(opts["sample_score_thresh"]) <= 1:
@@ -136,9 +148,20 @@ class DetectionTask(Task):
 
     # -- builders -------------------------------------------------------------------------------
     def build_dataset(self, split: str) -> Dataset:
-        """Build a split once (the metrics read the validation split's ground truth)."""
+        """Build a split once (the metrics read the validation split's ground truth); with data.mosaic.p > 0
+        the training split is wrapped in mosaic/mixup (any DetectionDataset: COCO, VOC, YOLO txt, shapes)."""
         if split not in self._datasets:
-            self._datasets[split] = super().build_dataset(split)
+            dataset = super().build_dataset(split)
+            opts = MosaicOptions.from_config(self.cfg["data"]["mosaic"])
+            if split == "train" and opts.p > 0:
+                if not callable(getattr(dataset, "load_image", None)) or not hasattr(dataset, "records"):
+                    raise ConfigError(
+                        f"data.mosaic needs a detection dataset with `records` and `load_image` (a visionkit "
+                        f"DetectionDataset); the training set is a {type(dataset).__name__}. Set data.mosaic.p: 0."
+                    )
+                epochs = int(self.cfg["trainer"]["epochs"])
+                dataset = MosaicDataset(dataset, int(self.cfg["data"]["image_size"]), opts, epochs)
+            self._datasets[split] = dataset
         return self._datasets[split]
 
     def _val_dataset(self) -> Any:

@@ -160,7 +160,7 @@ class YOLODetector(nn.Module):
     def __init__(
         self, num_classes: int, in_chans: int = 3, size: str = "n", image_size: int = 640, reg_max: int = 16,
         topk: int = 10, alpha: float = 0.5, beta: float = 6.0, box_gain: float = 7.5, cls_gain: float = 0.5,
-        dfl_gain: float = 1.5, score_threshold: float = 0.001, nms_iou: float = 0.7, max_detections: int = 300,
+        dfl_gain: float = 1.5, score_thresh: float = 0.001, nms_thresh: float = 0.7, detections_per_img: int = 300,
     ) -> None:  # fmt: skip
         super().__init__()
         depth, width, top = SIZES[size]
@@ -172,7 +172,7 @@ class YOLODetector(nn.Module):
         self.head = DecoupledHead(widths[2:], num_classes, reg_max, self.strides)
         self.assigner = {"topk": topk, "alpha": alpha, "beta": beta}
         self.gains = {"box": box_gain, "cls": cls_gain, "dfl": dfl_gain}
-        self.score_threshold, self.nms_iou, self.max_detections = score_threshold, nms_iou, max_detections
+        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
 
     def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(class logits, box logits, anchor points, point strides) of a letterboxed batch [B, C, S, S]."""
@@ -180,6 +180,13 @@ class YOLODetector(nn.Module):
         cls_logits, box_logits = self.head(features)
         points, strides = anchor_points([f.shape[-2:] for f in features], list(self.strides), x.device)
         return cls_logits, box_logits, points, strides
+
+    def input_window(self, height: int, width: int) -> tuple[float, float, float, float]:
+        """Where an image of this size lies in the letterboxed square: (top, left, bottom, right) fractions."""
+        scale = self.image_size / max(height, width)
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        top, left = (self.image_size - h) // 2, (self.image_size - w) // 2
+        return top / self.image_size, left / self.image_size, (top + h) / self.image_size, (left + w) / self.image_size
 
     def forward(self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]] | None = None) -> Any:
         """Losses (train mode, targets required) or detections (eval mode)."""
@@ -196,8 +203,10 @@ class YOLODetector(nn.Module):
         boxes = decode(box_logits, points, strides, self.reg_max)
         found = []
         for i, image in enumerate(images):
-            kept = select(cls_logits[i].sigmoid(), boxes[i], self.score_threshold, self.nms_iou, self.max_detections)
-            kept["boxes"] = unletterbox(kept["boxes"], scales[i], offsets[i], image.shape[-2:])
+            kept = select(
+                cls_logits[i].sigmoid(), boxes[i], self.score_thresh, self.nms_thresh, self.detections_per_img
+            )
+            kept["boxes"] = unletterbox(kept["boxes"], scales[i], offsets[i], torch._shape_as_tensor(image)[-2:])
             found.append(kept)
         return found
 
@@ -214,29 +223,32 @@ def select(
 
 def letterbox_batch(
     images: list[torch.Tensor], size: int
-) -> tuple[torch.Tensor, list[float], list[torch.Tensor]]:
-    """Each CHW image scaled so its longer side is `size` (aspect ratio kept), centred on a grey square."""
-    out = images[0].new_full((len(images), images[0].shape[0], size, size), PAD)
-    scales, offsets = [], []
-    for i, image in enumerate(images):
-        h, w = image.shape[-2:]
-        scale = size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-        top, left = (size - nh) // 2, (size - nw) // 2
-        resized = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
-        out[i, :, top : top + nh, left : left + nw] = resized
-        scales.append(scale)
-        offsets.append(torch.tensor([left, top], dtype=torch.float32, device=image.device))
-    return out, scales, offsets
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Each CHW image scaled so its longer side is `size` (aspect ratio kept), centred on a grey square.
+
+    Sizes are computed with tensors (float64, as Python would), so a traced export keeps height and width dynamic.
+    """
+    out, scales, offsets = [], [], []
+    for image in images:
+        sides = torch._shape_as_tensor(image)[-2:].to(torch.float64)
+        scale = size / sides.max()
+        new = (sides * scale).round().clamp(min=1).long()
+        resized = F.interpolate(image[None], size=[new[0], new[1]], mode="bilinear", align_corners=False)
+        pad = size - new
+        top, left = pad[0] // 2, pad[1] // 2
+        out.append(F.pad(resized, [left, pad[1] - left, top, pad[0] - top], value=PAD))
+        scales.append(scale.to(image.device, torch.float32))
+        offsets.append(torch.stack([left, top]).to(image.device, torch.float32))
+    return torch.cat(out), scales, offsets
 
 
-def unletterbox(boxes: torch.Tensor, scale: float, offset: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+def unletterbox(
+    boxes: torch.Tensor, scale: torch.Tensor | float, offset: torch.Tensor, shape: Sequence[Any]
+) -> torch.Tensor:
     """Boxes from the letterboxed square back to the input image's pixels, clipped to it."""
-    h, w = int(shape[0]), int(shape[1])
     mapped = (boxes - offset.repeat(2)) / scale
-    return torch.stack(
-        [mapped[:, 0].clamp(0, w), mapped[:, 1].clamp(0, h), mapped[:, 2].clamp(0, w), mapped[:, 3].clamp(0, h)], 1
-    )
+    limit = torch.stack([torch.as_tensor(shape[1]), torch.as_tensor(shape[0])]).to(mapped).repeat(2)
+    return torch.minimum(mapped.clamp(min=0), limit)
 
 
 @MODELS.register("yolo", task="detection")
@@ -252,9 +264,9 @@ def yolo(
     box_gain: float = 7.5,
     cls_gain: float = 0.5,
     dfl_gain: float = 1.5,
-    score_threshold: float = 0.001,
-    nms_iou: float = 0.7,
-    max_detections: int = 300,
+    score_thresh: float = 0.001,
+    nms_thresh: float = 0.7,
+    detections_per_img: int = 300,
 ) -> YOLODetector:
     """An anchor-free YOLO detector (`size` n or s), trained from scratch; input letterboxed to image_size."""
     if size not in SIZES:
@@ -265,5 +277,5 @@ def yolo(
         raise ConfigError(f"model.reg_max is {reg_max!r}; give the number of distance bins (16 is usual, 1: plain).")
     return YOLODetector(
         num_classes, in_chans, size, image_size, reg_max, topk, alpha, beta, box_gain, cls_gain, dfl_gain,
-        score_threshold, nms_iou, max_detections,
+        score_thresh, nms_thresh, detections_per_img,
     )  # fmt: skip
