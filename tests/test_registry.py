@@ -113,6 +113,7 @@ def test_one_builder_registered_for_two_tasks_serves_both() -> None:
 
     saved = plugins.snapshot()
     try:
+
         def net(num_classes: int = 2) -> str:
             return "net"
 

@@ -27,9 +27,7 @@ def load_model(
     """
     ckpt = load_checkpoint(checkpoint)
     # The checkpoint's plugins are information: loading it never imports or calls them.
-    cfg = load_config(
-        ckpt["config"], list(overrides), source=f"Checkpoint '{checkpoint}'", plugin_info=_recorded(ckpt)
-    )
+    cfg = load_config(ckpt["config"], list(overrides), source=f"Checkpoint '{checkpoint}'", plugin_info=_recorded(ckpt))
     task = build_task(cfg)
     # Checkpoints before format 2 kept the data facts in their config's data section.
     task.facts = DataFacts.from_dict(ckpt.get("facts") or declared_facts(ckpt["config"].get("data", {})).to_dict())

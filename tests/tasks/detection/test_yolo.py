@@ -94,3 +94,18 @@ def test_training_steps_fit_a_small_batch() -> None:
     with torch.no_grad():
         found = model(images)
     assert all(f["boxes"].shape[1] == 4 and (f["boxes"][:, 2:] <= torch.tensor([64.0, 48.0])).all() for f in found)
+
+
+def test_a_timm_csp_trunk_replaces_the_own_backbone() -> None:
+    torch.manual_seed(0)
+    model = yolo(3, image_size=64, backbone="timm/cspnext_tiny")
+    assert model.backbone.channels == [96, 192, 384]  # its stride 8, 16 and 32 stages feed the neck
+    target = {"boxes": torch.tensor([[5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([1])}
+    losses = model([torch.rand(3, 64, 48)], [target])
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(v) for v in losses.values())
+    first = next(model.backbone.body.parameters())
+    assert first.grad is not None and first.grad.abs().sum() > 0  # the trunk trains end to end
+    with torch.no_grad():
+        (found,) = model.eval()([torch.rand(3, 50, 70)])
+    assert len(found["boxes"]) and float(found["boxes"][:, 2].max()) <= 70  # in the input image

@@ -19,10 +19,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import batched_nms
 
 from visionkit.errors import ConfigError
 from visionkit.registry import MODELS
+from visionkit.tasks.detection.backbones import multiscale_body
 from visionkit.tasks.detection.yolo_loss import anchor_points, decode, yolo_losses
 
 SIZES = {"n": (0.33, 0.25, 1024), "s": (0.33, 0.50, 1024), "m": (0.67, 0.75, 768)}  # depth, width, max channels
@@ -102,6 +104,27 @@ class Backbone(nn.Module):
         return [p3, p4, self.stage5(p4)]
 
 
+class ForeignBackbone(nn.Module):
+    """A named trunk (`timm/<name>`, torchvision or visionkit's tiny CNNs) at strides 8, 16, 32, with SPPF on P5.
+
+    Its input is normalised with ImageNet statistics, as such trunks (and their pretrained weights) expect.
+    """
+
+    def __init__(self, name: str, pretrained: bool, weights: str | None, norm: str | None) -> None:
+        super().__init__()
+        trunk, return_layers, channels, kind = multiscale_body(name, (8, 16, 32), weights, norm, 0, pretrained)
+        self.body = trunk if kind == "timm" else IntermediateLayerGetter(trunk, return_layers)
+        self.sppf = SPPF(channels[-1], channels[-1])
+        self.channels = list(channels)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[P3, P4, P5]."""
+        p3, p4, p5 = self.body((x - self.mean) / self.std).values()
+        return [p3, p4, self.sppf(p5)]
+
+
 class PANNeck(nn.Module):
     """Top-down then bottom-up merging of P3-P5 (PANet, arXiv 1803.01534)."""
 
@@ -161,13 +184,19 @@ class YOLODetector(nn.Module):
         self, num_classes: int, in_chans: int = 3, size: str = "n", image_size: int = 640, reg_max: int = 16,
         topk: int = 10, alpha: float = 0.5, beta: float = 6.0, box_gain: float = 7.5, cls_gain: float = 0.5,
         dfl_gain: float = 1.5, score_thresh: float = 0.001, nms_thresh: float = 0.7, detections_per_img: int = 300,
+        backbone: str | None = None, pretrained: bool = False, backbone_weights: str | None = None,
+        norm: str | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         depth, width, top = SIZES[size]
         widths = [min(int(c * width), top) for c in (64, 128, 256, 512, 1024)]
         depths = [max(round(n * depth), 1) for n in (3, 6, 6, 3)]
         self.num_classes, self.image_size, self.reg_max = num_classes, image_size, reg_max
-        self.backbone = Backbone(in_chans, widths, depths)
+        if backbone:
+            self.backbone: nn.Module = ForeignBackbone(backbone, pretrained, backbone_weights, norm)
+            widths = [0, 0, *self.backbone.channels]
+        else:
+            self.backbone = Backbone(in_chans, widths, depths)
         self.neck = PANNeck(widths[2:], depths[0])
         self.head = DecoupledHead(widths[2:], num_classes, reg_max, self.strides)
         self.assigner = {"topk": topk, "alpha": alpha, "beta": beta}
@@ -267,15 +296,26 @@ def yolo(
     score_thresh: float = 0.001,
     nms_thresh: float = 0.7,
     detections_per_img: int = 300,
+    backbone: str | None = None,
+    pretrained: bool = False,
+    backbone_weights: str | None = None,
+    norm: str | None = None,
 ) -> YOLODetector:
-    """An anchor-free YOLO detector (`size` n or s), trained from scratch; input letterboxed to image_size."""
+    """An anchor-free YOLO detector (`size` n or s; its own CSP trunk or `backbone: timm/<name>`), letterboxed."""
     if size not in SIZES:
         raise ConfigError(f"model.size is {size!r}; accepted: {', '.join(SIZES)}.")
+    if backbone is None and (pretrained or backbone_weights or norm):
+        raise ConfigError(
+            "model.pretrained, model.backbone_weights and model.norm apply to a named model.backbone (e.g. "
+            "timm/cspnext_tiny); the YOLO detector's own CSP trunk trains from scratch with batch norm."
+        )
+    if backbone is not None and in_chans != 3:
+        raise ConfigError(f"model.backbone {backbone!r} takes RGB images; the data has {in_chans} channel(s).")
     if not isinstance(image_size, int) or image_size < 32 or image_size % 32:
         raise ConfigError(f"data.image_size is {image_size!r}; the YOLO detector needs a multiple of 32 (>= 32).")
     if not isinstance(reg_max, int) or reg_max < 1:
         raise ConfigError(f"model.reg_max is {reg_max!r}; give the number of distance bins (16 is usual, 1: plain).")
     return YOLODetector(
         num_classes, in_chans, size, image_size, reg_max, topk, alpha, beta, box_gain, cls_gain, dfl_gain,
-        score_thresh, nms_thresh, detections_per_img,
+        score_thresh, nms_thresh, detections_per_img, backbone, pretrained, backbone_weights, norm,
     )  # fmt: skip
