@@ -7,7 +7,7 @@ TASK ?= cls
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: install demo test lint bench gpu-check clean
+.PHONY: install demo test lint bench bench-det gpu-check clean
 
 install: $(STAMP)
 
@@ -35,9 +35,14 @@ bench: $(STAMP)
 	$(PY) -c "import lightning" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/trainer_overhead.py
 
+# Detection peers (docs/benchmarks.md#detection-peers-benchmarksdet_peerspy), ~10 min on 2 CPU cores; add
+# ARGS="--peer-python /path/to/venv/bin/python" to include Ultralytics YOLOv8n from a scratch environment.
+bench-det: $(STAMP)
+	$(PY) benchmarks/det_peers.py --epochs 10 $(ARGS)
+
 # The GPU check (docs/benchmarks.md#gpu-check-benchmarksgpu_checkpy): gpu-check.json and gpu-check.md; ARGS=--cpu without a GPU.
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --out gpu-check.json $(ARGS)
 
 clean:
-	rm -rf runs predictions .pytest_cache
+	rm -rf runs predictions .pytest_cache det_peers det_peers.json
