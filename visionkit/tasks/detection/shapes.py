@@ -80,8 +80,11 @@ def _colour(rng: np.random.Generator, avoid: np.ndarray | None = None) -> tuple[
     return tuple(int(v) for v in c)
 
 
-def render_image(rng: np.random.Generator, p: dict[str, Any]) -> tuple[Image.Image, list[tuple[list[float], int]]]:
-    """Draw one image; return it and its (box xyxy, class index) objects."""
+def render_image(
+    rng: np.random.Generator, p: dict[str, Any], masks: list[np.ndarray] | None = None
+) -> tuple[Image.Image, list[tuple[list[float], int]]]:
+    """Draw one image; return it and its (box xyxy, class index) objects. With a `masks` list, it receives
+    each object's visible pixels (bool [H, W]; covered at least half, later objects occluding earlier ones)."""
     size, s = p["image_size"], SUPERSAMPLE
     top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
     ramp = np.linspace(0, 1, size)[:, None, None]
@@ -114,11 +117,21 @@ def render_image(rng: np.random.Generator, p: dict[str, Any]) -> tuple[Image.Ima
         local = background[int(cy) % size, int(cx) % size]
         fill = _colour(rng, local)
         scaled = [v * s for v in box]
-        if kind == "circle":
-            draw.ellipse(scaled, fill=fill)
-        else:
-            draw.polygon([(x * s, y * s) for x, y in _polygon(kind, cx, cy, w, h)], fill=fill)
+        drawn = [draw] if masks is None else [draw, ImageDraw.Draw(shapes := Image.new("L", canvas.size, 0))]
+        for pen, colour in zip(drawn, (fill, 255), strict=False):
+            if kind == "circle":
+                pen.ellipse(scaled, fill=colour)
+            else:
+                pen.polygon([(x * s, y * s) for x, y in _polygon(kind, cx, cy, w, h)], fill=colour)
+        if masks is not None:
+            own = np.asarray(shapes) > 0
+            for earlier in masks:  # supersampled until the end: a later shape hides what it covers
+                earlier &= ~own
+            masks.append(own)
         objects.append((box, cls))
+    if masks is not None:
+        for i, full in enumerate(masks):  # share of each pixel covered, at least half: the image's mask
+            masks[i] = full.reshape(size, s, size, s).mean((1, 3)) >= 0.5
     image = canvas.resize((size, size), Image.BOX)
     noise = rng.normal(0, p["noise"], (size, size, 3))
     image = Image.fromarray(np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8))
