@@ -38,7 +38,7 @@ bench: $(STAMP)
 # Detection peers (docs/benchmarks.md#detection-peers-benchmarksdet_peerspy), ~10 min on 2 CPU cores; add
 # ARGS="--peer-python /path/to/venv/bin/python" to include Ultralytics YOLOv8n from a scratch environment.
 bench-det: $(STAMP)
-	$(PY) benchmarks/det_peers.py --epochs 10 $(ARGS)
+	$(PY) benchmarks/det_peers.py $(ARGS)
 
 # The GPU check (docs/benchmarks.md#gpu-check-benchmarksgpu_checkpy): gpu-check.json and gpu-check.md; ARGS=--cpu without a GPU.
 gpu-check: $(STAMP)

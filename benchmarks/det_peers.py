@@ -1,7 +1,8 @@
 """Detection peers on one machine: visionkit yolo_n, visionkit's FCOS default and, when installed, Ultralytics YOLOv8n.
 
 The shapes data (2,000 train / 200 val images of 96 px, 4 classes) is written in the YOLO layout (images/,
-labels/, data.yaml), and every detector trains on that same copy for the same epochs, image size and batch.
+labels/, data.yaml), and every detector trains on that same copy at the same image size and batch: each
+visionkit recipe for its own epochs (or --epochs for all), the peer for yolo_n's.
 Each trained model then predicts the 200 validation images (score threshold 0.001) and **pycocotools** scores
 every prediction file against the same COCO annotation file, so the figures compare like with like (a peer's
 own mAP is computed differently). Wall time is the training command's, validation passes included.
@@ -10,7 +11,7 @@ Ultralytics is AGPL-3.0: it is never a dependency of visionkit. It runs here onl
 of its own given with --peer-python (a scratch virtual environment: `python -m venv /tmp/peer &&
 /tmp/peer/bin/pip install ultralytics`), built from its own model YAML (yolov8n.yaml) with no pretrained weights.
 
-    python benchmarks/det_peers.py --epochs 10 --out det_peers.json [--peer-python /tmp/peer/bin/python]
+    python benchmarks/det_peers.py --out det_peers.json [--peer-python /tmp/peer/bin/python]   # own epochs
     python benchmarks/det_peers.py --epochs 30 --only yolo_n,yolov8n --peer-python /tmp/peer/bin/python
 """
 
@@ -101,15 +102,24 @@ def score(ann: Path, results: list[dict[str, Any]]) -> dict[str, float]:
     return {"mAP": round(float(ev.stats[0]), 4), "mAP50": round(float(ev.stats[1]), 4)}
 
 
-def run_visionkit(name: str, epochs: int, data_yaml: Path, ann: Path, val_images: Path, out: Path) -> dict[str, Any]:
-    """Train one visionkit recipe on the YOLO-layout copy, predict the val images, score them."""
+CONFIGS = {"fcos": "det/default.yaml", "yolo_n": "det/yolo_n.yaml"}
+
+
+def recipe_epochs(name: str) -> int:
+    """The epochs a packaged recipe trains for."""
     import visionkit
 
-    config = {"fcos": "det/default.yaml", "yolo_n": "det/yolo_n.yaml"}[name]
+    return int(visionkit.load_config(CONFIGS[name])["trainer"]["epochs"])
+
+
+def run_visionkit(name: str, epochs: int, data_yaml: Path, ann: Path, val_images: Path, out: Path) -> dict[str, Any]:
+    """Train one visionkit recipe on the YOLO-layout copy for `epochs`, predict the val images, score them."""
+    import visionkit
+
     spec = f"{{_delete_: true, name: yolo, data_yaml: {data_yaml}}}"
     run = out / f"{name}_e{epochs}"
     shutil.rmtree(run, ignore_errors=True)
-    args = ["--config", config, f"data.train={spec}", f"data.val={spec}", f"trainer.epochs={epochs}"]
+    args = ["--config", CONFIGS[name], f"data.train={spec}", f"data.val={spec}", f"trainer.epochs={epochs}"]
     args += ["trainer.progress=false", "--work-dir", str(run)]
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), *args], capture_output=True, text=True)
@@ -165,7 +175,9 @@ def run_peer(python: str, epochs: int, data_yaml: Path, ann: Path, val_images: P
 def main() -> None:
     """Run the chosen detectors in turn and print (and save) their table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="for every run (default: each recipe's own; the peer: yolo_n's)"
+    )
     parser.add_argument("--only", default=",".join(RUNS), help=f"comma-separated subset of {', '.join(RUNS)}")
     parser.add_argument("--peer-python", default=None, help="a Python with ultralytics installed (never ours)")
     parser.add_argument("--peer-threads", type=int, default=1, help="torch threads for the peer (ours: 1)")
@@ -188,9 +200,10 @@ def main() -> None:
                     "--peer-python /tmp/peer/bin/python. It is AGPL-3.0 and never a visionkit dependency."
                 )
                 continue
-            row = run_peer(args.peer_python, args.epochs, data_yaml, ann, val_images, work, args.peer_threads)
+            epochs = args.epochs or recipe_epochs("yolo_n")
+            row = run_peer(args.peer_python, epochs, data_yaml, ann, val_images, work, args.peer_threads)
         else:
-            row = run_visionkit(name, args.epochs, data_yaml, ann, val_images, work)
+            row = run_visionkit(name, args.epochs or recipe_epochs(name), data_yaml, ann, val_images, work)
         print(json.dumps(row), flush=True)
         rows.append(row)
     record = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "rows": rows}

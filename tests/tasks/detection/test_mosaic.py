@@ -132,3 +132,18 @@ def test_resume_across_the_close_mosaic_epoch_is_bit_equal(tmp_path: Path) -> No
     never_closed = visionkit.train(None, [*YOLO_TINY, *MOSAIC, "data.mosaic.close_epochs=0"], work_dir=tmp_path / "c")
     c = load_checkpoint(never_closed.run_dir / "checkpoints" / "last.pt")["model"]
     assert not all(torch.equal(value, c[key]) for key, value in a.items())  # the last epoch did train without mosaic
+
+
+def test_cached_images_are_read_once_and_equal_the_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset = _dataset(tmp_path)
+    reads: list[int] = []
+    original = DetectionDataset._read_image
+    monkeypatch.setattr(DetectionDataset, "_read_image", lambda self, i: reads.append(i) or original(self, i))
+    fresh = [dataset.load_image(i) for i in range(6)]
+    assert dataset.cache_images(10**9)
+    first = [dataset.load_image(i) for i in range(6)]
+    first[0][:] = 0  # a transform writing into its input does not change the cache
+    again = [dataset.load_image(i) for i in range(6)]
+    assert all(np.array_equal(a, b) for a, b in zip(fresh, again, strict=True)) and reads == [*range(6), *range(6)]
+    with pytest.warns(UserWarning, match="cache_images skipped"):
+        assert not _dataset(tmp_path).cache_images(1000)

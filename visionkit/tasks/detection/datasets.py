@@ -147,12 +147,36 @@ class DetectionDataset(Dataset):
                     transforms, key=f"data.{split}_transforms", bbox_params=bbox_params(min_visibility)
                 )
         self._coco = coco
+        self._cache: dict[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def cache_images(self, limit_bytes: int) -> bool:
+        """Keep decoded images in memory after their first read (each loader worker keeps its own copy), when
+        they fit in `limit_bytes` (their annotated sizes); False, with a note, when they do not."""
+        needed = sum(r.width * r.height * 3 for r in self.records)
+        if needed > limit_bytes:
+            warnings.warn(
+                f"{self.source}: data.cache_images skipped: the {len(self.records)} images need "
+                f"{needed / 2**30:.1f} GiB decoded, more than VISIONKIT_IMAGE_CACHE_GB={limit_bytes / 2**30:g}.",
+                DataWarning,
+                stacklevel=2,
+            )
+            return False
+        self._cache = {}
+        return True
+
     def load_image(self, index: int) -> np.ndarray:
-        """The image as an RGB uint8 array (checked against the annotated size)."""
+        """The image as an RGB uint8 array (checked against the annotated size; from memory when cached)."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index].copy()  # transforms may write into their input
+        image = self._read_image(index)
+        if self._cache is not None:
+            self._cache[index] = image.copy()
+        return image
+
+    def _read_image(self, index: int) -> np.ndarray:
         rec = self.records[index]
         try:
             image = read_image(rec.path, 3)  # 16-bit files are scaled, as at predict time

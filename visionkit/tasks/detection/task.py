@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -54,6 +55,7 @@ class DetectionTask(Task):
             "class_names": None,
             "category_ids": None,
             "min_visibility": 0.3,
+            "cache_images": False,
             "mosaic": {
                 "p": 0.0,
                 "close_epochs": 0,
@@ -152,6 +154,8 @@ class DetectionTask(Task):
         the training split is wrapped in mosaic/mixup (any DetectionDataset: COCO, VOC, YOLO txt, shapes)."""
         if split not in self._datasets:
             dataset = super().build_dataset(split)
+            if self.cfg["data"]["cache_images"] and callable(getattr(dataset, "cache_images", None)):
+                dataset.cache_images(int(float(os.environ.get("VISIONKIT_IMAGE_CACHE_GB", "4")) * 2**30))
             opts = MosaicOptions.from_config(self.cfg["data"]["mosaic"])
             if split == "train" and opts.p > 0:
                 if not callable(getattr(dataset, "load_image", None)) or not hasattr(dataset, "records"):

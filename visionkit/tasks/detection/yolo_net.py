@@ -259,6 +259,11 @@ def letterbox_batch(
     """
     out, scales, offsets = [], [], []
     for image in images:
+        if not torch.jit.is_tracing() and tuple(image.shape[-2:]) == (size, size):  # already square: as is
+            out.append(image[None])
+            scales.append(torch.ones((), device=image.device))
+            offsets.append(torch.zeros(2, device=image.device))
+            continue
         sides = torch._shape_as_tensor(image)[-2:].to(torch.float64)
         scale = size / sides.max()
         new = (sides * scale).round().clamp(min=1).long()
