@@ -1,0 +1,1 @@
+"""Instance segmentation: per-object masks on top of the detection records (data so far; the task follows)."""
