@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from visionkit.errors import ConfigError, DataError
+from visionkit.registry import DATASETS
 from visionkit.tasks.detection.coco import coco_records, read_coco_json
 from visionkit.tasks.detection.datasets import (
     BoxChecker,
@@ -76,6 +77,7 @@ class InstanceDataset(DetectionDataset):
         return sample_image, target
 
 
+@DATASETS.register("coco", task="instance")
 def coco_instances(
     ann_file: str,
     image_dir: str,
@@ -146,6 +148,7 @@ def generate_instances(root: Path, params: dict[str, Any]) -> None:
         (root / f"annotations_{split}.json").write_text(json.dumps(data))
 
 
+@DATASETS.register("shapes_instance", task="instance", aliases=["shapes"])
 def shapes_instances(
     split: str = "train",
     transforms: Sequence[Any] | None = None,
