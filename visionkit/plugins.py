@@ -23,6 +23,7 @@ BUILTIN_TASKS = (
     "visionkit.tasks.classification",
     "visionkit.tasks.segmentation",
     "visionkit.tasks.detection",
+    "visionkit.tasks.instance",
     "visionkit.tasks.generation",
     "visionkit.engine.loggers",
 )

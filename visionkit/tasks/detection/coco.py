@@ -78,6 +78,7 @@ def coco_records(
         records[img["id"]] = ImageRecord(img["id"], path, int(width), int(height))
     boxes: dict[int, list[list[float]]] = {i: [] for i in records}
     labels: dict[int, list[int]] = {i: [] for i in records}
+    segments: dict[int, list[Any]] = {i: [] for i in records}
     crowd_boxes: dict[int, list[list[float]]] = {i: [] for i in records}
     crowd_labels: dict[int, list[int]] = {i: [] for i in records}
     for ann in data["annotations"]:
@@ -105,6 +106,7 @@ def coco_records(
         else:
             boxes[image_id].append(box)
             labels[image_id].append(label_of[cat])
+            segments[image_id].append(ann.get("segmentation"))
             if box != [x, y, x + w, y + h]:  # clipped: scored as trained
                 ann["bbox"] = [box[0], box[1], box[2] - box[0], box[3] - box[1]]
     data["annotations"] = [a for a in data["annotations"] if not a.pop("_visionkit_dropped", False)]
@@ -113,6 +115,7 @@ def coco_records(
         rec.labels = np.asarray(labels[image_id], np.int64)
         rec.ignore_boxes = np.asarray(crowd_boxes[image_id], np.float32).reshape(-1, 4)
         rec.ignore_labels = np.asarray(crowd_labels[image_id], np.int64)
+        rec.segments = segments[image_id]
     return list(records.values()), class_names, category_ids
 
 

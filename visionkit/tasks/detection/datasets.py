@@ -36,6 +36,7 @@ class ImageRecord:
     labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
     ignore_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     ignore_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    segments: list[Any] = field(default_factory=list)  # COCO segmentation of each box, for instance masks
 
 
 class BoxChecker:
@@ -199,8 +200,19 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rec = self.records[index]
-        out = self.transform(image=self.load_image(index), bboxes=rec.boxes, labels=rec.labels)
-        return self.to_sample(out, rec.image_id, (rec.height, rec.width))
+        return self.augment(self.load_image(index), rec.boxes, rec.labels, None, rec.image_id, (rec.height, rec.width))
+
+    def augment(
+        self,
+        image: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        masks: np.ndarray | None,
+        image_id: int,
+        orig_size: tuple[int, int],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The transform list on one image and its boxes (mosaic calls this on its composites), as a sample."""
+        return self.to_sample(self.transform(image=image, bboxes=boxes, labels=labels), image_id, orig_size)
 
     @staticmethod
     def to_sample(

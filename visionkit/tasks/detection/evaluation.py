@@ -91,11 +91,12 @@ def per_class_ap(evaluator: COCOeval) -> dict[int, float]:
 
 
 def coco_evaluate(
-    gt: COCO, results: list[dict[str, Any]], image_ids: Iterable[int] | None = None
+    gt: COCO, results: list[dict[str, Any]], image_ids: Iterable[int] | None = None, iou_type: str = "bbox"
 ) -> tuple[dict[str, float], dict[int, float], COCOeval]:
-    """Run COCOeval (bbox) over `image_ids` (default: every image in gt); return stats, per-class AP, evaluator."""
+    """Run COCOeval (`bbox`, or `segm` for mask results) over `image_ids` (default: every image in gt); return
+    stats, per-class AP, evaluator."""
     dt = load_results(gt, results)
-    evaluator = COCOeval(gt, dt, iouType="bbox")
+    evaluator = COCOeval(gt, dt, iouType=iou_type)
     if image_ids is not None:
         evaluator.params.imgIds = sorted(set(int(i) for i in image_ids))
     with contextlib.redirect_stdout(io.StringIO()):

@@ -52,7 +52,10 @@ class Detector(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("Detector in train mode needs targets; call model.eval() for predictions.")
-            shifted = [{"boxes": t["boxes"], "labels": t["labels"] + self.label_offset} for t in targets]
+            shifted = [  # instance masks ride along for the models that learn them (Mask R-CNN)
+                {**{k: t[k] for k in ("boxes", "masks") if k in t}, "labels": t["labels"] + self.label_offset}
+                for t in targets
+            ]
             return self.net(images, shifted)
         out = self.net(images)
         if self.label_offset:

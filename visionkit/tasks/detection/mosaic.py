@@ -105,6 +105,13 @@ def keep_visible(
     return clipped, keep
 
 
+def _resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A 0/1 mask resized as its image is (linear, so no half-pixel shift against it), thresholded at half."""
+    if mask.shape == (height, width):
+        return mask
+    return (cv2.resize(mask * 255, (width, height), interpolation=cv2.INTER_LINEAR) >= 128).astype(np.uint8)
+
+
 class MosaicDataset(Dataset):
     """Wraps a DetectionDataset: with chance `p` a sample is a mosaic of four (optionally mixed up with another),
     then the dataset's own transform list (flip, colour jitter...); otherwise the dataset's sample unchanged."""
@@ -135,22 +142,24 @@ class MosaicDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not self.active() or random.random() >= self.opts.p:
             return self.dataset[index]
-        image, boxes, labels = self.mosaic(index)
+        image, boxes, labels, masks = self.mosaic(index)
         if random.random() < self.opts.mixup:
-            other, other_boxes, other_labels = self.mosaic(random.randrange(len(self)))
+            other, other_boxes, other_labels, other_masks = self.mosaic(random.randrange(len(self)))
             ratio = np.random.beta(32.0, 32.0)
             image = (image * ratio + other * (1 - ratio)).astype(np.uint8)
             boxes, labels = np.concatenate([boxes, other_boxes]), np.concatenate([labels, other_labels])
-        out = self.transform(image=image, bboxes=boxes, labels=labels)
+            masks = None if masks is None else np.concatenate([masks, other_masks])
         rec = self.records[index]
-        return self.dataset.to_sample(out, rec.image_id, (self.size, self.size))
+        return self.dataset.augment(image, boxes, labels, masks, rec.image_id, (self.size, self.size))
 
-    def mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One size x size mosaic around `index` and three random images: (RGB uint8, boxes xyxy, labels)."""
+    def mosaic(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """One size x size mosaic around `index` and three random images: (RGB uint8, boxes xyxy, labels,
+        instance masks uint8 [N, size, size] when the dataset has `load_masks`, else None)."""
         s = self.size
         canvas = np.full((2 * s, 2 * s, 3), PAD, np.uint8)
         cx, cy = (int(random.uniform(0.5 * s, 1.5 * s)) for _ in range(2))
-        all_boxes, all_labels = [], []
+        all_boxes, all_labels, all_masks = [], [], []
+        with_masks = callable(getattr(self.dataset, "load_masks", None))
         indices = [index] + [random.randrange(len(self)) for _ in range(3)]
         for corner, i in enumerate(indices):
             image, rec = self.dataset.load_image(i), self.records[i]
@@ -167,8 +176,15 @@ class MosaicDataset(Dataset):
                 scale = np.array([w / rec.width, h / rec.height] * 2)
                 all_boxes.append(np.asarray(rec.boxes, np.float64) * scale + np.array([x0, y0] * 2))
                 all_labels.append(np.asarray(rec.labels, np.int64))
+            if with_masks and len(rec.boxes):
+                for mask in self.dataset.load_masks(i):  # placed exactly as the image
+                    placed = np.zeros((2 * s, 2 * s), np.uint8)
+                    resized = _resize_mask(mask, w, h)
+                    placed[cy0:cy1, cx0:cx1] = resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+                    all_masks.append(placed)
         boxes = np.concatenate(all_boxes) if all_boxes else np.zeros((0, 4))
         labels = np.concatenate(all_labels) if all_labels else np.zeros((0,), np.int64)
+        masks = np.stack(all_masks) if all_masks else (np.zeros((0, 2 * s, 2 * s), np.uint8) if with_masks else None)
         boxes, visible = keep_visible(boxes, boxes, 2 * s, 1.0, 0.0)  # clip to the canvas first
         boxes, labels = boxes[visible], labels[visible]
         matrix = affine_matrix(s, self.opts)
@@ -176,4 +192,8 @@ class MosaicDataset(Dataset):
         mapped = transform_boxes(boxes, matrix)
         zoom = float(math.sqrt(abs(np.linalg.det(matrix[:, :2]))))
         mapped, keep = keep_visible(mapped, boxes, s, zoom, self.opts.min_visibility)
-        return image, mapped[keep], labels[keep]
+        if masks is not None:
+            masks = masks[visible][keep]
+            warped = [cv2.warpAffine(m * 255, matrix, (s, s), flags=cv2.INTER_LINEAR) >= 128 for m in masks]
+            masks = np.stack(warped).astype(np.uint8) if warped else np.zeros((0, s, s), np.uint8)
+        return image, mapped[keep], labels[keep], masks

@@ -129,9 +129,10 @@ def render_image(
                 earlier &= ~own
             masks.append(own)
         objects.append((box, cls))
-    if masks is not None:
-        for i, full in enumerate(masks):  # share of each pixel covered, at least half: the image's mask
-            masks[i] = full.reshape(size, s, size, s).mean((1, 3)) >= 0.5
+    if masks:  # a pixel is the shape's that covers most of it (the later on a tie), when that is half or more
+        cover = np.stack([full.reshape(size, s, size, s).mean((1, 3)) for full in masks])
+        winner = len(masks) - 1 - np.argmax(cover[::-1], axis=0)
+        masks[:] = [(winner == i) & (cover[i] >= 0.5) for i in range(len(masks))]
     image = canvas.resize((size, size), Image.BOX)
     noise = rng.normal(0, p["noise"], (size, size, 3))
     image = Image.fromarray(np.clip(np.asarray(image, np.float32) + noise, 0, 255).astype(np.uint8))
@@ -169,15 +170,17 @@ def generate(root: Path, params: dict[str, Any]) -> None:
         (root / f"annotations_{split}.json").write_text(json.dumps(data))
 
 
-def shapes_root(params: dict[str, Any]) -> Path:
-    """The cache folder for these parameters, generated on first use (safe when several ranks race)."""
+def shapes_root(params: dict[str, Any], write: Any = None, name: str = "shapes") -> Path:
+    """The cache folder for these parameters, generated on first use by `write(folder, params)` (default:
+    `generate`; safe when several ranks race)."""
+    write = write or generate
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-    root = cache_dir() / f"shapes-v{VERSION}-{key}"
+    root = cache_dir() / f"{name}-v{VERSION}-{key}"
     if (root / "annotations_val.json").is_file():
         return root
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        generate(tmp / "data", params)
+        write(tmp / "data", params)
         (tmp / "data" / "params.json").write_text(json.dumps(params, indent=1))
         try:
             os.replace(tmp / "data", root)
@@ -187,6 +190,37 @@ def shapes_root(params: dict[str, Any]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def shapes_params(
+    image_size: int, num_classes: int, num_train: int, num_val: int, min_objects: int, max_objects: int,
+    min_size: float, max_size: float, max_overlap: float, clutter: int, noise: float, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The generator's parameters, checked (a ConfigError names the bad pair); they key the cache folder."""
+    if not 1 <= num_classes <= len(SHAPE_CLASSES):
+        raise ConfigError(f"shapes num_classes is {num_classes}; accepted 1..{len(SHAPE_CLASSES)} ({SHAPE_CLASSES}).")
+    if not 0 < min_size <= max_size < image_size:
+        raise ConfigError(
+            f"shapes needs 0 < min_size <= max_size < image_size; got {min_size}, {max_size}, {image_size}."
+        )
+    if not 0 <= min_objects <= max_objects or max_objects < 1:
+        raise ConfigError(
+            f"shapes needs 0 <= min_objects <= max_objects and max_objects >= 1; got {min_objects}, {max_objects}."
+        )
+    return {
+        "image_size": image_size,
+        "num_classes": num_classes,
+        "num_train": num_train,
+        "num_val": num_val,
+        "min_objects": min_objects,
+        "max_objects": max_objects,
+        "min_size": float(min_size),
+        "max_size": float(max_size),
+        "max_overlap": max_overlap,
+        "clutter": clutter,
+        "noise": noise,
+        "seed": seed,
+    }
 
 
 @DATASETS.register("shapes", task="detection")
@@ -208,32 +242,12 @@ def shapes_dataset(
     seed: int = 0,
 ) -> DetectionDataset:
     """Coloured shapes (circle, square, triangle, cross, star, diamond) with clutter and overlaps, as COCO."""
-    if not 1 <= num_classes <= len(SHAPE_CLASSES):
-        raise ConfigError(f"shapes num_classes is {num_classes}; accepted 1..{len(SHAPE_CLASSES)} ({SHAPE_CLASSES}).")
-    if not 0 < min_size <= max_size < image_size:
-        raise ConfigError(
-            f"shapes needs 0 < min_size <= max_size < image_size; got {min_size}, {max_size}, {image_size}."
-        )
-    if not 0 <= min_objects <= max_objects or max_objects < 1:
-        raise ConfigError(
-            f"shapes needs 0 <= min_objects <= max_objects and max_objects >= 1; got {min_objects}, {max_objects}."
-        )
     if split not in ("train", "val"):
         raise ConfigError(f"shapes split is {split!r}; accepted: train, val.")
-    params = {
-        "image_size": image_size,
-        "num_classes": num_classes,
-        "num_train": num_train,
-        "num_val": num_val,
-        "min_objects": min_objects,
-        "max_objects": max_objects,
-        "min_size": float(min_size),
-        "max_size": float(max_size),
-        "max_overlap": max_overlap,
-        "clutter": clutter,
-        "noise": noise,
-        "seed": seed,
-    }
+    params = shapes_params(
+        image_size, num_classes, num_train, num_val, min_objects, max_objects, min_size, max_size, max_overlap,
+        clutter, noise, seed,
+    )  # fmt: skip
     root = shapes_root(params)
     return coco_dataset(
         str(root / f"annotations_{split}.json"),
