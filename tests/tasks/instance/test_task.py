@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchmetrics.detection import MeanAveragePrecision
 
 import visionkit
@@ -118,3 +119,38 @@ def test_a_box_only_model_or_export_is_refused_clearly(inst_run: Path, tmp_path:
                         work_dir=tmp_path / "fcos")  # fmt: skip
     proc = run_tool("export", str(inst_run), "--out", str(tmp_path / "x"), env=ENV)
     assert proc.returncode == 2 and "not offered yet" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class FixedModel(torch.nn.Module):
+    """Returns two detections with known masks for any image (in the image's own pixels)."""
+
+    def forward(self, images):
+        out = []
+        for image in images:
+            h, w = image.shape[-2:]
+            masks = torch.zeros(2, 1, h, w)
+            masks[0, 0, 2:10, 3:12] = 0.9
+            masks[1, 0, 5:8, 5:9] = 0.6
+            boxes = torch.tensor([[3.0, 2.0, 12.0, 10.0], [5.0, 5.0, 9.0, 8.0]])
+            out.append(
+                {"boxes": boxes, "scores": torch.tensor([0.8, 0.2]), "labels": torch.tensor([1, 0]), "masks": masks}
+            )
+        return out
+
+
+def test_predict_writes_each_detections_mask_as_rle(inst_run: Path, tmp_path: Path) -> None:
+    task, _, _ = visionkit.load_model(inst_run / "checkpoints" / "last.pt", device="cpu")
+    image = np.zeros((20, 30, 3), np.uint8)
+    options = {**task.predict_options, "score_threshold": 0.5}
+    inputs = [task.preprocess(image, options)]
+    (found,) = task.predict_batch(FixedModel(), inputs, options)
+    record = task.postprocess(found, image, options)
+    (shown,) = record["detections"]  # the 0.2 one is under the threshold
+    assert shown["segmentation"]["size"] == [20, 30] and shown["area"] == 8 * 9
+    assert shown["class"] == task.facts.names[1]
+    summary = task.finish_predictions([{"input": "a.png", **record}], tmp_path, options)
+    results = json.loads(Path(summary["results_file"]).read_text())
+    assert len(results) == 2 and all(r["segmentation"]["size"] == [20, 30] for r in results)  # every detection
+    Image.fromarray(np.full((40, 36, 3), 90, np.uint8)).save(tmp_path / "in.png")
+    out = visionkit.predict(inst_run, [str(tmp_path / "in.png")], tmp_path / "p", progress=False, draw=False)
+    assert out["task"] == "instance"  # the trained model runs through the whole predictor (any detections it finds)

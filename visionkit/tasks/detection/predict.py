@@ -78,9 +78,10 @@ def write_results(
         images.append(
             {"id": image_id, "file_name": record["input"], "width": record["width"], "height": record["height"]}
         )
-        results += [
-            {"image_id": image_id, "category_id": int(category_ids[label]), "bbox": bbox, "score": score}
-            for label, score, bbox in found
+        results += [  # an instance model's detections carry a 4th item: the mask as COCO RLE
+            {"image_id": image_id, "category_id": int(category_ids[d[0]]), "bbox": d[2], "score": d[1]}
+            | ({"segmentation": d[3]} if len(d) > 3 else {})
+            for d in found
         ]
     (out_dir / "results.json").write_text(json.dumps(results))
     categories = [{"id": int(c), "name": n} for c, n in zip(category_ids, class_names, strict=True)]

@@ -261,19 +261,27 @@ class DetectionTask(Task):
 
     def predict_batch(self, model: nn.Module, inputs: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
         """Detect on a list of any-size images (same-size ones together); boxes (x, y, w, h) in original pixels."""
+        return self.found_boxes(inputs, self.detect(model, inputs))
+
+    def detect(self, model: nn.Module, inputs: list[Any]) -> list[dict[str, torch.Tensor]]:
+        """The model's outputs for preprocessed inputs, in order: one call per input size (no padding)."""
         device = device_of(model)
         outputs: list[Any] = [None] * len(inputs)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, (tensor, _) in enumerate(inputs):
             by_shape.setdefault(tuple(tensor.shape), []).append(i)
-        for group in by_shape.values():  # one call per input size: no padding, so an image's result is its own
+        for group in by_shape.values():  # an image's result is its own
             for i, output in zip(group, model([inputs[i][0].to(device) for i in group]), strict=True):
                 outputs[i] = output
+        return outputs
+
+    def found_boxes(self, inputs: list[Any], outputs: list[dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
+        """Per image: COCO boxes (x, y, w, h) in its original pixels, scores and labels, in the model's order."""
         labels = torch.arange(max(len(self.facts.names), 1))
         found = []
         for (tensor, (height, width)), output in zip(inputs, outputs, strict=True):
             scale = (width / tensor.shape[-1], height / tensor.shape[-2])
-            rows = coco_rows({k: v.cpu() for k, v in output.items()}, 0, labels, scale)
+            rows = coco_rows({k: v.cpu() for k, v in output.items() if k != "masks"}, 0, labels, scale)
             found.append({"bbox": rows[:, 1:5], "scores": rows[:, 5], "labels": rows[:, 6].long()})
         return found
 

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pycocotools import mask as mask_utils
 
 from visionkit.engine.contracts import StepContext
 from visionkit.errors import ConfigError
@@ -71,6 +72,28 @@ class InstanceTask(DetectionTask):
             height, width = (int(v) for v in target["orig_size"])
             masks.append(rle_texts(output["masks"], (height, width)))
         return {"image_ids": [int(t["image_id"]) for t in targets], "detections": rows, "masks": masks}
+
+    # -- prediction: detection's, with each detection's mask as RLE at the original image's size ---------------
+    def predict_batch(self, model: Any, inputs: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
+        """Detection's boxes, scores and labels, plus `masks`: one COCO RLE per detection, original pixels."""
+        outputs = self.detect(model, inputs)
+        found = self.found_boxes(inputs, outputs)
+        for record, output, (_, (height, width)) in zip(found, outputs, inputs, strict=True):
+            texts = rle_texts(output["masks"], (height, width))
+            record["masks"] = [{"size": [height, width], "counts": t} for t in texts]
+        return found
+
+    def postprocess(self, output: dict[str, Any], image: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
+        """Detection's record, each detection with its `segmentation` (COCO RLE) and `area` in pixels."""
+        record = super().postprocess(output, image, options)
+        keep = (output["scores"] >= float(options["score_threshold"])).tolist()
+        shown = [m for m, k in zip(output["masks"], keep, strict=True) if k]
+        for detection, rle in zip(record["detections"], shown, strict=True):
+            detection["segmentation"] = rle
+            detection["area"] = int(mask_utils.area({**rle, "counts": rle["counts"].encode()}))
+        found = self._found[-1]  # every detection, for results.json
+        self._found[-1] = [(*d, m) for d, m in zip(found, output["masks"], strict=True)]
+        return record
 
     def export_spec(self, model: Any, options: Any) -> Any:
         """Not offered yet for instance models: their masks are not in the detection export signature."""
