@@ -77,6 +77,7 @@ class Assignment:
     scores: torch.Tensor  # [A, C]
     boxes: torch.Tensor  # [A, 4]
     positive: torch.Tensor  # [A] bool
+    owner: torch.Tensor | None = None  # [A] the object index of each positive anchor (for per-object targets)
 
 
 @torch.no_grad()
@@ -123,7 +124,7 @@ def assign(
     target_scores = torch.zeros_like(empty.scores)
     rows = positive.nonzero().squeeze(1)
     target_scores[rows, gt_labels[owner[rows]]] = strength[rows]
-    return Assignment(target_scores, gt_boxes[owner], positive)
+    return Assignment(target_scores, gt_boxes[owner], positive, owner)
 
 
 def _centres_inside(points: torch.Tensor, gt_boxes: torch.Tensor, eps: float = 1e-9) -> torch.Tensor:
@@ -143,14 +144,18 @@ def yolo_losses(
     reg_max: int,
     gains: dict[str, float],
     assigner: dict[str, float],
+    assignments: list[Assignment] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The three losses of a batch: cls_logits [B, A, C], box_logits [B, A, 4 * reg_max], targets in pixels."""
+    """The three losses of a batch: cls_logits [B, A, C], box_logits [B, A, 4 * reg_max], targets in pixels.
+    A list given as `assignments` receives each image's assignment (a mask head trains on the same anchors)."""
     boxes = decode(box_logits, points, strides, reg_max)
     scores = cls_logits.detach().sigmoid()
     assigned = [
         assign(scores[i], boxes[i], points, t["boxes"].float(), t["labels"].long(), **assigner)
         for i, t in enumerate(targets)
     ]
+    if assignments is not None:
+        assignments.extend(assigned)
     target_scores = torch.stack([a.scores for a in assigned])
     target_boxes = torch.stack([a.boxes for a in assigned])
     positive = torch.stack([a.positive for a in assigned])

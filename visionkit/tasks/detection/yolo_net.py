@@ -197,6 +197,7 @@ class YOLODetector(nn.Module):
             widths = [0, 0, *self.backbone.channels]
         else:
             self.backbone = Backbone(in_chans, widths, depths)
+        self.level_widths = list(widths[2:])  # P3-P5 channels, for heads added on top (a mask head)
         self.neck = PANNeck(widths[2:], depths[0])
         self.head = DecoupledHead(widths[2:], num_classes, reg_max, self.strides)
         self.assigner = {"topk": topk, "alpha": alpha, "beta": beta}
@@ -241,12 +242,15 @@ class YOLODetector(nn.Module):
 
 
 def select(
-    scores: torch.Tensor, boxes: torch.Tensor, threshold: float, iou: float, limit: int
+    scores: torch.Tensor, boxes: torch.Tensor, threshold: float, iou: float, limit: int, points: list | None = None
 ) -> dict[str, torch.Tensor]:
-    """Multi-label detections of one image: every (point, class) over `threshold`, per-class NMS, the best `limit`."""
+    """Multi-label detections of one image: every (point, class) over `threshold`, per-class NMS, the best `limit`.
+    A list given as `points` receives the anchor index of each detection (a mask head reads its coefficients)."""
     point, label = (scores > threshold).nonzero(as_tuple=True)
     chosen_scores, chosen_boxes = scores[point, label], boxes[point]
     keep = batched_nms(chosen_boxes.float(), chosen_scores.float(), label, iou)[:limit]
+    if points is not None:
+        points.append(point[keep])
     return {"boxes": chosen_boxes[keep], "scores": chosen_scores[keep], "labels": label[keep]}
 
 
@@ -285,6 +289,26 @@ def unletterbox(
     return torch.minimum(mapped.clamp(min=0), limit)
 
 
+def check_options(
+    in_chans: int, size: str, image_size: int, reg_max: int, backbone: str | None, pretrained: bool,
+    backbone_weights: str | None, norm: str | None,
+) -> None:  # fmt: skip
+    """The YOLO builders' option checks: a ConfigError names the key and what it accepts."""
+    if size not in SIZES:
+        raise ConfigError(f"model.size is {size!r}; accepted: {', '.join(SIZES)}.")
+    if backbone is None and (pretrained or backbone_weights or norm):
+        raise ConfigError(
+            "model.pretrained, model.backbone_weights and model.norm apply to a named model.backbone (e.g. "
+            "timm/cspnext_tiny); the YOLO detector's own CSP trunk trains from scratch with batch norm."
+        )
+    if backbone is not None and in_chans != 3:
+        raise ConfigError(f"model.backbone {backbone!r} takes RGB images; the data has {in_chans} channel(s).")
+    if not isinstance(image_size, int) or image_size < 32 or image_size % 32:
+        raise ConfigError(f"data.image_size is {image_size!r}; the YOLO detector needs a multiple of 32 (>= 32).")
+    if not isinstance(reg_max, int) or reg_max < 1:
+        raise ConfigError(f"model.reg_max is {reg_max!r}; give the number of distance bins (16 is usual, 1: plain).")
+
+
 @MODELS.register("yolo", task="detection")
 def yolo(
     num_classes: int,
@@ -307,19 +331,7 @@ def yolo(
     norm: str | None = None,
 ) -> YOLODetector:
     """An anchor-free YOLO detector (`size` n or s; its own CSP trunk or `backbone: timm/<name>`), letterboxed."""
-    if size not in SIZES:
-        raise ConfigError(f"model.size is {size!r}; accepted: {', '.join(SIZES)}.")
-    if backbone is None and (pretrained or backbone_weights or norm):
-        raise ConfigError(
-            "model.pretrained, model.backbone_weights and model.norm apply to a named model.backbone (e.g. "
-            "timm/cspnext_tiny); the YOLO detector's own CSP trunk trains from scratch with batch norm."
-        )
-    if backbone is not None and in_chans != 3:
-        raise ConfigError(f"model.backbone {backbone!r} takes RGB images; the data has {in_chans} channel(s).")
-    if not isinstance(image_size, int) or image_size < 32 or image_size % 32:
-        raise ConfigError(f"data.image_size is {image_size!r}; the YOLO detector needs a multiple of 32 (>= 32).")
-    if not isinstance(reg_max, int) or reg_max < 1:
-        raise ConfigError(f"model.reg_max is {reg_max!r}; give the number of distance bins (16 is usual, 1: plain).")
+    check_options(in_chans, size, image_size, reg_max, backbone, pretrained, backbone_weights, norm)
     return YOLODetector(
         num_classes, in_chans, size, image_size, reg_max, topk, alpha, beta, box_gain, cls_gain, dfl_gain,
         score_thresh, nms_thresh, detections_per_img, backbone, pretrained, backbone_weights, norm,
