@@ -141,3 +141,38 @@ def test_mosaic_masks_cover_their_objects_pixels(tmp_path: Path) -> None:
             assert (near & mask).sum() >= 0.9 * near.sum(), f"seed {seed}: object {label} outside its mask"
             checked += 1
     assert checked >= 12
+
+
+def _yolo_segments(root: Path, text: str) -> str:
+    from tests.tasks.detection.helpers import write_yolo
+
+    return str(write_yolo(root, {"train/a": text, "val/a": text}, {"train/a": (40, 30), "val/a": (40, 30)}))
+
+
+def test_ultralytics_segment_labels_give_polygon_masks_and_ground_truth(tmp_path: Path) -> None:
+    from visionkit.registry import DATASETS
+
+    text = "2 0.1 0.1 0.6 0.1 0.35 0.8\n0 0.5 0.5 0.9 0.5 0.9 0.9 0.5 0.9\n"
+    dataset = DATASETS.get("yolo", "instance")(data_yaml=_yolo_segments(tmp_path, text))
+    (rec,) = dataset.records
+    assert rec.labels.tolist() == [2, 0] and np.allclose(rec.boxes[0], [4, 3, 24, 24])
+    masks = dataset.load_masks(0)
+    triangle = decode([[4.0, 3.0, 24.0, 3.0, 14.0, 24.0]], 30, 40)
+    assert np.array_equal(masks[0], triangle) and masks[1].sum() == pytest.approx(16 * 12, abs=20)
+    gt = dataset.coco.dataset["annotations"]
+    assert [a["segmentation"] for a in gt] == rec.segments  # evaluation scores the same polygons
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0 0.5 0.5 0.2 0.2\n", "line 1: instance segmentation needs a polygon per object"),
+        ("0 0.1 0.1 1.5 0.1 0.3 0.8\n", r"line 1: polygon point \(1.5, 0.1\) lies outside the image"),
+        ("7 0.1 0.1 0.6 0.1 0.35 0.8\n", "line 1: class index 7 is not one of the data YAML's 3 classes"),
+    ],
+)
+def test_bad_segment_labels_name_the_file_and_line(tmp_path: Path, text: str, message: str) -> None:
+    from visionkit.registry import DATASETS
+
+    with pytest.raises(DataError, match=message):
+        DATASETS.get("yolo", "instance")(data_yaml=_yolo_segments(tmp_path, text))

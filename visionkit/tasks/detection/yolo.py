@@ -81,9 +81,10 @@ def label_path(image: Path) -> Path:
 
 
 def parse_label_file(
-    path: Path, width: int, height: int, num_classes: int, checker: BoxChecker
+    path: Path, width: int, height: int, num_classes: int, checker: BoxChecker, segments: list[Any] | None = None
 ) -> tuple[list[list[float]], list[int]]:
-    """Boxes (xyxy pixels) and class indices of one label file; polygon lines become their bounding box."""
+    """Boxes (xyxy pixels) and class indices of one label file; polygon lines become their bounding box. With a
+    `segments` list (instance data) every line must be a polygon, which it receives in pixels, COCO style."""
     boxes, labels = [], []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         parts = line.split()
@@ -94,6 +95,11 @@ def parse_label_file(
             values = [float(v) for v in parts]
         except ValueError as exc:
             raise DataError(f"{where}: expected numbers 'class cx cy w h', got {line!r}.") from exc
+        if segments is not None and len(values) < 7:
+            raise DataError(
+                f"{where}: instance segmentation needs a polygon per object, 'class x1 y1 x2 y2 x3 y3 ...' "
+                f"(normalised, at least 3 points), got {len(values)} values."
+            )
         if len(values) == 5:
             cx, cy, w, h = values[1:]
             box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
@@ -108,11 +114,28 @@ def parse_label_file(
                 f"{where}: class index {parts[0]} is not one of the data YAML's {num_classes} classes "
                 f"(0..{num_classes - 1})."
             )
+        polygon = [v * (width if k % 2 == 0 else height) for k, v in enumerate(values[1:])]
+        if segments is not None:
+            check_polygon(polygon, width, height, where)
         checked = checker.check(box, width, height, where)
         if checked is not None:
             boxes.append(checked)
             labels.append(int(cls))
+            if segments is not None:
+                segments.append([polygon])
     return boxes, labels
+
+
+def check_polygon(polygon: list[float], width: int, height: int, where: str) -> None:
+    """A DataError naming `where` for a vertex more than a pixel outside the image (normalised 0..1 labels)."""
+    xy = np.asarray(polygon, np.float64).reshape(-1, 2)
+    outside = ((xy < -1.0) | (xy > np.array([width, height]) + 1.0)).any(1)
+    if outside.any():
+        x, y = xy[int(np.argmax(outside))]
+        raise DataError(
+            f"{where}: polygon point ({x / width:g}, {y / height:g}) lies outside the image; YOLO segment labels "
+            "are normalised to 0..1 of the image's width and height."
+        )
 
 
 def warn_unused_labels(images: Sequence[Path], source: str) -> None:
@@ -138,6 +161,14 @@ def yolo_dataset(
     invalid_boxes: str = "clip",
 ) -> DetectionDataset:
     """YOLO txt labels (normalised cx cy w h per line) found next to `images/` as `labels/`; no file = no objects."""
+    records, names, source = yolo_records(data_yaml, split, invalid_boxes, with_segments=False)
+    return DetectionDataset(records, names, list(range(1, len(names) + 1)), transforms, min_visibility, source, split)
+
+
+def yolo_records(
+    data_yaml: str, split: str, invalid_boxes: str, with_segments: bool
+) -> tuple[list[ImageRecord], list[str], str]:
+    """The records of a YOLO-layout split (with each object's polygon when `with_segments`), names, source."""
     data, root, names = read_data_yaml(data_yaml)
     source = f"data.{split} (yolo '{data_yaml}' split '{split}')"
     if split not in data:
@@ -151,11 +182,13 @@ def yolo_dataset(
         rec = ImageRecord(i + 1, image, width, height)
         labels_file = label_path(image)
         if labels_file.is_file():
-            boxes, labels = parse_label_file(labels_file, width, height, len(names), checker)
+            segments: list[Any] | None = [] if with_segments else None
+            boxes, labels = parse_label_file(labels_file, width, height, len(names), checker, segments)
             rec.boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
             rec.labels = np.asarray(labels, np.int64)
+            rec.segments = segments or []
         records.append(rec)
     warn_unused_labels(images, source)
     require_annotations(records, source)
     checker.report()
-    return DetectionDataset(records, names, list(range(1, len(names) + 1)), transforms, min_visibility, source, split)
+    return records, names, source

@@ -25,6 +25,7 @@ from visionkit.tasks.detection.datasets import (
     require_annotations,
 )
 from visionkit.tasks.detection.shapes import SHAPE_CLASSES, render_image, shapes_params, shapes_root
+from visionkit.tasks.detection.yolo import yolo_records
 from visionkit.tasks.instance.masks import box_of, check_segmentation, decode, encode
 
 
@@ -37,6 +38,15 @@ class InstanceDataset(DetectionDataset):
         if not len(rec.boxes):
             return np.zeros((0, rec.height, rec.width), np.uint8)
         return np.stack([decode(segment, rec.height, rec.width) for segment in rec.segments])
+
+    def coco_dict(self) -> dict[str, Any]:
+        """Detection's COCO dict with each trained object's `segmentation` (for formats that are not COCO)."""
+        data = super().coco_dict()
+        ordinary = iter(a for a in data["annotations"] if not a["iscrowd"])
+        for rec in self.records:
+            for segment in rec.segments:
+                next(ordinary)["segmentation"] = segment
+        return data
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         rec = self.records[index]
@@ -146,6 +156,19 @@ def generate_instances(root: Path, params: dict[str, Any]) -> None:
                 )
         data = {"images": images, "annotations": annotations, "categories": categories}
         (root / f"annotations_{split}.json").write_text(json.dumps(data))
+
+
+@DATASETS.register("yolo", task="instance")
+def yolo_instances(
+    data_yaml: str,
+    split: str = "train",
+    transforms: Sequence[Any] | None = None,
+    min_visibility: float = 0.3,
+    invalid_boxes: str = "clip",
+) -> InstanceDataset:
+    """Ultralytics-style segment labels: one `class x1 y1 x2 y2 ...` polygon line (normalised) per object."""
+    records, names, source = yolo_records(data_yaml, split, invalid_boxes, with_segments=True)
+    return InstanceDataset(records, names, list(range(1, len(names) + 1)), transforms, min_visibility, source, split)
 
 
 @DATASETS.register("shapes_instance", task="instance", aliases=["shapes"])
