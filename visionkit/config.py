@@ -117,10 +117,8 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-RENAMED = {  # packaged configs that moved: a user asking for the old name is told the new one
-    "det/yolo.yaml": "The YOLO-txt data format example is now det/yolo_txt_format.yaml (the YOLO detector's "
-    "recipes are det/yolo_n.yaml and det/yolo_s.yaml).",
-}
+# Packaged configs that moved: a user asking for the old name is told the new one.
+RENAMED = {"det/yolo.yaml": "It is det/yolo_txt_format.yaml now (the YOLO recipes: det/yolo_n.yaml, yolo_s.yaml)."}
 
 
 def read_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def test_shipped_configs_validate(name) -> None:
 
 
 def test_the_renamed_data_format_config_says_its_new_name() -> None:
-    with pytest.raises(ConfigError, match="det/yolo_txt_format.yaml .*det/yolo_n.yaml"):
+    with pytest.raises(ConfigError, match="det/yolo_txt_format.yaml now .*det/yolo_n.yaml"):
         load_config("det/yolo.yaml")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +131,34 @@ def coco_dataset(
     allow_outside_root: bool = False,
 ) -> DetectionDataset:
     """COCO instances JSON + image folder; crowd boxes are ignored in training and kept as COCO eval ignores them."""
+    return load_coco(
+        ann_file, image_dir, split, transforms, min_visibility, invalid_boxes, check_files, allow_outside_root
+    )
+
+
+def load_coco(
+    ann_file: str,
+    image_dir: str,
+    split: str,
+    transforms: Sequence[Any] | None,
+    min_visibility: float,
+    invalid_boxes: str,
+    check_files: bool,
+    allow_outside_root: bool,
+    kind: type[DetectionDataset] = DetectionDataset,
+    check: Callable[[dict[str, Any], list[ImageRecord], str], None] | None = None,
+) -> Any:
+    """A COCO split as a `kind` dataset; `check(data, records, source)` sees the annotations first (masks)."""
     source = f"data.{split} (coco '{ann_file}')"
     data = read_coco_json(ann_file, f"data.{split}.ann_file")
     checker = BoxChecker(invalid_boxes, source)
     records, class_names, category_ids = coco_records(
         data, Path(image_dir), checker, source, allow_outside_root, f"data.{split}"
     )
+    if check is not None:
+        check(data, records, source)
     require_annotations(records, source)
     if check_files:
         check_files_exist(records, source)
     checker.report()
-    return DetectionDataset(
-        records, class_names, category_ids, transforms, min_visibility, source, split, coco=quiet_coco(data)
-    )
+    return kind(records, class_names, category_ids, transforms, min_visibility, source, split, coco=quiet_coco(data))

@@ -16,14 +16,8 @@ import torch
 
 from visionkit.errors import ConfigError, DataError
 from visionkit.registry import DATASETS
-from visionkit.tasks.detection.coco import coco_records, read_coco_json
-from visionkit.tasks.detection.datasets import (
-    BoxChecker,
-    DetectionDataset,
-    check_files_exist,
-    quiet_coco,
-    require_annotations,
-)
+from visionkit.tasks.detection.coco import load_coco
+from visionkit.tasks.detection.datasets import DetectionDataset, ImageRecord
 from visionkit.tasks.detection.shapes import SHAPE_CLASSES, render_image, shapes_params, shapes_root
 from visionkit.tasks.detection.yolo import yolo_records
 from visionkit.tasks.instance.masks import box_of, check_segmentation, decode, encode
@@ -99,14 +93,16 @@ def coco_instances(
     allow_outside_root: bool = False,
 ) -> InstanceDataset:
     """COCO instances JSON with a `segmentation` per annotation (polygons, multi-part, RLE); crowds ignored."""
-    source = f"data.{split} (coco '{ann_file}')"
-    data = read_coco_json(ann_file, f"data.{split}.ann_file")
-    checker = BoxChecker(invalid_boxes, source)
-    records, class_names, category_ids = coco_records(
-        data, Path(image_dir), checker, source, allow_outside_root, f"data.{split}"
-    )
+    return load_coco(
+        ann_file, image_dir, split, transforms, min_visibility, invalid_boxes, check_files, allow_outside_root,
+        kind=InstanceDataset, check=check_masks,
+    )  # fmt: skip
+
+
+def check_masks(data: dict[str, Any], records: list[ImageRecord], source: str) -> None:
+    """Every annotation kept (and every crowd) needs a valid mask of its image's size; a DataError names it."""
     sizes = {rec.image_id: (rec.width, rec.height, rec.path.name) for rec in records}
-    for ann in data["annotations"]:  # what is trained on and crowds: each needs a mask of its image's size
+    for ann in data["annotations"]:
         width, height, name = sizes[ann["image_id"]]
         where = f"{source}: annotation id {ann.get('id')} in '{name}'"
         if ann.get("segmentation") is None:
@@ -115,13 +111,6 @@ def coco_instances(
                 "a file of boxes only is for the detection task."
             )
         check_segmentation(ann["segmentation"], width, height, where)
-    require_annotations(records, source)
-    if check_files:
-        check_files_exist(records, source)
-    checker.report()
-    return InstanceDataset(
-        records, class_names, category_ids, transforms, min_visibility, source, split, coco=quiet_coco(data)
-    )
 
 
 def generate_instances(root: Path, params: dict[str, Any]) -> None:

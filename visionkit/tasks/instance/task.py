@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 
 from visionkit.engine.contracts import StepContext
 from visionkit.errors import ConfigError
-from visionkit.registry import TASKS
+from visionkit.registry import MODELS, TASKS
 from visionkit.tasks.detection.metrics import coco_rows
 from visionkit.tasks.detection.task import DetectionTask, original_scale
 from visionkit.tasks.instance.masks import encode
@@ -47,6 +47,18 @@ class InstanceTask(DetectionTask):
     monitor = "val/mask_mAP"
     monitor_mode = "max"
     defaults: ClassVar[dict[str, Any]] = _defaults()
+
+    def validate(self) -> None:
+        """Detection's checks, and a model that predicts masks (detection's box-only models are found too, as this
+        task derives from detection, but would train a whole epoch before validation found no masks)."""
+        super().validate()
+        name = self.cfg["model"]["name"]
+        entry = MODELS.entry(name, [self.name, DetectionTask.name])
+        if entry.tasks and self.name not in entry.tasks:
+            raise ConfigError(
+                f"model.name '{name}' is a detection model: it predicts boxes only. The instance task needs a model "
+                f"that predicts masks: {', '.join(MODELS.names(self.name))}."
+            )
 
     def training_step(self, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor]:
         """The model's losses (box and mask), summed as 'loss' and also reported one by one."""
