@@ -139,8 +139,16 @@ def render_image(
     return image, objects
 
 
-def generate(root: Path, params: dict[str, Any]) -> None:
-    """Write train/ and val/ image folders and annotations_{train,val}.json under root."""
+def box_annotation(box: list[float], cls: int, mask: np.ndarray | None) -> dict[str, Any] | None:
+    """A shape's COCO annotation fields from its drawn float box (rounded to 0.01 px)."""
+    x, y = round(box[0], 2), round(box[1], 2)
+    w, h = round(box[2] - box[0], 2), round(box[3] - box[1], 2)
+    return {"category_id": cls + 1, "bbox": [x, y, w, h], "area": round(w * h, 2), "iscrowd": 0}
+
+
+def generate(root: Path, params: dict[str, Any], annotate: Any = box_annotation, masks: bool = False) -> None:
+    """Write train/ and val/ image folders and annotations_{train,val}.json under root; `annotate(box, class,
+    mask)` makes each object's fields (None: left out), given its visible mask when `masks`."""
     categories = [
         {"id": i + 1, "name": SHAPE_CLASSES[i], "supercategory": "shape"} for i in range(params["num_classes"])
     ]
@@ -149,23 +157,15 @@ def generate(root: Path, params: dict[str, Any]) -> None:
         (root / split).mkdir(parents=True)
         images, annotations = [], []
         for i in range(count):
-            image, objects = render_image(rng, params)
+            drawn: list[np.ndarray] | None = [] if masks else None
+            image, objects = render_image(rng, params, drawn)
             name = f"{i:06d}.png"
             image.save(root / split / name)
             images.append({"id": i + 1, "file_name": name, "width": image.width, "height": image.height})
-            for box, cls in objects:
-                x, y = round(box[0], 2), round(box[1], 2)
-                w, h = round(box[2] - box[0], 2), round(box[3] - box[1], 2)
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": i + 1,
-                        "category_id": cls + 1,
-                        "bbox": [x, y, w, h],
-                        "area": round(w * h, 2),
-                        "iscrowd": 0,
-                    }
-                )
+            for k, (box, cls) in enumerate(objects):
+                fields = annotate(box, cls, drawn[k] if drawn is not None else None)
+                if fields is not None:
+                    annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **fields})
         data = {"images": images, "annotations": annotations, "categories": categories}
         (root / f"annotations_{split}.json").write_text(json.dumps(data))
 

@@ -6,7 +6,6 @@ works on it; its samples add `masks` (uint8 [N, H, W], one per box, aligned thro
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from visionkit.errors import ConfigError, DataError
 from visionkit.registry import DATASETS
 from visionkit.tasks.detection.coco import load_coco
 from visionkit.tasks.detection.datasets import DetectionDataset, ImageRecord
-from visionkit.tasks.detection.shapes import SHAPE_CLASSES, render_image, shapes_params, shapes_root
+from visionkit.tasks.detection.shapes import generate, shapes_params, shapes_root
 from visionkit.tasks.detection.yolo import yolo_records
 from visionkit.tasks.instance.masks import box_of, check_segmentation, decode, encode
 
@@ -113,38 +112,19 @@ def check_masks(data: dict[str, Any], records: list[ImageRecord], source: str) -
         check_segmentation(ann["segmentation"], width, height, where)
 
 
+def mask_annotation(box: list[float], cls: int, mask: np.ndarray | None) -> dict[str, Any] | None:
+    """A shape's COCO fields from its visible mask: RLE, pixel area, the mask's box; None when fully hidden."""
+    found = box_of(mask) if mask is not None else None
+    if found is None:
+        return None
+    x1, y1, x2, y2 = found
+    bbox = [x1, y1, x2 - x1, y2 - y1]
+    return {"category_id": cls + 1, "bbox": bbox, "area": int(mask.sum()), "iscrowd": 0, "segmentation": encode(mask)}
+
+
 def generate_instances(root: Path, params: dict[str, Any]) -> None:
     """The shapes data with the exact visible mask of every drawn shape (RLE), boxes around the masks."""
-    categories = [
-        {"id": i + 1, "name": SHAPE_CLASSES[i], "supercategory": "shape"} for i in range(params["num_classes"])
-    ]
-    for split, count, seed_offset in (("train", params["num_train"], 0), ("val", params["num_val"], 10_000_019)):
-        rng = np.random.default_rng(params["seed"] + seed_offset)
-        (root / split).mkdir(parents=True)
-        images, annotations = [], []
-        for i in range(count):
-            masks: list[np.ndarray] = []
-            image, objects = render_image(rng, params, masks)
-            name = f"{i:06d}.png"
-            image.save(root / split / name)
-            images.append({"id": i + 1, "file_name": name, "width": image.width, "height": image.height})
-            for (_, cls), mask in zip(objects, masks, strict=True):
-                box = box_of(mask)
-                if box is None:  # hidden under later shapes
-                    continue
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": i + 1,
-                        "category_id": cls + 1,
-                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                        "area": int(mask.sum()),
-                        "iscrowd": 0,
-                        "segmentation": encode(mask),
-                    }
-                )
-        data = {"images": images, "annotations": annotations, "categories": categories}
-        (root / f"annotations_{split}.json").write_text(json.dumps(data))
+    generate(root, params, mask_annotation, masks=True)
 
 
 @DATASETS.register("yolo", task="instance")
