@@ -20,6 +20,7 @@ from visionkit.tasks.detection.datasets import quiet_coco
 from visionkit.tasks.instance.masks import box_of, encode
 from visionkit.tasks.instance.metrics import CocoInstanceMAP
 from visionkit.tasks.instance.task import rle_texts
+from visionkit.tasks.instance.visualize import MASK_ALPHA, draw_instances, instance_color
 
 SHAPES = (
     "{name: shapes_instance, image_size: 48, num_train: 16, num_val: 6, min_size: 10, max_size: 28, max_objects: 3}"
@@ -148,6 +149,15 @@ def test_predict_writes_each_detections_mask_as_rle(inst_run: Path, tmp_path: Pa
     (shown,) = record["detections"]  # the 0.2 one is under the threshold
     assert shown["segmentation"]["size"] == [20, 30] and shown["area"] == 8 * 9
     assert shown["class"] == task.facts.names[1]
+    picture = np.asarray(task.draw(image, found, {**options, "draw": True})["images"])
+    assert picture.shape == (20, 30, 3) and picture[:10, 3:12].any()  # the shown detection, labelled
+    assert not picture[12:, :].any()  # the 0.2 detection's mask (rows 5..7 only) and nothing else below
+    masks = [np.zeros((20, 30), np.uint8), np.zeros((20, 30), np.uint8)]
+    masks[0][14:18, 2:8], masks[1][14:18, 20:26] = 1, 1
+    drawn = np.asarray(draw_instances(image, masks, np.zeros((0, 4)), [], [], task.facts.names, min_side=0))
+    assert np.allclose(drawn[15, 4], instance_color(0) * MASK_ALPHA, atol=1)  # one colour per instance
+    assert np.allclose(drawn[15, 22], instance_color(1) * MASK_ALPHA, atol=1)
+    assert not drawn[15, 14].any() and not np.allclose(instance_color(0), instance_color(1))
     summary = task.finish_predictions([{"input": "a.png", **record}], tmp_path, options)
     results = json.loads(Path(summary["results_file"]).read_text())
     assert len(results) == 2 and all(r["segmentation"]["size"] == [20, 30] for r in results)  # every detection

@@ -219,20 +219,24 @@ class DetectionTask(Task):
         for (image, target), output in zip(samples, outputs, strict=True):
             keep = output["scores"] >= float(opts["sample_score_thresh"])
             pixels = (image.clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy()
-            drawn.append(
-                draw_boxes(
-                    pixels,
-                    output["boxes"][keep].float().cpu().numpy(),
-                    output["labels"][keep].tolist(),
-                    output["scores"][keep].float().tolist(),
-                    self.facts.names,
-                    gt_boxes=target["boxes"].numpy(),
-                )
-            )
+            drawn.append(self.sample_picture(pixels, output, keep, target))
         model.train(was_training)
         out = Path(run_dir) / "samples"
         out.mkdir(parents=True, exist_ok=True)
         grid(drawn).save(out / f"val_epoch{epoch:03d}.png")
+
+    def sample_picture(
+        self, pixels: np.ndarray, output: dict[str, Any], keep: torch.Tensor, target: dict[str, Any]
+    ) -> Any:
+        """One validation sample drawn: ground truth in green, the kept predictions in class colours."""
+        return draw_boxes(
+            pixels,
+            output["boxes"][keep].float().cpu().numpy(),
+            output["labels"][keep].tolist(),
+            output["scores"][keep].float().tolist(),
+            self.facts.names,
+            gt_boxes=target["boxes"].numpy(),
+        )
 
     # -- prediction (the core Predictor walks, reads, batches and writes predictions.json) ------
     def _annotation_ids(self, options: dict[str, Any]) -> AnnotationIds | None:

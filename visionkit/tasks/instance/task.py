@@ -10,12 +10,14 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
+from visionkit.data.images import as_rgb
 from visionkit.engine.contracts import StepContext
 from visionkit.errors import ConfigError
 from visionkit.registry import MODELS, TASKS
 from visionkit.tasks.detection.metrics import coco_rows
 from visionkit.tasks.detection.task import DetectionTask, original_scale
-from visionkit.tasks.instance.masks import encode
+from visionkit.tasks.instance.masks import decode, encode
+from visionkit.tasks.instance.visualize import draw_instances
 
 MASK_THRESHOLD = 0.5  # a pixel belongs to an instance when its mask probability is at least this
 
@@ -106,6 +108,34 @@ class InstanceTask(DetectionTask):
         found = self._found[-1]  # every detection, for results.json
         self._found[-1] = [(*d, m) for d, m in zip(found, output["masks"], strict=True)]
         return record
+
+    def draw(self, image: np.ndarray, output: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+        """The image with each shown detection's mask tinted in its own colour, box, class and score on top."""
+        if not options["draw"]:
+            return {}
+        keep = (output["scores"] >= float(options["score_threshold"])).tolist()
+        height, width = image.shape[:2]
+        masks = [decode(m, height, width) for m, k in zip(output["masks"], keep, strict=True) if k]
+        shown = self._shown(output, options)
+        boxes = [[x, y, x + w, y + h] for _, _, (x, y, w, h) in shown]
+        labels, scores = [s[0] for s in shown], [s[1] for s in shown]
+        picture = draw_instances(as_rgb(image), masks, boxes, labels, scores, self.facts.names, min_side=0)
+        return {"images": picture}
+
+    def sample_picture(
+        self, pixels: np.ndarray, output: dict[str, Any], keep: torch.Tensor, target: dict[str, Any]
+    ) -> Any:
+        """A validation sample with the kept predictions' masks tinted, ground-truth boxes in green."""
+        masks = (output["masks"][keep].float().reshape(-1, *pixels.shape[:2]) >= MASK_THRESHOLD).cpu().numpy()
+        return draw_instances(
+            pixels,
+            list(masks),
+            output["boxes"][keep].float().cpu().numpy(),
+            output["labels"][keep].tolist(),
+            output["scores"][keep].float().tolist(),
+            self.facts.names,
+            gt_boxes=target["boxes"].numpy(),
+        )
 
     def export_spec(self, model: Any, options: Any) -> Any:
         """Not offered yet for instance models: their masks are not in the detection export signature."""
