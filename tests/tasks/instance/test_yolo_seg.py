@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 import visionkit
-from tests.tasks.instance.test_task import TINY
+from tests.tasks.instance.test_task import TINY, check_export_and_onnx_predict
 from visionkit.tasks.detection.yolo_loss import Assignment
 from visionkit.tasks.instance.yolo_seg import box_crop, mask_loss, yolo_seg
 
@@ -66,3 +66,4 @@ def test_the_instance_task_trains_it(tmp_path) -> None:
     overrides = [o for o in TINY if not o.startswith(("model.", "data.image_size"))] + [model, "data.image_size=64"]
     result = visionkit.train(None, overrides, task="inst", work_dir=tmp_path / "run")
     assert "val/mask_mAP" in result.summary["final"] and "val/box_mAP" in result.summary["final"]
+    check_export_and_onnx_predict(tmp_path / "run", tmp_path)

@@ -35,6 +35,11 @@ class SingleImageDetector(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The detector's eval-mode output for the one image of the batch."""
+        out = self.detect(image)
+        return out["boxes"].float(), out["scores"].float(), out["labels"].long()
+
+    def detect(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The detector's output dict for `image [1, 3, H, W]` (the traced resize patched in while tracing)."""
         transform = getattr(getattr(self.detector, "net", self.detector), "transform", None)
         patch = (
             torch.jit.is_tracing()
@@ -45,11 +50,10 @@ class SingleImageDetector(nn.Module):
         if patch:
             transform.resize = partial(_traced_resize, transform)  # an instance attribute, for this trace only
         try:
-            out = self.detector([image[0]])[0]
+            return self.detector([image[0]])[0]
         finally:
             if patch:
                 del transform.resize
-        return out["boxes"].float(), out["scores"].float(), out["labels"].long()
 
 
 def _traced_resize(
@@ -139,7 +143,7 @@ def detection_export_spec(task: Any, model: nn.Module, options: ExportOptions) -
     )
 
 
-def _match(ref: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...]) -> list[tuple[int, int]]:
+def match_detections(ref: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...]) -> list[tuple[int, int]]:
     """Pair detections greedily by box and score distance (in tolerance units); ties in score may reorder."""
     (rb, rs, rl), (gb, gs, gl) = ref, got
     if not len(rs) or not len(gs):
@@ -161,7 +165,7 @@ def _match(ref: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...]) -> list
     return pairs
 
 
-def _as_detections(outputs: Sequence[Any], names: Sequence[str]) -> tuple[torch.Tensor, ...]:
+def as_detections(outputs: Sequence[Any], names: Sequence[str]) -> tuple[torch.Tensor, ...]:
     """(boxes, scores, labels) as float64/int64 CPU tensors, found by output name."""
     by_name = dict(zip(names, outputs, strict=True))
     boxes, scores, labels = (torch.as_tensor(by_name[n]).detach().cpu() for n in OUTPUT_NAMES)
@@ -206,9 +210,9 @@ def compare_detections(
     near-equal scores swapped at the end of a list capped at `max_detections`, or kept over each other by NMS
     (same class, IoU above `nms_thresh`), and a detection one side lacks whose score is `score_thresh`.
     """
-    ref, got = _as_detections(reference, names), _as_detections(exported, names)
+    ref, got = as_detections(reference, names), as_detections(exported, names)
     n_ref, n_got = len(ref[1]), len(got[1])
-    pairs = _match(ref, got)
+    pairs = match_detections(ref, got)
     notes = []
     lonely_ref = [i for i in range(n_ref) if i not in {i for i, _ in pairs}]
     lonely_got = [j for j in range(n_got) if j not in {j for _, j in pairs}]
@@ -272,9 +276,9 @@ class DetectionExportedModel(nn.Module):
         self.output_names = [o["name"] for o in outputs]
 
     def forward(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """One dict (boxes, scores, labels) per [3, H, W] image, as the eager detector returns in eval mode."""
+        """One dict (boxes, scores, labels, and masks where exported) per [3, H, W] image, as the eager model gives."""
         results = []
         for image in images:
             out = dict(zip(self.output_names, self.session.run(image[None].float().cpu()), strict=True))
-            results.append({k: torch.as_tensor(out[k]) for k in OUTPUT_NAMES})
+            results.append({k: torch.as_tensor(v) for k, v in out.items()})
         return results

@@ -16,6 +16,7 @@ from visionkit.errors import ConfigError
 from visionkit.registry import MODELS, TASKS
 from visionkit.tasks.detection.metrics import coco_rows
 from visionkit.tasks.detection.task import DetectionTask, original_scale
+from visionkit.tasks.instance.export import instance_export_spec
 from visionkit.tasks.instance.masks import decode, encode
 from visionkit.tasks.instance.visualize import draw_instances
 
@@ -24,7 +25,7 @@ MASK_THRESHOLD = 0.5  # a pixel belongs to an instance when its mask probability
 
 def _defaults() -> dict[str, Any]:
     out = copy.deepcopy(DetectionTask.defaults)
-    out["model"] = {"name": "maskrcnn"}
+    out["model"] = {"name": "yolo_seg"}
     out["data"]["train"] = {"name": "shapes_instance"}
     out["data"]["val"] = {"name": "shapes_instance"}
     out["metrics"] = ["coco_instance_map"]
@@ -138,8 +139,5 @@ class InstanceTask(DetectionTask):
         )
 
     def export_spec(self, model: Any, options: Any) -> Any:
-        """Not offered yet for instance models: their masks are not in the detection export signature."""
-        raise ConfigError(
-            "Export of instance segmentation models is not offered yet (the exported graph would drop the masks). "
-            "Predict from the checkpoint instead."
-        )
+        """Detection's one-image signature with each detection's mask probabilities as a fourth output."""
+        return instance_export_spec(self, model, options)

@@ -144,18 +144,21 @@ class YOLOSegmenter(YOLODetector):
         self, coefs: torch.Tensor, protos: torch.Tensor, boxes: torch.Tensor, scale: torch.Tensor,
         offset: torch.Tensor, image: torch.Tensor,
     ) -> torch.Tensor:  # fmt: skip
-        """Mask probabilities [N, 1, H, W] of one image's detections in its own pixels (boxes: letterbox pixels)."""
-        height, width = image.shape[-2:]
-        if not len(coefs):
-            return protos.new_zeros((0, 1, height, width))
+        """Mask probabilities [N, 1, H, W] of one image's detections in its own pixels (boxes: letterbox pixels).
+
+        Each pixel centre of the image is mapped through the letterbox onto the prototypes and sampled there
+        (bilinear): one step, with sizes as tensors, so a traced export keeps the image size dynamic."""
         small = torch.sigmoid(coefs @ protos.flatten(1)).view(-1, *protos.shape[-2:])
         small = small * box_crop(boxes / self.mask_stride, *protos.shape[-2:])
-        square = (self.image_size, self.image_size)
-        full = F.interpolate(small[:, None], size=square, mode="bilinear", align_corners=False)
-        h, w = max(1, round(height * float(scale))), max(1, round(width * float(scale)))
-        left, top = (int(v) for v in offset.tolist())
-        inside = full[:, :, top : top + h, left : left + w]
-        return F.interpolate(inside, size=(height, width), mode="bilinear", align_corners=False)
+        sides = torch._shape_as_tensor(image)[-2:].to(torch.float64)
+        placed = (sides * (self.image_size / sides.max())).round().clamp(min=1)  # as letterbox_batch sizes it
+        axes = []
+        for k, o in ((1, 0), (0, 1)):  # x (width, left offset), then y (height, top offset)
+            centres = torch.arange(sides[k].long(), device=image.device, dtype=torch.float64) + 0.5
+            axes.append(2.0 * (centres * placed[k] / sides[k] + offset[o].double()) / self.image_size - 1.0)
+        grid = torch.stack(torch.meshgrid(axes[1], axes[0], indexing="ij")[::-1], -1)[None].to(small.dtype)
+        out = F.grid_sample(small[None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return out[0][:, None]
 
 
 @MODELS.register("yolo_seg", task="instance")
