@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import visionkit
 from tests.conftest import run_tool
+from visionkit.config import CONFIG_ROOT, load_config
 from visionkit.errors import DataError
 from visionkit.tasks.instance.convert import coco_to_yolo, mask_polygon, masks_to_coco, yolo_to_coco
 from visionkit.tasks.instance.datasets import coco_instances, shapes_instances, yolo_instances
@@ -165,3 +167,23 @@ def test_convert_command_reports_and_exits_2_on_bad_input(tmp_path: Path) -> Non
     assert json.loads(ok.stdout)["crowd_skipped"] == 1
     missing = run_tool("convert", "yolo2coco", "--data-yaml", str(tmp_path / "nope.yaml"), "--out", str(tmp_path))
     assert missing.returncode == 2 and "nope.yaml' does not exist" in missing.stderr
+
+
+@pytest.mark.parametrize("name", ["default", "maskrcnn", "coco", "yolo_format"])
+def test_shipped_configs_validate(name: str) -> None:
+    cfg = load_config(CONFIG_ROOT / "inst" / f"{name}.yaml")
+    assert cfg["task"] == "instance" and cfg["model"]["name"] in ("yolo_seg", "maskrcnn")
+
+
+def test_converted_data_trains_with_the_yolo_format_config(tmp_path: Path) -> None:
+    ann_file, image_dir = _shapes_files()
+    data_yaml = coco_to_yolo(ann_file, image_dir, str(tmp_path / "yolo"), split="train", segments=True)["data_yaml"]
+    coco_to_yolo(ann_file, image_dir, str(tmp_path / "yolo"), split="val", segments=True)
+    result = visionkit.train(
+        CONFIG_ROOT / "inst" / "yolo_format.yaml",
+        [f"data.train.data_yaml={data_yaml}", f"data.val.data_yaml={data_yaml}", "data.image_size=64", "model.size=n",
+         "data.batch_size=4", "data.num_workers=0", "trainer.epochs=1", "trainer.max_steps=2", "trainer.progress=false",
+         "detection.num_samples=0"],
+        work_dir=tmp_path / "run",
+    )  # fmt: skip
+    assert result.summary["task"] == "instance" and "val/mask_mAP" in result.summary["final"]
