@@ -7,7 +7,7 @@ TASK ?= cls
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: install demo test lint bench bench-det gpu-check clean
+.PHONY: install demo test lint bench bench-det bench-inst gpu-check clean
 
 install: $(STAMP)
 
@@ -40,9 +40,14 @@ bench: $(STAMP)
 bench-det: $(STAMP)
 	$(PY) benchmarks/det_peers.py $(ARGS)
 
+# Instance segmentation recipes (docs/benchmarks.md#instance-segmentation-benchmarksinstancepy), ~45 min on 2 CPU
+# cores; ARGS="--only default" for the default recipe alone (~12 min).
+bench-inst: $(STAMP)
+	$(PY) benchmarks/instance.py $(ARGS)
+
 # The GPU check (docs/benchmarks.md#gpu-check-benchmarksgpu_checkpy): gpu-check.json and gpu-check.md; ARGS=--cpu without a GPU.
 gpu-check: $(STAMP)
 	$(PY) benchmarks/gpu_check.py --out gpu-check.json $(ARGS)
 
 clean:
-	rm -rf runs predictions .pytest_cache det_peers det_peers.json
+	rm -rf runs predictions .pytest_cache det_peers det_peers.json instance_bench instance.json
