@@ -23,7 +23,7 @@ from PIL import Image
 from visionkit.data import IMAGE_SUFFIXES
 from visionkit.errors import DataError
 from visionkit.tasks.detection.coco import coco_records, read_coco_json
-from visionkit.tasks.detection.datasets import BoxChecker, image_size_of
+from visionkit.tasks.detection.datasets import BoxChecker, check_files_exist, image_size_of
 from visionkit.tasks.detection.yolo import yolo_records
 from visionkit.tasks.instance.masks import box_of, check_segmentation, decode, encode
 
@@ -94,6 +94,7 @@ def coco_to_yolo(
         for ann in crowds:
             ann["iscrowd"] = 0
     records, names, _ = coco_records(data, Path(image_dir), BoxChecker("clip", source), source)
+    check_files_exist(records, f"{source} with --image-dir '{image_dir}'")
     root = Path(out)
     by_image: dict[int, list[dict[str, Any]]] = {}
     for ann in data["annotations"]:
