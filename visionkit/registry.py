@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -145,9 +146,19 @@ class Registry:
 
         return add(obj) if obj is not None else add
 
-    def register_namespace(self, prefix: str, builder: Callable[..., Any], *, task: str | None = None) -> None:
-        """Route every name `prefix/x` to `builder(x, **kwargs)` (e.g. `timm/resnet18`)."""
-        self._namespaces[prefix] = Entry(prefix + "/*", builder, (task,) if task else (), (), builder.__module__)
+    def register_namespace(
+        self,
+        prefix: str,
+        builder: Callable[..., Any],
+        *,
+        task: str | None = None,
+        names: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
+        """Route every name `prefix/x` to `builder(x, **kwargs)` (e.g. `timm/resnet18`); `names()`, when given,
+        lists the x it knows, so an unknown name can suggest `prefix/x`."""
+        metadata = {"names": names} if names is not None else {}
+        entry = Entry(prefix + "/*", builder, (task,) if task else (), (), builder.__module__, metadata)
+        self._namespaces[prefix] = entry
 
     def _lookup(self, label: str) -> list[Entry]:
         """Entries named `label` and entries with the alias `label`, for every task."""
@@ -211,8 +222,12 @@ class Registry:
             return Entry(name, _bind_first(ns.obj, rest), ns.tasks, (), ns.module)
         known = self.names(task) + [a for a, group in self._aliases.items() if any(_serves(e, task) for e in group)]
         where = f" for task '{task}'" if task else ""
+        exact, close = _namespace_matches(str(name), spaces)
+        nearby = difflib.get_close_matches(str(name), known, n=3, cutoff=0.5)
+        suggestions = list(dict.fromkeys(exact + nearby + close))[:3]
+        hint = (" Did you mean " + " or ".join(repr(c) for c in suggestions) + "?") if suggestions else ""
         raise ConfigError(
-            f"Unknown {self.kind} '{name}'{where}.{did_you_mean(name, known)} "
+            f"Unknown {self.kind} '{name}'{where}.{hint} "
             f"Known: {', '.join(sorted(self.names(task))) or '(none)'}"
             + (f"; or a prefix {', '.join(p + '/' for p in spaces)}" if spaces else "")
             + ". Run `visionkit list` (or python tools/list.py) to see every component and where it comes from."
@@ -378,3 +393,22 @@ ALL = {
     "transforms": TRANSFORMS,
     "callbacks": CALLBACKS,
 }
+
+
+def _namespace_matches(name: str, spaces: dict[str, Entry]) -> tuple[list[str], list[str]]:
+    """`prefix/name` for each namespace that lists `name` among its names, and `prefix/x` for close x."""
+    exact: list[str] = []
+    close: list[str] = []
+    for prefix, entry in spaces.items():
+        provider = entry.metadata.get("names")
+        if provider is None:
+            continue
+        try:
+            known = list(provider())
+        except Exception:  # noqa: BLE001 - a hint must never hide the error it decorates
+            continue
+        if name in known:
+            exact.append(f"{prefix}/{name}")
+        else:
+            close += [f"{prefix}/{c}" for c in difflib.get_close_matches(name, known, n=2, cutoff=0.8)]
+    return exact, close

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 from collections.abc import Sequence
@@ -126,6 +127,8 @@ def list_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=prog_name("list"), description="List registered visionkit components.")
     p.add_argument("--task", help="only components for this task")
     p.add_argument("--kind", help="only this kind (tasks, models, datasets, losses, metrics, transforms, callbacks)")
+    p.add_argument("pattern", nargs="?", help="only names matching this pattern; 'timm/*resnet*' lists timm's models")
+    p.add_argument("--limit", type=int, default=50, help="timm patterns: at most this many rows (0: all; 50)")
     add_plugin_option(p)
     args = p.parse_args(argv)
 
@@ -135,13 +138,17 @@ def list_main(argv: Sequence[str] | None = None) -> int:
         if args.kind and args.kind not in ALL:
             hint = did_you_mean(args.kind, ALL)
             raise VisionkitError(f"--kind {args.kind!r} is unknown.{hint} Kinds: {', '.join(ALL)}.")
+        if args.pattern and args.pattern.startswith("timm/"):
+            list_timm(args.pattern.removeprefix("timm/"), args.limit)
+            return
         for kind, registry in ALL.items():
             if args.kind and kind != args.kind:
                 continue
             rows = [
                 e
                 for e in registry.entries()
-                if task is None or (e.name == task if kind == "tasks" else not e.tasks or task in e.tasks)
+                if (task is None or (e.name == task if kind == "tasks" else not e.tasks or task in e.tasks))
+                and (not args.pattern or fnmatch.fnmatch(e.name, args.pattern))
             ]
             if not rows:
                 continue
@@ -152,3 +159,20 @@ def list_main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {e.name:<28} task={tasks:<16} origin={e.origin}{aliases}")
 
     return run_command(go)
+
+
+def list_timm(pattern: str, limit: int) -> None:
+    """Print timm's architectures matching `pattern` with parameters, input size and pretrained tags."""
+    from visionkit.tasks.classification.models import timm_catalog
+
+    rows, total = timm_catalog(pattern or "*", limit)
+    if not rows:
+        raise VisionkitError(f"timm has no model matching {pattern!r}; patterns use * and ?, e.g. 'timm/*resnet*'.")
+    print(f"timm models matching {pattern!r} ({total}; classification backbones, model.name=timm/<name>):")
+    for r in rows:
+        params = f"{r['params'] / 1e6:7.2f} M" if r["params"] is not None else "      ? M"
+        tags = ", ".join(r["pretrained"][:3]) + (" ..." if len(r["pretrained"]) > 3 else "")
+        size = f"{r['input_size']} px" if r["input_size"] else ""
+        print(f"  {r['name']:<40} {params}  {size:>7}  pretrained: {tags or 'none'}")
+    if total > len(rows):
+        print(f"  ... and {total - len(rows)} more (--limit 0 lists all)")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
+import torch
 from torch import nn
 
 from visionkit.engine.hubs import load_timm
@@ -86,4 +89,27 @@ def timm_model(
     return model
 
 
-MODELS.register_namespace("timm", timm_model, task=TASK)
+MODELS.register_namespace("timm", timm_model, task=TASK, names=timm.list_models)
+
+
+def timm_catalog(pattern: str, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """timm architectures matching `pattern` (fnmatch, e.g. '*resnet*'): name, parameter count (built on the meta
+    device, so nothing is allocated or downloaded), input size and pretrained tags from timm's own tables; the
+    first `limit` rows and the number that matched."""
+    names = timm.list_models(pattern)
+    tags: dict[str, list[str]] = {}
+    for tagged in timm.list_pretrained(pattern + "*" if not pattern.endswith("*") else pattern):
+        arch, _, tag = tagged.partition(".")
+        tags.setdefault(arch, []).append(tag)
+    rows = []
+    for name in names[: limit or None]:
+        try:
+            with torch.device("meta"):
+                params: int | None = sum(p.numel() for p in timm.create_model(name).parameters())
+        except Exception:  # noqa: BLE001 - an architecture that cannot be built on meta: count unknown
+            params = None
+        cfg = timm.get_pretrained_cfg(name)
+        size = list(getattr(cfg, "input_size", []) or [])[-1:] if cfg is not None else []
+        rows.append({"name": f"timm/{name}", "params": params, "input_size": size[0] if size else None,
+                     "pretrained": tags.get(name, [])})  # fmt: skip
+    return rows, len(names)
