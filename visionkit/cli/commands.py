@@ -115,7 +115,7 @@ def predict_main(argv: Sequence[str] | None = None) -> int:
         from visionkit.api import predict
 
         import_plugins(args.plugin)
-        options = parse_overrides(args.option)
+        options = {"verbose": True, **parse_overrides(args.option)}
         predict(args.checkpoint, args.inputs, args.out, device=args.device, **options)
         print(f"wrote results to {args.out}")
 

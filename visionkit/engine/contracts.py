@@ -249,6 +249,10 @@ class Task:
         """Write task-wide prediction files (e.g. COCO results) once every input is done; return extra info."""
         return {}
 
+    def describe(self, record: dict[str, Any]) -> str:
+        """A few words on one input's record for the per-input line of `predict` (e.g. '2 cat, 1 dog')."""
+        return ""
+
     def sample(self, model: nn.Module, out_dir: Path, options: dict[str, Any]) -> dict[str, Any]:
         """Predict without inputs (generative tasks): write samples into out_dir and return what was written."""
         raise NotImplementedError

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from visionkit.engine.contracts import Task
 from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError, did_you_mean
 
-CORE_OPTIONS = {"batch_size": 16, "progress": True}
+CORE_OPTIONS = {"batch_size": 16, "progress": True, "verbose": False}  # verbose: a line per input (the CLI's)
 
 
 def check_options(task: Any, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,11 +116,19 @@ class Predictor:
 
     def _flush(self, batch: list[tuple[Path, Path, Any, Any]], out: Path, opts: dict[str, Any], bar: Any) -> list:
         task = self.task
+        start = time.perf_counter()
         with torch.no_grad(), self._autocast():
             outputs = task.predict_batch(self.model, [item[3] for item in batch], opts)
+        per_image = (time.perf_counter() - start) * 1000 / len(batch)
         records = []
         for (path, rel, image, _), output in zip(batch, outputs, strict=True):
             record = {"input": str(path), **task.postprocess(output, image, opts)}
+            if opts["verbose"]:
+                words = task.describe(record) or "done"
+                size = f"{image.shape[1]}x{image.shape[0]}" if hasattr(image, "shape") else ""
+                name = (rel.parent / path.name).as_posix()
+                line = f"{name} {size}: {words} ({per_image:.1f} ms/image, batch of {len(batch)})"
+                bar.write(line) if bar is not None else print(line, flush=True)
             for kind, picture in (task.draw(image, output, opts) or {}).items():
                 name = Path(kind) / rel.with_name(rel.name + ".png")
                 save_image(picture, out / name)

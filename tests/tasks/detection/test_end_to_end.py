@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import visionkit
 from tests.conftest import run_tool
 from visionkit.data import cache_dir
-from visionkit.errors import DataError
+from visionkit.errors import ConfigError, DataError
 
 SHAPES = "{name: shapes, image_size: 48, num_train: 16, num_val: 6, min_size: 10, max_size: 28, max_objects: 3}"
 TINY_DET = [
@@ -97,6 +100,8 @@ def test_tools_fcos_train_eval_predict(fcos_run, tmp_path) -> None:
         env=ENV,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if "ms/image" in line]  # one line per input
+    assert len(lines) == 6 and all(re.match(r"\d{6}\.png 48x48: (no detections|\d+ \w+)", line) for line in lines)
     results = json.loads((tmp_path / "pred" / "results.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
     assert len(list((tmp_path / "pred" / "images").glob("*.png"))) == 6
@@ -129,3 +134,31 @@ def test_api_faster_rcnn_train_evaluate_predict(rcnn_result, tmp_path) -> None:
     proc = run_tool("eval", str(rcnn_result.best_checkpoint), env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["val/mAP"] == pytest.approx(rcnn_result.best["val/mAP"], abs=1e-9)
+
+
+class Duplicates(torch.nn.Module):
+    """One box found twice, as two classes (0.9 circle, 0.8 square), and another box (0.7 triangle)."""
+
+    def forward(self, images):
+        boxes = torch.tensor([[2.0, 2.0, 20.0, 20.0], [2.5, 2.0, 20.0, 20.5], [30.0, 30.0, 40.0, 40.0]])
+        return [{"boxes": boxes, "scores": torch.tensor([0.9, 0.8, 0.7]), "labels": torch.tensor([0, 1, 2])}]
+
+
+def test_predict_options_agnostic_nms_classes_max_det(fcos_run) -> None:
+    task, _, _ = visionkit.load_model(fcos_run / "checkpoints" / "best.pt", device="cpu")
+    base = {**task.predict_options, "score_threshold": 0.0}
+    inputs = [task.preprocess(np.zeros((48, 48, 3), np.uint8), base)]
+
+    def labels(**options) -> list[int]:
+        (found,) = task.predict_batch(Duplicates(), inputs, {**base, **options})
+        return found["labels"].tolist()
+
+    assert labels() == [0, 1, 2] and labels(iou=0.5) == [0, 1, 2]  # per-class NMS keeps both classes
+    assert labels(agnostic_nms=True) == [0, 2]  # the cross-class duplicate is gone
+    assert labels(classes=["square", 2]) == [1, 2] and labels(max_det=1) == [0]
+    record = task.postprocess(task.predict_batch(Duplicates(), inputs, base)[0], np.zeros((48, 48, 3)), base)
+    assert task.describe(record) == "1 circle, 1 square, 1 triangle"
+    with pytest.raises(ConfigError, match="'classes' has 'dog'.*circle"):
+        labels(classes=["dog"])
+    with pytest.raises(ConfigError, match="'iou' is 2"):
+        labels(iou=2)

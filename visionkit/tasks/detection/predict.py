@@ -8,10 +8,22 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from visionkit.errors import DataError
+import torch
+from torchvision.ops import batched_nms, nms
+
+from visionkit.errors import ConfigError, DataError
 from visionkit.tasks.detection.coco import read_coco_json
 
-OPTIONS = {"score_threshold": 0.3, "ann_file": None, "draw": True}
+OPTIONS = {
+    "score_threshold": 0.3,
+    "ann_file": None,
+    "draw": True,
+    "iou": None,  # a further NMS at this IoU (the model's own NMS has run at its nms_thresh)
+    "agnostic_nms": False,  # that NMS across classes: one box per object whatever its label
+    "max_det": None,  # keep the best max_det detections per image
+    "classes": None,  # keep only these classes (names or indices)
+}
+AGNOSTIC_IOU = 0.5  # the IoU of agnostic_nms when no `iou` is given
 
 
 class AnnotationIds:
@@ -93,3 +105,52 @@ def write_results(
         "num_detections": len(results),
         "image_ids": {r["input"]: i for r, i in zip(records, image_ids, strict=True)},
     }
+
+
+def class_filter(classes: Any, names: Sequence[str]) -> torch.Tensor | None:
+    """The `classes` option as label indices: a name, an index or a list of them; a ConfigError for others."""
+    if classes is None:
+        return None
+    given = classes if isinstance(classes, (list, tuple)) else [classes]
+    labels = []
+    for c in given:
+        if isinstance(c, str) and c in names:
+            labels.append(list(names).index(c))
+        elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(names):
+            labels.append(c)
+        else:
+            raise ConfigError(
+                f"Predict option 'classes' has {c!r}, which is not one of the model's classes: give names from "
+                f"{list(names)} or indices 0..{len(names) - 1}, e.g. --option classes=[{names[0]}]."
+            )
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def filter_detections(
+    outputs: list[dict[str, torch.Tensor]], options: dict[str, Any], names: Sequence[str]
+) -> list[dict[str, torch.Tensor]]:
+    """Apply the predict options `classes`, `iou` / `agnostic_nms` and `max_det` to each image's detections
+    (every key of an output, masks included, is kept in step)."""
+    iou, agnostic, max_det = options.get("iou"), bool(options.get("agnostic_nms")), options.get("max_det")
+    if iou is not None and (isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0 < iou <= 1):
+        raise ConfigError(f"Predict option 'iou' is {iou!r}; give an IoU in (0, 1], e.g. iou=0.5.")
+    if max_det is not None and (isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1):
+        raise ConfigError(f"Predict option 'max_det' is {max_det!r}; give a positive integer, e.g. max_det=100.")
+    wanted = class_filter(options.get("classes"), names)
+    if wanted is None and iou is None and not agnostic and max_det is None:
+        return outputs
+    filtered = []
+    for out in outputs:
+        boxes, scores, labels = out["boxes"].float(), out["scores"].float(), out["labels"].long()
+        keep = torch.arange(len(scores), device=scores.device)
+        if wanted is not None:
+            keep = keep[torch.isin(labels, wanted.to(labels.device))]
+        if agnostic:
+            keep = keep[nms(boxes[keep], scores[keep], float(iou if iou is not None else AGNOSTIC_IOU))]
+        elif iou is not None:
+            keep = keep[batched_nms(boxes[keep], scores[keep], labels[keep], float(iou))]
+        keep = keep[scores[keep].argsort(descending=True, stable=True)]
+        if max_det is not None:
+            keep = keep[:max_det]
+        filtered.append({k: v[keep] if torch.is_tensor(v) and len(v) == len(scores) else v for k, v in out.items()})
+    return filtered

@@ -23,7 +23,7 @@ from visionkit.registry import TASKS
 from visionkit.tasks.detection.export import DetectionExportedModel, detection_export_spec
 from visionkit.tasks.detection.metrics import coco_rows
 from visionkit.tasks.detection.mosaic import MosaicDataset, MosaicOptions
-from visionkit.tasks.detection.predict import OPTIONS, AnnotationIds, write_results
+from visionkit.tasks.detection.predict import OPTIONS, AnnotationIds, filter_detections, write_results
 from visionkit.tasks.detection.visualize import draw_boxes, grid
 
 
@@ -265,7 +265,7 @@ class DetectionTask(Task):
 
     def predict_batch(self, model: nn.Module, inputs: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
         """Detect on a list of any-size images (same-size ones together); boxes (x, y, w, h) in original pixels."""
-        return self.found_boxes(inputs, self.detect(model, inputs))
+        return self.found_boxes(inputs, filter_detections(self.detect(model, inputs), options, self.facts.names))
 
     def detect(self, model: nn.Module, inputs: list[Any]) -> list[dict[str, torch.Tensor]]:
         """The model's outputs for preprocessed inputs, in order: one call per input size (no padding)."""
@@ -320,6 +320,14 @@ class DetectionTask(Task):
         boxes = [[x, y, x + w, y + h] for _, _, (x, y, w, h) in shown]
         labels, scores = [s[0] for s in shown], [s[1] for s in shown]
         return {"images": draw_boxes(as_rgb(image), boxes, labels, scores, self.facts.names, min_side=0)}
+
+    def describe(self, record: dict[str, Any]) -> str:
+        """'2 circle, 1 square' (the shown detections by class, most first) or 'no detections'."""
+        counts: dict[str, int] = {}
+        for d in record.get("detections", []):
+            counts[d["class"]] = counts.get(d["class"], 0) + 1
+        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ", ".join(f"{n} {name}" for name, n in ordered) or "no detections"
 
     def finish_predictions(self, records: list[dict[str, Any]], out_dir: Path, options: dict[str, Any]) -> dict:
         """results.json (every detection, COCO format) and images.json; image ids 1..N or from `ann_file`."""

@@ -15,6 +15,7 @@ from visionkit.engine.contracts import StepContext
 from visionkit.errors import ConfigError
 from visionkit.registry import MODELS, TASKS
 from visionkit.tasks.detection.metrics import coco_rows
+from visionkit.tasks.detection.predict import filter_detections
 from visionkit.tasks.detection.task import DetectionTask, original_scale
 from visionkit.tasks.instance.export import instance_export_spec
 from visionkit.tasks.instance.masks import decode, encode
@@ -91,7 +92,7 @@ class InstanceTask(DetectionTask):
     # -- prediction: detection's, with each detection's mask as RLE at the original image's size ---------------
     def predict_batch(self, model: Any, inputs: list[Any], options: dict[str, Any]) -> list[dict[str, Any]]:
         """Detection's boxes, scores and labels, plus `masks`: one COCO RLE per detection, original pixels."""
-        outputs = self.detect(model, inputs)
+        outputs = filter_detections(self.detect(model, inputs), options, self.facts.names)
         found = self.found_boxes(inputs, outputs)
         for record, output, (_, (height, width)) in zip(found, outputs, inputs, strict=True):
             texts = rle_texts(output["masks"], (height, width))
