@@ -22,6 +22,7 @@ from visionkit.config import load_config
 from visionkit.engine.contracts import StepContext
 from visionkit.engine.metrics import run_validation
 from visionkit.engine.shape_errors import translated_shape_errors
+from visionkit.engine.sizing import duration, sizing_warnings
 from visionkit.engine.trainer import Trainer
 
 MAX_ROWS = 40  # model summary rows; deeper levels are shown only while they fit
@@ -60,6 +61,11 @@ def dry_run(
         "train": train,
         "validation": validation,
         "optimizers": optimizer_summary(trainer),
+        "sizing": {
+            "warnings": sizing_warnings(cfg, trainer.planned_updates(), trainer.train_set),
+            "updates": trainer.planned_updates(),
+            "estimate_s": round(train["step_seconds"] * trainer.planned_updates(), 1),
+        },
         "seconds": {"build": round(built - start, 2), "total": round(time.perf_counter() - start, 2)},
         "run_dir": str(trainer.run_dir),
     }
@@ -390,6 +396,13 @@ def format_report(report: dict[str, Any]) -> list[str]:
                 f"    group {i}: {g['tensors']} tensors, {g['params']:,} params, lr {g['lr']:.4g}, "
                 f"weight_decay {g['weight_decay']}"
             )
+    z = report["sizing"]
+    lines.append("== sizing")
+    lines += [f"  warning: {w}" for w in z["warnings"]]
+    lines.append(
+        f"  estimate: one step of {t['step_seconds']}s x {z['updates']} updates = about {duration(z['estimate_s'])} "
+        "(a first step is often slower than the rest; validation not included)"
+    )
     s = report["seconds"]
     lines.append(
         f"dry run ok: nothing written ({s['total']}s, {s['build']}s to build); the run would go to {report['run_dir']}"

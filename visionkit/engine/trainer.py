@@ -45,10 +45,11 @@ from visionkit.engine.precision import autocast_factory, make_scaler, resolve_pr
 from visionkit.engine.protocol import build_task
 from visionkit.engine.report import RunResult, check_run_dir, default_run_dir, prepare_run_dir, run_summary
 from visionkit.engine.shape_errors import translated_shape_errors
+from visionkit.engine.sizing import RunClock, sizing_warnings
 from visionkit.engine.update import TrainingError as TrainingError  # raised by the update; importable from here
 from visionkit.engine.update import Updater, finite_check_for
 from visionkit.engine.weights import load_model_weights, skip_pretrained
-from visionkit.errors import ConfigError, VisionkitError
+from visionkit.errors import ConfigError, VisionkitError, warn
 from visionkit.plugins import describe as describe_plugin
 from visionkit.registry import CALLBACKS
 
@@ -78,6 +79,7 @@ class Trainer:
         self.started = time.perf_counter()
         self.wall_before = 0.0  # training seconds of the earlier processes of a resumed run (up to its checkpoint)
         self.batches_seen = 0  # this rank's training batches in this process (reported per rank)
+        self.clock = RunClock()  # the run-time estimate, printed once per process
 
     def __enter__(self) -> Trainer:
         self.setup()
@@ -271,6 +273,8 @@ class Trainer:
             with translated_shape_errors(self):  # a mismatch before the first update names the layer and key
                 self.setup()
                 self.print(f"run dir: {self.run_dir}  device: {self.device}  precision: {self.precision}")
+                for message in sizing_warnings(self.cfg, self.planned_updates(), self.train_set):
+                    warn(message)
                 self.emit("on_fit_start", self.state)
                 while not self.state.finished and not self.state.stop:
                     self.emit("on_epoch_start", self.state)
@@ -292,9 +296,15 @@ class Trainer:
         """Call `event` on every callback (the built-in ones, the config's and the caller's)."""
         self.callbacks.emit(event, *args)
 
+    def planned_updates(self) -> int:
+        """The run's updates: the epochs' (the schedule's horizon), or trainer.max_steps when that is fewer."""
+        max_steps = self.cfg["trainer"].get("max_steps")
+        return min(self.horizon, int(max_steps)) if max_steps else self.horizon
+
     def _train_epoch(self) -> bool:
         """Run (the rest of) one epoch; False when the run stops part-way (max_steps or a callback)."""
         s, t, n_batches = self.state, self.cfg["trainer"], len(self.sampler)
+        updates = 0
         self.sampler.set_epoch(s.epoch, s.batch_in_epoch)
         self.module.train()
         self.count, self.seen, self.tick = 0, 0, time.perf_counter()  # batches since the last log
@@ -307,6 +317,9 @@ class Trainer:
             self.count, self.seen, self.batches_seen = self.count + 1, self.seen + 1, self.batches_seen + 1
             if s.updated:
                 s.step += 1
+                updates += 1
+                if (line := self.clock.tick(updates, s.step, self.planned_updates())) is not None:
+                    self.print(line)
                 if s.step % t["log_every"] == 0 or s.finished:
                     self._log_train(rate=True)
             self.emit("on_batch_end", s)
