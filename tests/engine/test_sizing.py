@@ -58,4 +58,5 @@ def test_clock_and_durations() -> None:
     lines = [clock.tick(k, k, 100) for k in range(1, 10)]
     assert [x is not None for x in lines] == [False] * 5 + [True] + [False] * 3
     assert duration(7530) == "2 h 05 min" and duration(450) == "7 min 30 s" and duration(42.2) == "42 s"
+    assert duration(0.3) == "under 1 s"
     assert nearest_multiple(64) == 64 and nearest_multiple(65) == 96 and nearest_multiple(10) == 32

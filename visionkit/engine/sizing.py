@@ -46,13 +46,13 @@ def nearest_multiple(side: float, step: int = 32) -> int:
 
 
 def duration(seconds: float) -> str:
-    """'2 h 05 min', '7 min 30 s' or '42 s'."""
+    """'2 h 05 min', '7 min 30 s', '42 s' or 'under 1 s'."""
     seconds = max(0.0, seconds)
     if seconds >= 3600:
         return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
     if seconds >= 60:
         return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
-    return f"{seconds:.0f} s"
+    return f"{seconds:.0f} s" if seconds >= 1 else "under 1 s"
 
 
 def estimate_line(seconds_per_update: float, updates_left: int, measured: int) -> str:

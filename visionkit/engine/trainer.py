@@ -36,11 +36,12 @@ from visionkit.engine.checkpoint import check_same_facts, load_checkpoint, rng_s
 from visionkit.engine.contracts import StepContext, Task
 from visionkit.engine.elastic import mark_run_dir
 from visionkit.engine.events import CallbackList, LoopState
+from visionkit.engine.extend import restore_schedules
 from visionkit.engine.finetune import apply_freeze
 from visionkit.engine.interrupts import GracefulStop
 from visionkit.engine.loader import close_workers
 from visionkit.engine.metrics import Evaluator, improves, monitor_mode, run_validation
-from visionkit.engine.optim import build_optimizer, build_scheduler, fast_forward_scheduler
+from visionkit.engine.optim import build_optimizer, build_scheduler
 from visionkit.engine.precision import autocast_factory, make_scaler, resolve_precision, select_device
 from visionkit.engine.protocol import build_task
 from visionkit.engine.report import RunResult, check_run_dir, default_run_dir, prepare_run_dir, run_summary
@@ -80,6 +81,7 @@ class Trainer:
         self.wall_before = 0.0  # training seconds of the earlier processes of a resumed run (up to its checkpoint)
         self.batches_seen = 0  # this rank's training batches in this process (reported per rank)
         self.clock = RunClock()  # the run-time estimate, printed once per process
+        self.continuation: dict[str, Any] | None = None  # set when a resume extended the run
 
     def __enter__(self) -> Trainer:
         self.setup()
@@ -212,6 +214,7 @@ class Trainer:
             "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
             "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
             "horizon": self.horizon,
+            "continuation": self.continuation,  # how an extended run's schedule continues (None: as built)
             "scaler": self.scaler.state_dict(),
             "ema": self.ema.model.state_dict() if self.ema is not None else None,
             "step": s.step,
@@ -246,12 +249,10 @@ class Trainer:
         load_model_weights(self.module, ckpt["model"], self.resume)  # a misfit names the file and the tensor
         for name, opt in self.optimizers.items():
             opt.load_state_dict(ckpt["optimizers"][name])
-        if ckpt["horizon"] == self.horizon:
-            for name, sched in self.schedulers.items():
-                sched.load_state_dict(ckpt["schedulers"][name])
-        else:  # trainer.epochs changed: the same schedule over the new horizon, fast-forwarded
-            for name, opt in self.optimizers.items():
-                self.schedulers[name] = fast_forward_scheduler(self.cfg["scheduler"], opt, self.horizon, ckpt["step"])
+        self.continuation, notes = restore_schedules(self.cfg["scheduler"], self.optimizers, self.schedulers, ckpt,
+                                                     self.horizon)  # fmt: skip
+        for note in notes:
+            self.print(f"extending the run: {note}")
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and ckpt.get("ema"):
             self.ema.model.load_state_dict(ckpt["ema"])
