@@ -62,6 +62,7 @@ EXTRAS = {
     "pytorch_grad_cam": "deploy",
     "optuna": "tune",
     "tensorboard": "tensorboard",
+    "av": "video",
 }
 
 

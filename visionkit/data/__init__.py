@@ -9,6 +9,7 @@ from pathlib import Path
 from visionkit.errors import DataError, VisionkitWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")  # predict reads these through PyAV (the video extra)
 
 
 class DataWarning(VisionkitWarning):

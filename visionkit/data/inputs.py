@@ -16,12 +16,15 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from visionkit.data import IMAGE_SUFFIXES, DataWarning
+from visionkit.data import IMAGE_SUFFIXES, VIDEO_SUFFIXES, DataWarning
 from visionkit.errors import ConfigError, DataError
 
 
-def walk_inputs(inputs: Sequence[str | Path], out_dir: str | Path | None = None) -> list[tuple[Path, Path]]:
-    """(file, relative output path) for files, folders (recursive) and glob patterns, in a stable order.
+def walk_inputs(
+    inputs: Sequence[str | Path], out_dir: str | Path | None = None, videos: bool = False
+) -> list[tuple[Path, Path]]:
+    """(file, relative output path) for files, folders (recursive) and glob patterns, in a stable order; with
+    `videos`, folders and globs yield video files (VIDEO_SUFFIXES) too.
 
     A folder's images keep their path relative to the folder; a file keeps its name. The relative paths
     are made unique (`x.png`, `x_1.png`, ...), so outputs named after them never overwrite each other.
@@ -34,14 +37,14 @@ def walk_inputs(inputs: Sequence[str | Path], out_dir: str | Path | None = None)
         item = Path(raw)
         if item.is_dir():
             _refuse_outputs_among_inputs(item, out, raw)
-            found = sorted(_walk(item, out, hidden))
+            found = sorted(_walk(item, out, hidden, videos))
             pairs += [(p, p.relative_to(item)) for p in found if _once(p, seen)]
         elif item.is_file():
             _refuse_outputs_among_inputs(item, out, raw)
             if _once(item, seen):
                 pairs.append((item, Path(item.name)))
         elif glob.has_magic(str(raw)):
-            matches = sorted(_glob(str(raw), out, hidden))
+            matches = sorted(_glob(str(raw), out, hidden, videos))
             pairs += [(p, Path(p.name)) for p in matches if _once(p, seen)]
         else:
             raise DataError(f"Input '{item}' does not exist; pass image files, folders of images or glob patterns.")
@@ -53,7 +56,8 @@ def walk_inputs(inputs: Sequence[str | Path], out_dir: str | Path | None = None)
             stacklevel=2,
         )
     if not pairs:
-        raise DataError(f"No images ({', '.join(IMAGE_SUFFIXES)}) found in {[str(i) for i in inputs]}.")
+        kinds = IMAGE_SUFFIXES + (VIDEO_SUFFIXES if videos else ())
+        raise DataError(f"No images ({', '.join(kinds)}) found in {[str(i) for i in inputs]}.")
     return _unique_names(pairs)
 
 
@@ -79,11 +83,12 @@ def _once(path: Path, seen: set[str]) -> bool:
     return True
 
 
-def _is_image(name: str) -> bool:
-    return Path(name).suffix.lower() in IMAGE_SUFFIXES
+def _is_image(name: str, videos: bool = False) -> bool:
+    suffix = Path(name).suffix.lower()
+    return suffix in IMAGE_SUFFIXES or (videos and suffix in VIDEO_SUFFIXES)
 
 
-def _walk(root: Path, out: Path | None, hidden: list[int]) -> Iterator[Path]:
+def _walk(root: Path, out: Path | None, hidden: list[int], videos: bool = False) -> Iterator[Path]:
     """Image files under `root`, not following directory symlinks, skipping hidden entries and the output folder."""
     for folder, dirs, files in os.walk(root, followlinks=False):
         here = Path(folder)
@@ -97,11 +102,11 @@ def _walk(root: Path, out: Path | None, hidden: list[int]) -> Iterator[Path]:
         for name in files:
             if name.startswith("."):
                 hidden[0] += _is_image(name)
-            elif _is_image(name) and (here / name).is_file():
+            elif _is_image(name, videos) and (here / name).is_file():
                 yield here / name
 
 
-def _glob(pattern: str, out: Path | None, hidden: list[int]) -> Iterator[Path]:
+def _glob(pattern: str, out: Path | None, hidden: list[int], videos: bool = False) -> Iterator[Path]:
     """Files matching a glob (`**` any depth), walked from its fixed leading folder without following dir links."""
     parts = Path(pattern).parts
     fixed = next((i for i, part in enumerate(parts) if glob.has_magic(part)), len(parts))
@@ -109,7 +114,7 @@ def _glob(pattern: str, out: Path | None, hidden: list[int]) -> Iterator[Path]:
     matcher = re.compile(_translate("/".join(parts[fixed:])))
     if not root.is_dir():
         return
-    for path in _walk(root, out, hidden):
+    for path in _walk(root, out, hidden, videos):
         if matcher.fullmatch(path.relative_to(root).as_posix()):
             yield path if fixed else Path(os.path.relpath(path))
 

@@ -20,13 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from visionkit.data import VIDEO_SUFFIXES
 from visionkit.data.images import save_image
 from visionkit.data.inputs import walk_inputs
 from visionkit.engine.contracts import Task
 from visionkit.engine.precision import device_of
+from visionkit.engine.video import is_stream, predict_video
 from visionkit.errors import ConfigError, did_you_mean
 
-CORE_OPTIONS = {"batch_size": 16, "progress": True, "verbose": False}  # verbose: a line per input (the CLI's)
+# verbose: a line per input (the CLI's); vid_stride / max_frames: videos and streams (visionkit.engine.video)
+CORE_OPTIONS = {"batch_size": 16, "progress": True, "verbose": False, "vid_stride": 1, "max_frames": None}
 
 
 def check_options(task: Any, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,7 +93,14 @@ class Predictor:
         if not inputs:
             with torch.no_grad(), self._autocast():
                 return task.sample(self.model, out, opts)
-        files = walk_inputs(inputs, out)
+        streams = [str(i) for i in inputs if is_stream(i) and not Path(str(i)).exists()]
+        paths = [i for i in inputs if str(i) not in streams]
+        files = walk_inputs(paths, out, videos=True) if paths else []
+        videos = [(p, rel) for p, rel in files if p.suffix.lower() in VIDEO_SUFFIXES]
+        files = [(p, rel) for p, rel in files if p.suffix.lower() not in VIDEO_SUFFIXES]
+        # videos first: a task keeping per-image state for finish_predictions (detection) then sees images last
+        clips = [predict_video(self, s, Path(f"stream{k}"), out, opts) for k, s in enumerate(streams)]
+        clips += [predict_video(self, p, rel.with_name(rel.name + p.suffix), out, opts) for p, rel in videos]
         records: list[dict[str, Any]] = []
         bar = _progress(len(files), opts["progress"])
         batch: list[tuple[Path, Path, Any, Any]] = []
@@ -109,9 +119,9 @@ class Predictor:
             records += self._flush(batch, out, opts, bar)
         if bar is not None:
             bar.close()
-        result = {"task": task.name, "data": task.facts.to_dict(), "predictions": records}
+        result = {"task": task.name, "data": task.facts.to_dict(), "predictions": records + clips}
         (out / "predictions.json").write_text(json.dumps(result, indent=2, default=_plain) + "\n")
-        extra = task.finish_predictions(records, out, opts) or {}
+        extra = (task.finish_predictions(records, out, opts) or {}) if records else {}
         return {**result, "json": str(out / "predictions.json"), **extra}
 
     def _flush(self, batch: list[tuple[Path, Path, Any, Any]], out: Path, opts: dict[str, Any], bar: Any) -> list:
@@ -137,6 +147,14 @@ class Predictor:
             if bar is not None:
                 bar.update(1)
         return records
+
+    def predict_frames(self, images: list[Any], opts: dict[str, Any]) -> list[Any]:
+        """The task's outputs for a batch of HWC uint8 images (video frames), preprocessed as files are."""
+        task, inputs = self.task, [self.task.preprocess(image, opts) for image in images]
+        with torch.no_grad(), self._autocast():
+            if task.predict_stack and not all(i.shape == inputs[0].shape for i in inputs if hasattr(i, "shape")):
+                return [out for i in inputs for out in task.predict_batch(self.model, [i], opts)]
+            return task.predict_batch(self.model, inputs, opts)
 
     def _autocast(self) -> Any:
         return self.autocast() if self.autocast is not None else contextlib.nullcontext()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,48 @@ def test_predict_options_agnostic_nms_classes_max_det(fcos_run) -> None:
         labels(classes=["dog"])
     with pytest.raises(ConfigError, match="'iou' is 2"):
         labels(iou=2)
+
+
+def write_video(path: Path, frames: int, fps: int = 10, size: tuple[int, int] = (64, 48)) -> None:
+    """A small test video (a square moving over a grey background), written with PyAV."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(frames):
+            image = np.full((size[1], size[0], 3), 90, np.uint8)
+            image[10:30, 2 + 3 * i : 22 + 3 * i] = 220
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_video_predict_gives_a_record_per_frame_and_a_video_at_the_input_rate(fcos_run, tmp_path) -> None:
+    import av
+
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    write_video(folder / "clip.mp4", frames=12, fps=10)
+    _, images = val_files()
+    (folder / "still.png").write_bytes((images / "000000.png").read_bytes())  # a folder mixing both
+    proc = run_tool("predict", str(fcos_run), str(folder), "--out", str(tmp_path / "out"), env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "clip.mp4: 12 frames at 10 fps in" in proc.stdout and "still.png 48x48:" in proc.stdout
+    lines = (tmp_path / "out" / "frames" / "clip.mp4.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["frame"] for r in records] == list(range(12)) and all(r["width"] == 64 for r in records)
+    with av.open(str(tmp_path / "out" / "videos" / "clip.mp4.mp4")) as written:
+        stream = written.streams.video[0]
+        assert sum(1 for _ in written.decode(stream)) == 12 and stream.average_rate == 10
+    summary = json.loads((tmp_path / "out" / "predictions.json").read_text())["predictions"]
+    clip = next(r for r in summary if r["input"].endswith("clip.mp4"))
+    assert clip["frames"] == 12 and clip["video"] == "videos/clip.mp4.mp4"
+    assert json.loads((tmp_path / "out" / "results.json").read_text()) is not None  # the still image's file
+    strided = visionkit.predict(fcos_run, [folder / "clip.mp4"], tmp_path / "s", vid_stride=3)
+    assert [r["frames"] for r in strided["predictions"]] == [4]
+    with av.open(str(tmp_path / "s" / "videos" / "clip.mp4.mp4")) as written:
+        assert written.streams.video[0].average_rate == Fraction(10, 3)
+    with pytest.raises(DataError, match="could not be opened"):
+        visionkit.predict(fcos_run, ["rtsp://127.0.0.1:9/none"], tmp_path / "r")
