@@ -62,6 +62,7 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--results", help="detection: a COCO results JSON to score against --ann")
     p.add_argument("--ann", help="detection: the COCO annotation JSON for --results")
     p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON (machine output) only")
     add_plugin_option(p)
     p.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
@@ -85,8 +86,14 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
 
             if Path(args.out).is_dir():
                 raise VisionkitError(f"--out '{args.out}' is a folder; give a JSON file name such as metrics.json.")
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("_")}  # '_': pictures' data, not output
         text = json.dumps(metrics, indent=2, default=float)
-        print(text)
+        if args.json:
+            print(text)
+        else:
+            from visionkit.engine.tables import report_lines
+
+            print("\n".join(report_lines(metrics)))
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(text + "\n")

@@ -20,6 +20,7 @@ from visionkit.engine import distributed as dist
 from visionkit.engine import events, loggers
 from visionkit.engine.finetune import FREEZE_ATTR, FreezeState
 from visionkit.engine.report import RunReport, epoch_line
+from visionkit.engine.tables import report_lines
 from visionkit.errors import ConfigError, VisionkitDeprecationWarning
 
 
@@ -224,7 +225,11 @@ class RunFiles(events.Callback):
             print(line, flush=True)
 
     def on_fit_end(self, state: events.LoopState, summary: dict[str, Any]) -> None:
-        """Write summary.json and the final curves."""
+        """Write summary.json and the final curves; print the per-class tables of the last validation."""
+        if state.is_main:
+            lines = [line for key in summary if key.endswith("_table") for line in report_lines(summary, [key], False)]
+            if lines:
+                print("\n".join(lines), flush=True)
         self.report.summary(summary)
         self.report.curves()
         self.report.close()

@@ -394,7 +394,7 @@ class Trainer:
             shutil.copyfile(best_ckpt.with_name("last.pt"), best_ckpt)  # no validation ran: last is the best we have
         run = {"device": str(self.device), "precision": self.precision, "world_size": dist.world_size(), "ranks": ranks}
         summary = run_summary(self.cfg["task"], s, self.run_dir, (seconds, this_process), run, self.facts)
-        summary.update(self.last_extras)
+        summary.update({k: v for k, v in self.last_extras.items() if not k.startswith("_")})  # '_': in memory only
         self.emit("on_fit_end", s, summary)
         dist.barrier()  # every rank returns once rank 0 has written the run's files, and leaves the group together
         self.print(f"done in {seconds:.1f}s; results in {self.run_dir}")

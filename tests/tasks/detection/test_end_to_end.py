@@ -106,7 +106,7 @@ def test_tools_fcos_train_eval_predict(fcos_run, tmp_path) -> None:
     results = json.loads((tmp_path / "pred" / "results.json").read_text())
     assert results and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
     assert len(list((tmp_path / "pred" / "images").glob("*.png"))) == 6
-    proc = run_tool("eval", "--results", str(tmp_path / "pred" / "results.json"), "--ann", str(ann), env=ENV)
+    proc = run_tool("eval", "--results", str(tmp_path / "pred" / "results.json"), "--ann", str(ann), "--json", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from_file = json.loads(proc.stdout)
     assert from_file["mAP"] == pytest.approx(metrics["val/mAP"], abs=1e-6)  # same detections, same score
@@ -132,7 +132,7 @@ def test_api_faster_rcnn_train_evaluate_predict(rcnn_result, tmp_path) -> None:
     _, images = val_files()
     out = visionkit.predict(rcnn_result.best_checkpoint, [images], tmp_path / "p")
     assert out["num_images"] == 6 and json.loads((tmp_path / "p" / "results.json").read_text()) is not None
-    proc = run_tool("eval", str(rcnn_result.best_checkpoint), env=ENV)
+    proc = run_tool("eval", str(rcnn_result.best_checkpoint), "--json", env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["val/mAP"] == pytest.approx(rcnn_result.best["val/mAP"], abs=1e-9)
 

@@ -19,6 +19,7 @@ from pycocotools.cocoeval import COCOeval
 from visionkit.errors import DataError
 from visionkit.tasks.detection.coco import read_coco_json
 from visionkit.tasks.detection.datasets import quiet_coco
+from visionkit.tasks.detection.report import class_table
 
 # Names of COCOeval.stats in order (AP at IoU .50:.95 / .50 / .75, by area, then AR at 1/10/100 detections, by area).
 STAT_NAMES = (
@@ -130,11 +131,12 @@ def evaluate_results_file(results_json: str | Path, ann_json: str | Path) -> dic
     bad = sorted({r["category_id"] for r in results} - known)
     if bad:
         raise DataError(f"Results file '{path}' uses category ids {bad[:10]} that '{ann_json}' does not define.")
-    stats, per_class, _ = coco_evaluate(gt, results)
+    stats, per_class, evaluator = coco_evaluate(gt, results)
     names = {c["id"]: c.get("name", str(c["id"])) for c in gt.dataset["categories"]}
     return {
         **{f"{k}": v for k, v in stats.items()},
         "per_class_AP": {names[c]: (None if math.isnan(ap) else ap) for c, ap in per_class.items()},
+        "per_class_table": class_table(evaluator, names),
         "num_images": len(gt.getImgIds()),
         "num_detections": len(results),
     }

@@ -12,6 +12,7 @@ from pycocotools.coco import COCO
 from visionkit.engine.contracts import Metric
 from visionkit.registry import METRICS
 from visionkit.tasks.detection.evaluation import STAT_NAMES, coco_evaluate
+from visionkit.tasks.detection.report import class_table, pr_curves
 
 # One float64 row per detection: image id, COCO box (x, y, w, h in the annotated image's pixels), score, category id.
 ROW = ("image_id", "x", "y", "w", "h", "score", "category_id")
@@ -103,10 +104,12 @@ class CocoMAP(Metric):
         """pycocotools COCOeval over the images evaluated: stats, per_class_AP (None for NaN), coco_stats."""
         gt = self.ground_truth() if callable(self.ground_truth) else self.ground_truth
         results, image_ids = self.results()
-        stats, per_class, _ = coco_evaluate(gt, results, image_ids=image_ids)
+        stats, per_class, evaluator = coco_evaluate(gt, results, image_ids=image_ids)
         names = {c["id"]: str(c.get("name", c["id"])) for c in gt.dataset["categories"]}
         return {
             **stats,
             "per_class_AP": {names.get(c, str(c)): (None if math.isnan(ap) else ap) for c, ap in per_class.items()},
             "coco_stats": {k: stats[k] for k in STAT_NAMES},
+            "per_class_table": class_table(evaluator, names),
+            "_pr_curves": pr_curves(evaluator, names),  # for the pictures; '_' extras stay out of summary.json
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ from visionkit.tasks.detection.export import DetectionExportedModel, detection_e
 from visionkit.tasks.detection.metrics import coco_rows
 from visionkit.tasks.detection.mosaic import MosaicDataset, MosaicOptions
 from visionkit.tasks.detection.predict import OPTIONS, AnnotationIds, filter_detections, write_results
+from visionkit.tasks.detection.report import plot_curves
 from visionkit.tasks.detection.visualize import draw_boxes, grid
 
 
@@ -204,7 +206,12 @@ class DetectionTask(Task):
     def on_validation_end(
         self, ctx: StepContext, dataset: Dataset, run_dir: Path, epoch: int, results: dict[str, Any]
     ) -> None:
-        """Write samples/val_epochNNN.png: ground truth in green, predictions above the sample threshold."""
+        """Write PR_curve.png and F1_curve.png (IoU 0.5, per class), and samples/val_epochNNN.png: ground truth in
+        green, predictions above the sample threshold."""
+        for key, prefix in (("_pr_curves", ""), ("_mask_pr_curves", "mask_"), ("_box_pr_curves", "box_")):
+            if results.get(key) and results[key]["classes"]:
+                plot_curves(results[key], Path(run_dir), prefix)
+                (Path(run_dir) / f"{prefix}pr_curves.json").write_text(json.dumps(results[key]))
         opts = self.cfg["detection"]
         count = min(int(opts["num_samples"]), len(dataset))
         if count == 0:

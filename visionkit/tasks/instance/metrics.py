@@ -13,6 +13,7 @@ from visionkit.engine.contracts import Metric
 from visionkit.registry import METRICS
 from visionkit.tasks.detection.evaluation import STAT_NAMES, coco_evaluate
 from visionkit.tasks.detection.metrics import ROW, _cat, rows_to_results
+from visionkit.tasks.detection.report import class_table, pr_curves
 
 
 def instance_results(
@@ -87,10 +88,12 @@ class CocoInstanceMAP(Metric):
         names = {c["id"]: str(c.get("name", c["id"])) for c in gt.dataset["categories"]}
         out: dict[str, Any] = {}
         for kind, results in (("mask", masks), ("box", boxes)):
-            stats, per_class, _ = coco_evaluate(
+            stats, per_class, evaluator = coco_evaluate(
                 gt, results, image_ids=order, iou_type="segm" if kind == "mask" else "bbox"
             )
             out.update({f"{kind}_{k}": v for k, v in stats.items()})
+            out[f"per_class_{kind}_table"] = class_table(evaluator, names)
+            out[f"_{kind}_pr_curves"] = pr_curves(evaluator, names)
             out[f"per_class_{kind}_AP"] = {
                 names.get(c, str(c)): (None if math.isnan(ap) else ap) for c, ap in per_class.items()
             }
