@@ -3,6 +3,7 @@ training), and training prints an estimate of the whole run's time once it has t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import visionkit
@@ -60,3 +61,18 @@ def test_clock_and_durations() -> None:
     assert duration(7530) == "2 h 05 min" and duration(450) == "7 min 30 s" and duration(42.2) == "42 s"
     assert duration(0.3) == "under 1 s"
     assert nearest_multiple(64) == 64 and nearest_multiple(65) == 96 and nearest_multiple(10) == 32
+
+
+def test_the_epoch_line_is_compact_and_labelled_and_plain_progress_runs_without_a_terminal(tmp_path: Path) -> None:
+    proc = run_tool("train", "--task", "cls", *merged(*TINY_CLS, "trainer.epochs=2"), "--work-dir", str(tmp_path),
+                    env={"VISIONKIT_PROGRESS_SECONDS": "0"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, last = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert re.fullmatch(
+        r"epoch 1/2  step \d+  loss [\d.]+  val/top1 [\d.]+ \(best [\d.]+\)  val/top5 [\d.]+  val/loss [\d.]+  "
+        r"train [\d.]+s  val [\d.]+s  ETA .+",
+        first,
+    ), first
+    assert "ETA" not in last  # nothing left
+    progress = [line for line in proc.stdout.splitlines() if line.startswith("progress: ")]
+    assert len(progress) >= 45 and re.match(r"progress: epoch 1/2 batch 1/\d+  step \d+  [\d.]+ batches/s", progress[0])

@@ -6,7 +6,9 @@ config can add are `visionkit.engine.loggers`.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,7 @@ from visionkit.engine import distributed as dist
 from visionkit.engine import events, loggers
 from visionkit.engine.finetune import FREEZE_ATTR, FreezeState
 from visionkit.engine.report import RunReport, epoch_line
+from visionkit.engine.sizing import duration
 from visionkit.engine.tables import report_lines
 from visionkit.errors import ConfigError, VisionkitDeprecationWarning
 
@@ -134,6 +137,9 @@ class Validator(events.Callback):
             self.validate()
 
 
+PLAIN_EVERY = 30.0  # seconds between progress lines without a terminal (VISIONKIT_PROGRESS_SECONDS)
+
+
 class ProgressBar(events.Callback):
     """A tqdm bar per epoch on a terminal (or always with trainer.progress=always): loss, lr, images/s."""
 
@@ -141,6 +147,13 @@ class ProgressBar(events.Callback):
 
     def __init__(self, mode: Any) -> None:
         self.mode, self.bar = mode, None
+        self.every = float(os.environ.get("VISIONKIT_PROGRESS_SECONDS", PLAIN_EVERY))
+        self.started, self.printed, self.first_batch = 0.0, 0.0, 0
+
+    def on_fit_start(self, state: events.LoopState) -> None:
+        """Start the clock of the plain progress lines."""
+        self.started = self.printed = time.perf_counter()
+        self.first_batch = state.epoch * state.batches_per_epoch + state.batch_in_epoch
 
     def on_epoch_start(self, state: events.LoopState) -> None:
         """Open the epoch's bar."""
@@ -159,9 +172,22 @@ class ProgressBar(events.Callback):
         )
 
     def on_batch_end(self, state: events.LoopState) -> None:
-        """Advance the bar."""
+        """Advance the bar; without a terminal, print a progress line every `every` seconds (rate and ETA)."""
         if self.bar is not None:
             self.bar.update(1)
+        elif self.mode is True and state.is_main and time.perf_counter() - self.printed >= self.every:
+            now = time.perf_counter()
+            self.printed = now
+            done = state.epoch * state.batches_per_epoch + state.batch_in_epoch
+            total = state.epochs * state.batches_per_epoch
+            rate = (done - self.first_batch) / max(now - self.started, 1e-9)
+            eta = (total - done) / rate if rate > 0 else 0.0
+            loss = "  ".join(f"{k.removeprefix('train/')} {v:.4f}" for k, v in state.last_loss.items())
+            print(
+                f"progress: epoch {state.epoch + 1}/{state.epochs} batch {state.batch_in_epoch}/"
+                f"{state.batches_per_epoch}  step {state.step}  {rate:.2f} batches/s  {loss}  ETA {duration(eta)}",
+                flush=True,
+            )
 
     def on_log(self, state: events.LoopState, record: dict[str, Any]) -> None:
         """Show the latest losses, lr and throughput."""
@@ -200,6 +226,7 @@ class RunFiles(events.Callback):
         """Open metrics.jsonl (cut back to the resumed checkpoint, so each step is in it once)."""
         keep = 0 if state.step == 0 else self.keep_bytes  # new run: a fresh file; an older checkpoint: append
         self.report = RunReport(state.run_dir, state.monitor, enabled=state.is_main, keep_bytes=keep)
+        self.last_line = (time.perf_counter(), state.epoch)  # when and at which epoch the last epoch line was
 
     def state_dict(self) -> dict[str, Any]:
         """How much of metrics.jsonl this checkpoint covers."""
@@ -218,9 +245,13 @@ class RunFiles(events.Callback):
         self.report.log(record)
         if state.is_main:
             self.report.curves()
+            now, (then, then_epoch) = time.perf_counter(), self.last_line
+            period, epochs = now - then, max(state.epoch - then_epoch, 1)
+            self.last_line = (now, state.epoch)
             line = epoch_line(
                 state.epoch, state.epochs, state.step, state.last_loss, state.metrics, state.best_value,
-                state.validation_seconds,
+                state.validation_seconds, state.monitor, max(period - state.validation_seconds, 0.0),
+                period / epochs * max(state.epochs - state.epoch, 0),
             )  # fmt: skip
             print(line, flush=True)
 

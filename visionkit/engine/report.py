@@ -251,6 +251,9 @@ def run_summary(
     }
 
 
+KEY_METRICS = 2  # metrics besides the monitor on the epoch line
+
+
 def epoch_line(
     epoch: int,
     epochs: int,
@@ -259,14 +262,27 @@ def epoch_line(
     metrics: dict[str, float],
     best: float | None,
     seconds: float,
+    monitor: str | None = None,
+    train_seconds: float | None = None,
+    eta_seconds: float | None = None,
 ) -> str:
-    """One readable summary line per epoch."""
+    """One compact line per validation: the losses, the monitor (with the best so far) and two more metrics,
+    then labelled train and validation times and the ETA. Every metric is in metrics.jsonl."""
+    from visionkit.engine.sizing import duration
+
     parts = [f"epoch {epoch}/{epochs}", f"step {step}"]
     parts += [f"{k.removeprefix('train/')} {v:.4f}" for k, v in train_loss.items()]
-    parts += [f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)]
-    if best is not None:
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
+    if monitor in scalars:
+        parts.append(f"{monitor} {scalars.pop(monitor):.4f}" + (f" (best {best:.4f})" if best is not None else ""))
+    elif best is not None:
         parts.append(f"best {best:.4f}")
-    parts.append(f"{seconds:.1f}s")
+    parts += [f"{k} {v:.4f}" for k, v in list(scalars.items())[: KEY_METRICS if monitor in metrics else len(scalars)]]
+    if train_seconds is not None:
+        parts.append(f"train {train_seconds:.1f}s")
+    parts.append(f"val {seconds:.1f}s")
+    if eta_seconds is not None and eta_seconds > 0:
+        parts.append(f"ETA {duration(eta_seconds)}")
     return "  ".join(parts)
 
 
