@@ -34,6 +34,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -c "import lightning" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/trainer_overhead.py
+	$(PY) benchmarks/startup.py $(if $(PEER_BIN),--peer-bin $(PEER_BIN))
 
 # Detection peers (docs/benchmarks.md#detection-peers-benchmarksdet_peerspy), ~10 min on 2 CPU cores; add
 # ARGS="--peer-python /path/to/venv/bin/python" to include Ultralytics YOLOv8n from a scratch environment.
