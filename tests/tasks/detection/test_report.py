@@ -111,3 +111,12 @@ def test_eval_prints_the_table_and_json_on_request(tmp_path: Path) -> None:
     assert machine.returncode == 0 and "mAP50" in json.loads(machine.stdout)
     human = run_tool("eval", *args)
     assert human.returncode == 0 and "mAP50" in human.stdout and "per_class_AP:" in human.stdout
+
+
+def test_labels_go_outside_their_box_where_they_fit() -> None:
+    from visionkit.tasks.detection.visualize import LABEL_HEIGHT, label_position
+
+    assert label_position(10, 40, 60, 50, 200, 100) == (10, 40 - LABEL_HEIGHT)  # above
+    assert label_position(10, 2, 60, 50, 200, 100) == (10, 61)  # at the top edge: below the box
+    assert label_position(10, 2, 95, 50, 200, 100) == (11, 2)  # no room either side: inside
+    assert label_position(180, 40, 60, 50, 200, 100)[0] == 150  # kept inside the picture

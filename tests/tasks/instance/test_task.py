@@ -197,9 +197,12 @@ def test_predict_writes_each_detections_mask_as_rle(inst_run: Path, tmp_path: Pa
     (shown,) = record["detections"]  # the 0.2 one is under the threshold
     assert shown["segmentation"]["size"] == [20, 30] and shown["area"] == 8 * 9
     assert shown["class"] == task.facts.names[1]
-    picture = np.asarray(task.draw(image, found, {**options, "draw": True})["images"])
+    assert task.draw(image, found, {**options, "draw": True})["images"].size == (768, 512)  # short side 512
+    picture = np.asarray(task.draw(image, found, {**options, "draw": True, "min_side": 0})["images"])
     assert picture.shape == (20, 30, 3) and picture[:10, 3:12].any()  # the shown detection, labelled
-    assert not picture[12:, :].any()  # the 0.2 detection's mask (rows 5..7 only) and nothing else below
+    alone = {k: v[:1] for k, v in found.items()}  # the same record without the 0.2 detection
+    same = np.asarray(task.draw(image, alone, {**options, "draw": True, "min_side": 0})["images"])
+    assert np.array_equal(picture, same)  # under the threshold: not drawn
     masks = [np.zeros((20, 30), np.uint8), np.zeros((20, 30), np.uint8)]
     masks[0][14:18, 2:8], masks[1][14:18, 20:26] = 1, 1
     drawn = np.asarray(draw_instances(image, masks, np.zeros((0, 4)), [], [], task.facts.names, min_side=0))

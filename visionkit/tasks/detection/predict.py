@@ -22,6 +22,7 @@ OPTIONS = {
     "agnostic_nms": False,  # that NMS across classes: one box per object whatever its label
     "max_det": None,  # keep the best max_det detections per image
     "classes": None,  # keep only these classes (names or indices)
+    "min_side": 512,  # drawings are scaled up so their shorter side is at least this (0: the image's own size)
 }
 AGNOSTIC_IOU = 0.5  # the IoU of agnostic_nms when no `iou` is given
 

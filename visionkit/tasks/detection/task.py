@@ -326,7 +326,8 @@ class DetectionTask(Task):
         shown = self._shown(output, options)
         boxes = [[x, y, x + w, y + h] for _, _, (x, y, w, h) in shown]
         labels, scores = [s[0] for s in shown], [s[1] for s in shown]
-        return {"images": draw_boxes(as_rgb(image), boxes, labels, scores, self.facts.names, min_side=0)}
+        side = int(options.get("min_side") or 0)
+        return {"images": draw_boxes(as_rgb(image), boxes, labels, scores, self.facts.names, min_side=side)}
 
     def describe(self, record: dict[str, Any]) -> str:
         """'2 circle, 1 square' (the shown detections by class, most first) or 'no detections'."""

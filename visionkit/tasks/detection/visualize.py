@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 GT_COLOR = (0, 255, 0)
+LABEL_HEIGHT = 11  # pixels of a label's band (PIL's default font)
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -48,10 +49,20 @@ def draw_boxes(
         x1, y1, x2, y2 = (float(v) * scale for v in box)
         draw.rectangle([x1, y1, x2, y2], outline=color, width=2)
         text = _name(int(label), class_names) + (f" {score:.2f}" if score is not None else "")
-        tx, ty = x1 + 1, max(0.0, y1 - 11)
-        draw.rectangle([tx - 1, ty, tx + 6 * len(text) + 1, ty + 10], fill=(0, 0, 0))
+        tx, ty = label_position(x1, y1, y2, 6 * len(text) + 2, im.width, im.height)
+        draw.rectangle([tx - 1, ty, tx + 6 * len(text) + 1, ty + LABEL_HEIGHT - 1], fill=(0, 0, 0))
         draw.text((tx, ty - 1), text, fill=color)
     return im
+
+
+def label_position(x1: float, y1: float, y2: float, width: float, im_w: int, im_h: int) -> tuple[float, float]:
+    """Where a box's label goes: above the box where it fits, else below it, else inside its top edge."""
+    tx = min(max(0.0, x1), max(0.0, im_w - width))
+    if y1 - LABEL_HEIGHT >= 0:
+        return tx, y1 - LABEL_HEIGHT
+    if y2 + LABEL_HEIGHT <= im_h:
+        return tx, y2 + 1
+    return tx + 1, max(0.0, y1)
 
 
 def grid(images: Sequence[Image.Image], columns: int = 4, gap: int = 2) -> Image.Image:

@@ -121,7 +121,8 @@ class InstanceTask(DetectionTask):
         shown = self._shown(output, options)
         boxes = [[x, y, x + w, y + h] for _, _, (x, y, w, h) in shown]
         labels, scores = [s[0] for s in shown], [s[1] for s in shown]
-        picture = draw_instances(as_rgb(image), masks, boxes, labels, scores, self.facts.names, min_side=0)
+        side = int(options.get("min_side") or 0)
+        picture = draw_instances(as_rgb(image), masks, boxes, labels, scores, self.facts.names, min_side=side)
         return {"images": picture}
 
     def sample_picture(
