@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -48,13 +50,31 @@ def run_command(fn: Callable[[], Any]) -> int:
 
 
 def user_message(exc: BaseException) -> str:
-    """The error's own message, without the worker traceback torch adds when a DataLoader worker raised it."""
+    """The error's own message, without the worker traceback torch adds when a DataLoader worker raised it; a
+    'does not exist' about a relative path says what it was resolved against."""
     text = str(exc)
     if "Original Traceback" in text:
         last = text.rstrip().splitlines()[-1]
         prefix = f"{type(exc).__module__}.{type(exc).__name__}: "
-        return last[len(prefix) :] if last.startswith(prefix) else last
-    return text
+        text = last[len(prefix) :] if last.startswith(prefix) else last
+    return text + relative_note(text)
+
+
+def relative_note(text: str) -> str:
+    """' (relative paths are taken from the working folder ...)' when a message says a relative path it quotes
+    does not exist or is missing, else ''."""
+    if not any(
+        word in text for word in ("does not exist", "is missing", "are missing", "not found", "is not a folder")
+    ):
+        return ""
+    quoted = re.findall(r"'([^'\s]+)'", text)
+    relative = [q for q in quoted if not os.path.isabs(q) and ("/" in q or "." in q) and not os.path.exists(q)]
+    if not relative:
+        return ""
+    return (
+        f" (Relative paths are taken from the working folder '{os.getcwd()}'; a config's `_base_` from the config "
+        "file's folder.)"
+    )
 
 
 def prog_name(command: str) -> str:

@@ -53,3 +53,22 @@ def skip_hidden(paths: list[Path], root: Path, where: str) -> list[Path]:
             stacklevel=3,
         )
     return kept
+
+
+PATH_KEYS = ("root", "ann_file", "image_dir", "data_yaml", "file", "mask_dir", "image_root", "images", "masks")
+
+
+def absolute_data_paths(cfg: dict) -> dict:
+    """Make the relative paths of `data.train` / `data.val` / `data.test` that exist from the working folder
+    absolute (in place), so a run's config.yaml, its checkpoints and a sweep's best_config.yaml work from any
+    folder; returns cfg. Values that are not existing paths are left as they are."""
+    data = cfg.get("data") or {}
+    for split in ("train", "val", "test"):
+        spec = data.get(split)
+        if not isinstance(spec, dict):
+            continue
+        for key in PATH_KEYS:
+            value = spec.get(key)
+            if isinstance(value, str) and value and not os.path.isabs(value) and os.path.exists(value):
+                spec[key] = os.path.abspath(value)
+    return cfg

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from visionkit.config import dump_config
+from visionkit.data import absolute_data_paths
 from visionkit.engine import distributed as dist
 from visionkit.engine import loggers  # noqa: F401 - registers the loggers a config can name (csv, tensorboard)
 from visionkit.engine.batching import build_loaders
@@ -131,6 +132,7 @@ class Trainer:
         self.monitor_mode = t["monitor_mode"] or monitor_mode(self.monitor, self.task)
         loaders = build_loaders(self, self.val_set, self.resume, self.print)  # data.batch_size may be 'auto'
         cfg["data"]["batch_size"], t["accumulate"] = loaders.batch_size, loaders.accumulate  # config.yaml says so
+        absolute_data_paths(cfg)  # config.yaml and the checkpoints work from any folder
         self.train_loader, self.sampler, self.val_loader = loaders.train, loaders.sampler, loaders.val
         self.updates_per_epoch = loaders.updates_per_epoch
         if dist.is_main() and self.write:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from visionkit.config import dump_config
+from visionkit.data import absolute_data_paths
 from visionkit.tune.space import trial_config
 
 
@@ -73,7 +74,7 @@ def write_results(study: Any, spec: Any) -> dict[str, Any]:
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     if complete:
         best = study.best_trial
-        cfg = trial_config(spec.base, best.params, None)
+        cfg = absolute_data_paths(trial_config(spec.base, best.params, None))  # works from any folder
         dump_config(cfg, out / "best_config.yaml")
         summary["best"] = {
             "trial": best.number,
