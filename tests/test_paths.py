@@ -3,6 +3,9 @@ what it was resolved against (issue 21)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +43,42 @@ def test_config_yaml_paths_work_from_any_folder_and_missing_ones_say_from_where(
                        "--dry-run", cwd=work)  # fmt: skip
     assert missing.returncode == 2
     assert f"Relative paths are taken from the working folder '{work}'" in missing.stderr
+
+
+SCRIPT = """
+import sys
+from torch import nn
+import visionkit
+from visionkit.registry import MODELS
+{import_line}
+
+@MODELS.register("{name}", task="classification")
+def build(num_classes: int, in_chans: int = 3, **_):
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(in_chans, num_classes))
+
+if __name__ == "__main__":
+    visionkit.train(None, ["model={{_delete_: true, name: {model}}}", "data.image_size=8", "data.batch_size=64",
+                           "data.num_workers=0", "trainer.max_steps=2", "trainer.progress=false",
+                           "data.train_transforms=[]"], task="cls", work_dir=sys.argv[1])
+"""
+
+
+def test_a_component_unknown_on_load_says_where_it_was_defined(tmp_path: Path) -> None:
+    script = tmp_path / "train_mine.py"
+    script.write_text(SCRIPT.format(import_line="", name="my_net", model="my_net"))
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "a")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bad = run_tool("eval", str(tmp_path / "a"))
+    assert bad.returncode == 2 and "Unknown model 'my_net'" in bad.stderr
+    assert f"registered by the script {script}" in bad.stderr and "--plugin MODULE" in bad.stderr
+    (tmp_path / "my_parts.py").write_text(SCRIPT.format(import_line="", name="my_part_net", model="x"))
+    script.write_text(SCRIPT.replace("@MODELS", "# @MODELS").format(import_line="import my_parts", name="unused",
+                                                                   model="my_part_net"))  # fmt: skip
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "b")], capture_output=True, text=True,
+                          env={**os.environ, **env})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bad = run_tool("eval", str(tmp_path / "b"), env=env)
+    assert bad.returncode == 2 and "defined in module 'my_parts': pass --plugin my_parts" in bad.stderr
+    good = run_tool("eval", str(tmp_path / "b"), "--plugin", "my_parts", "--json", env=env)
+    assert good.returncode == 0, good.stderr[-2000:]

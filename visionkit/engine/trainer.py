@@ -39,6 +39,7 @@ from visionkit.engine.elastic import mark_run_dir
 from visionkit.engine.events import CallbackList, LoopState
 from visionkit.engine.extend import restore_schedules
 from visionkit.engine.finetune import apply_freeze
+from visionkit.engine.inference import component_origins
 from visionkit.engine.interrupts import GracefulStop
 from visionkit.engine.loader import close_workers
 from visionkit.engine.metrics import Evaluator, improves, monitor_mode, run_validation
@@ -230,6 +231,7 @@ class Trainer:
             "wall_time_s": self._wall_time(),
             "config": self.cfg,
             "plugins": [describe_plugin(spec) for spec in self.cfg.get("plugins") or []],  # information only
+            "components": component_origins(self.cfg),  # where each was defined, for an error naming --plugin
             "facts": self.facts.to_dict(),
             "format": 2,
         }
