@@ -7,7 +7,7 @@ TASK ?= cls
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: install demo test lint bench bench-det bench-inst gpu-check clean
+.PHONY: install demo test lint bench bench-det bench-inst docs-check gpu-check clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ bench-det: $(STAMP)
 # cores; ARGS="--only default" for the default recipe alone (~12 min).
 bench-inst: $(STAMP)
 	$(PY) benchmarks/instance.py $(ARGS)
+
+# Every command of docs/finetune.md run as written, each figure it quotes checked (~7 min on 2 CPU cores).
+docs-check: $(STAMP)
+	$(PY) benchmarks/docs_finetune.py $(ARGS)
 
 # The GPU check (docs/benchmarks.md#gpu-check-benchmarksgpu_checkpy): gpu-check.json and gpu-check.md; ARGS=--cpu without a GPU.
 gpu-check: $(STAMP)

@@ -44,7 +44,7 @@ def run(line: str, cwd: Path) -> tuple[str, float]:
     return proc.stdout + proc.stderr, seconds
 
 
-def figures(work: Path, text: str) -> tuple[list[str], dict[str, float]]:
+def figures(work: Path, text: str, reuse: bool = False) -> tuple[list[str], dict[str, float]]:
     """Run the page; return the snippets the page must contain (from the outputs) and the wall times."""
     for block in blocks(text, "yaml"):
         first = block.splitlines()[0]
@@ -52,9 +52,15 @@ def figures(work: Path, text: str) -> tuple[list[str], dict[str, float]]:
             (work / first[2:]).write_text(block)
     outputs: dict[str, str] = {}
     times: dict[str, float] = {}
-    for block in blocks(text, "bash"):
-        for line in block.strip().splitlines():
-            outputs[line], times[line.split("  #")[0].strip()] = run(line, work)
+    saved = work / "outputs.json"
+    if reuse and saved.is_file():  # --reuse: the outputs of an earlier run in this folder
+        outputs, times = json.loads(saved.read_text()).values()
+    else:
+        for block in blocks(text, "bash"):
+            for line in block.strip().splitlines():
+                outputs[line], times[line.split("  #")[0].strip()] = run(line, work)
+        run("python tools/predict.py runs/best data/digits/val/7 --out preds_ckpt/", work)  # the checkpoint's
+        saved.write_text(json.dumps({"outputs": outputs, "times": times}))
     expected = []
     train, val = work / "data" / "digits" / "train", work / "data" / "digits" / "val"
     counts = {d.name: len(list(d.glob("*.png"))) for d in sorted(train.iterdir())}
@@ -82,9 +88,13 @@ def figures(work: Path, text: str) -> tuple[list[str], dict[str, float]]:
     expected.append(f"best val/top1 {best['best']['val/top1']:.4f} (final\n  {best['final']['val/top1']:.4f}")
     sidecar = json.loads((work / "runs" / "best" / "export" / "model.onnx.json").read_text())
     expected.append(f"parity check on {sidecar['check']['inputs']}")
-    onnx = json.loads((work / "preds" / "predictions.json").read_text())["predictions"]
-    top = [r["top"][0]["class"] if "top" in r else r.get("class") for r in onnx]
-    expected.append(f"all {len(onnx)} validation\n  images of digit 7 ({top.count('7')} of them predicted 7)")
+    tops = []
+    for folder in ("preds", "preds_ckpt"):
+        records = json.loads((work / folder / "predictions.json").read_text())["predictions"]
+        tops.append({Path(r["input"]).name: r["top"][0]["name"] for r in records})
+    same = sum(tops[0][k] == tops[1].get(k) for k in tops[0])
+    expected.append(f"same top-1 class on all {same} validation")
+    expected.append(f"images of digit 7 ({list(tops[0].values()).count('7')} of them predicted 7)")
     overlays = len(list((work / "explain").rglob("*.png")))
     expected.append(f"wrote {overlays} Grad-CAM overlays")
     return expected, times
@@ -94,12 +104,13 @@ def main() -> None:
     """Run the page, compare, print the report; exit 1 on a difference."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--keep", help="run in this folder and keep it (default: a temporary folder)")
+    p.add_argument("--reuse", action="store_true", help="with --keep: check the outputs of an earlier run there")
     args = p.parse_args()
     text = PAGE.read_text()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        expected, times = figures(work, text)
+        expected, times = figures(work, text, args.reuse)
     flat = re.sub(r"\s+", " ", text)
     missing = [e for e in expected if re.sub(r"\s+", " ", e) not in flat]
     for e in expected:

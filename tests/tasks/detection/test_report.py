@@ -120,3 +120,29 @@ def test_labels_go_outside_their_box_where_they_fit() -> None:
     assert label_position(10, 2, 60, 50, 200, 100) == (10, 61)  # at the top edge: below the box
     assert label_position(10, 2, 95, 50, 200, 100) == (11, 2)  # no room either side: inside
     assert label_position(180, 40, 60, 50, 200, 100)[0] == 150  # kept inside the picture
+
+
+def test_detection_confusion_matrix_counts_swaps_false_and_missed_boxes(tmp_path: Path) -> None:
+    from visionkit.tasks.detection.report import detection_confusion, plot_confusion
+
+    data = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 100, "height": 100}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [60, 60, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 3, "image_id": 1, "category_id": 2, "bbox": [10, 60, 20, 20], "area": 400, "iscrowd": 1},
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
+    }
+    results = [
+        {"image_id": 1, "category_id": 2, "bbox": [11, 10, 20, 20], "score": 0.9},  # the cat, called a dog
+        {"image_id": 1, "category_id": 1, "bbox": [12, 11, 20, 20], "score": 0.8},  # the cat again: nothing left
+        {"image_id": 1, "category_id": 1, "bbox": [40, 40, 5, 5], "score": 0.7},  # nothing there
+        {"image_id": 1, "category_id": 2, "bbox": [60, 60, 20, 20], "score": 0.1},  # under the score cut
+    ]
+    out = detection_confusion(quiet_coco(data), results, [1], {1: "cat", 2: "dog"})
+    assert out["names"] == ["cat", "dog", "background"]
+    #            predicted: cat dog background(missed)
+    assert out["matrix"] == [[0, 1, 0], [0, 0, 1], [2, 0, 0]]  # the crowd region counts nowhere
+    plot_confusion(out, tmp_path / "cm.png")
+    assert (tmp_path / "cm.png").stat().st_size > 3000

@@ -12,7 +12,7 @@ from pycocotools.coco import COCO
 from visionkit.engine.contracts import Metric
 from visionkit.registry import METRICS
 from visionkit.tasks.detection.evaluation import STAT_NAMES, coco_evaluate
-from visionkit.tasks.detection.report import class_table, pr_curves
+from visionkit.tasks.detection.report import class_table, detection_confusion, pr_curves
 
 # One float64 row per detection: image id, COCO box (x, y, w, h in the annotated image's pixels), score, category id.
 ROW = ("image_id", "x", "y", "w", "h", "score", "category_id")
@@ -112,4 +112,5 @@ class CocoMAP(Metric):
             "coco_stats": {k: stats[k] for k in STAT_NAMES},
             "per_class_table": class_table(evaluator, names),
             "_pr_curves": pr_curves(evaluator, names),  # for the pictures; '_' extras stay out of summary.json
+            "confusion_matrix": detection_confusion(gt, results, image_ids, names),
         }

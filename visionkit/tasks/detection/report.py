@@ -119,3 +119,77 @@ def plot_curves(curves: Mapping[str, Any], out_dir: Path, prefix: str = "") -> l
         plt.close(fig)
         written.append(path)
     return written
+
+
+def detection_confusion(
+    gt: Any, results: list[dict[str, Any]], image_ids: list[int], names: Mapping[int, str],
+    conf: float = 0.25, iou: float = 0.5,
+) -> dict[str, Any]:  # fmt: skip
+    """The detection confusion matrix with a background class: rows the true class (last: background, i.e.
+    false detections), columns the predicted class (last: background, i.e. missed objects). Detections at or
+    above `conf`, best score first, each take the unmatched ground-truth box (any class, crowds left out) it
+    overlaps most at IoU >= `iou`."""
+    cat_ids = sorted(names)
+    index = {c: i for i, c in enumerate(cat_ids)}
+    back = len(cat_ids)
+    matrix = np.zeros((back + 1, back + 1), np.int64)
+    wanted = set(image_ids)
+    truth: dict[int, list[tuple[list[float], int]]] = {i: [] for i in wanted}
+    for ann in gt.dataset.get("annotations", []):
+        if ann.get("image_id") in wanted and not ann.get("iscrowd") and ann.get("category_id") in index:
+            truth[ann["image_id"]].append((ann["bbox"], index[ann["category_id"]]))
+    found: dict[int, list[dict[str, Any]]] = {i: [] for i in wanted}
+    for r in results:
+        if r["image_id"] in wanted and r["score"] >= conf and r["category_id"] in index:
+            found[r["image_id"]].append(r)
+    for image_id in wanted:
+        boxes = truth[image_id]
+        taken = [False] * len(boxes)
+        for det in sorted(found[image_id], key=lambda r: -r["score"]):
+            overlaps = [_iou_xywh(det["bbox"], b) if not taken[k] else -1.0 for k, (b, _) in enumerate(boxes)]
+            k = int(np.argmax(overlaps)) if overlaps else -1
+            if k >= 0 and overlaps[k] >= iou:
+                taken[k] = True
+                matrix[boxes[k][1], index[det["category_id"]]] += 1
+            else:
+                matrix[back, index[det["category_id"]]] += 1
+        for k, (_, label) in enumerate(boxes):
+            if not taken[k]:
+                matrix[label, back] += 1
+    labels = [names[c] for c in cat_ids] + ["background"]
+    return {"names": labels, "matrix": matrix.tolist(), "conf": conf, "iou": iou}
+
+
+def _iou_xywh(a: list[float], b: list[float]) -> float:
+    """IoU of two COCO [x, y, w, h] boxes."""
+    ax2, ay2, bx2, by2 = a[0] + a[2], a[1] + a[3], b[0] + b[2], b[1] + b[3]
+    w, h = max(0.0, min(ax2, bx2) - max(a[0], b[0])), max(0.0, min(ay2, by2) - max(a[1], b[1]))
+    inter = w * h
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def plot_confusion(confusion: Mapping[str, Any], path: Path) -> None:
+    """confusion_matrix.png: counts, rows true and columns predicted, background last."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    names, matrix = confusion["names"], np.asarray(confusion["matrix"])
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(max(4, n * 0.55), max(3.5, n * 0.5)))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
+           title=f"detections (score >= {confusion['conf']}, IoU >= {confusion['iou']})")  # fmt: skip
+    ax.set_xticklabels(names, rotation=90 if n > 8 else 0)
+    ax.set_yticklabels(names)
+    if n <= 25:
+        peak = max(int(matrix.max()), 1)
+        for i in range(n):
+            for j in range(n):
+                v = int(matrix[i, j])
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > peak / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

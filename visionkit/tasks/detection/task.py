@@ -25,7 +25,7 @@ from visionkit.tasks.detection.export import DetectionExportedModel, detection_e
 from visionkit.tasks.detection.metrics import coco_rows
 from visionkit.tasks.detection.mosaic import MosaicDataset, MosaicOptions
 from visionkit.tasks.detection.predict import OPTIONS, AnnotationIds, filter_detections, write_results
-from visionkit.tasks.detection.report import plot_curves
+from visionkit.tasks.detection.report import plot_confusion, plot_curves
 from visionkit.tasks.detection.visualize import draw_boxes, grid
 
 
@@ -212,6 +212,8 @@ class DetectionTask(Task):
             if results.get(key) and results[key]["classes"]:
                 plot_curves(results[key], Path(run_dir), prefix)
                 (Path(run_dir) / f"{prefix}pr_curves.json").write_text(json.dumps(results[key]))
+        if isinstance(results.get("confusion_matrix"), dict):
+            plot_confusion(results["confusion_matrix"], Path(run_dir) / "confusion_matrix.png")
         opts = self.cfg["detection"]
         count = min(int(opts["num_samples"]), len(dataset))
         if count == 0:
