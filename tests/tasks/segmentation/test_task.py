@@ -140,8 +140,10 @@ def test_predict_writes_index_masks_overlays_and_json(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "out" / first["masks"]).mode == "P"
     assert np.array_equal(mask, logits.argmax(1)[0].numpy())
     assert sum(first["class_pixels"].values()) == 32 * 40 and first["size"] == [40, 32]
-    overlay = Image.open(tmp_path / "out" / first["overlays"])
-    assert overlay.size == (40, 32) and overlay.mode == "RGB"
+    overlay = Image.open(tmp_path / "out" / first["overlays"])  # scaled to a 512 px short side, legend below
+    assert overlay.width == 640 and overlay.height > 512 and overlay.mode == "RGB"
+    plain = Predictor(task, model).run([inputs[1]], tmp_path / "plain", {"alpha": 0.3, "legend": False})
+    assert Image.open(tmp_path / "plain" / plain["predictions"][0]["overlays"]).size == (40, 32)
     with pytest.raises(ConfigError, match="Unknown predict option 'topk'.*alpha"):
         Predictor(task, model).run(inputs, tmp_path / "out", {"topk": 3})
     with pytest.raises(DataError, match="does not exist"):

@@ -23,7 +23,7 @@ from visionkit.engine.precision import device_of
 from visionkit.errors import ConfigError
 from visionkit.registry import TASKS
 from visionkit.tasks.segmentation.datasets import IMAGENET_MEAN, IMAGENET_STD
-from visionkit.tasks.segmentation.visualize import index_png, overlay, sample_grid
+from visionkit.tasks.segmentation.visualize import index_png, overlay, sample_grid, with_legend
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -97,7 +97,8 @@ class SegmentationTask(Task):
         "metrics": ["miou"],
         "segmentation": {"aux_weight": 0.4, "num_samples": 4, "overlay_alpha": 0.5},
     }
-    predict_options: ClassVar[dict[str, Any]] = {"alpha": None}  # None: segmentation.overlay_alpha
+    # alpha None: segmentation.overlay_alpha; legend: overlays scaled to a 512 px short side with a class legend
+    predict_options: ClassVar[dict[str, Any]] = {"alpha": None, "legend": True}
     predict_stack: ClassVar[bool] = False  # images keep their own sizes; predict_batch groups equal shapes
 
     # -- config ---------------------------------------------------------------------------------
@@ -285,7 +286,11 @@ class SegmentationTask(Task):
         if not 0 <= alpha <= 1:
             raise ConfigError(f"The predict option alpha must lie in [0, 1], got {alpha}.")
         masks: Image.Image = index_png(output, self.num_classes)
-        return {"masks": masks, "overlays": overlay(as_rgb(image), output, self.num_classes, None, alpha)}
+        blended = overlay(as_rgb(image), output, self.num_classes, None, alpha)
+        if options.get("legend", True):  # scaled up for reading, the classes present named below
+            names = self.facts.class_names
+            return {"masks": masks, "overlays": with_legend(blended, output, self.num_classes, names, 512)}
+        return {"masks": masks, "overlays": blended}
 
 
 class PixelScores(nn.Module):

@@ -105,3 +105,27 @@ def _legend_layout(names: Sequence[str], width: int, line: int = 14) -> list[tup
         out.append((name, x, y))
         x += size
     return out
+
+
+def with_legend(
+    picture: np.ndarray, mask: np.ndarray, num_classes: int, class_names: Sequence[str] | None, min_side: int = 0
+) -> Image.Image:
+    """An overlay scaled up (nearest) to a shorter side of at least `min_side`, with a legend band below naming
+    the classes present in `mask` in their colours."""
+    im = Image.fromarray(picture)
+    scale = max(1.0, min_side / max(1, min(im.size))) if min_side else 1.0
+    if scale > 1:
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.NEAREST)
+    present = [int(c) for c in np.unique(mask) if 0 <= c < num_classes]
+    names = [str(class_names[c]) if class_names and c < len(class_names) else str(c) for c in present]
+    layout = _legend_layout(names, max(im.width - 4, 40))
+    band = (max(y for _, _, y in layout) + 16) if layout else 0
+    canvas = Image.new("RGB", (im.width, im.height + band), (32, 32, 32))
+    canvas.paste(im, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    palette = class_palette(num_classes)
+    for cls, (name, x, y) in zip(present, layout, strict=True):
+        top = im.height + 2 + y
+        draw.rectangle([2 + x, top + 2, 2 + x + 8, top + 10], fill=tuple(int(v) for v in palette[cls]))
+        draw.text((2 + x + 11, top), name, fill=(230, 230, 230))
+    return canvas
