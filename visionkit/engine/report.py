@@ -157,6 +157,7 @@ class RunReport:
         self.run_dir, self.monitor, self.enabled = run_dir, monitor, enabled
         self.train: dict[str, list[tuple[int, float]]] = {}
         self.val: list[tuple[int, float]] = []
+        self.others: dict[str, list[tuple[int, float]]] = {}  # every other scalar validation metric
         self._file = None
         if not enabled:
             return
@@ -178,6 +179,9 @@ class RunReport:
                 self.train.setdefault(key, []).append((record["step"], value))
         if self.monitor in record:
             self.val.append((record["step"], record[self.monitor]))
+            for key, value in record.items():  # COCO's -1 marks an undefined figure: not drawn
+                if key.startswith("val/") and key != self.monitor and isinstance(value, float) and value != -1.0:
+                    self.others.setdefault(key, []).append((record["step"], value))
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one record (step or epoch) to metrics.jsonl."""
@@ -192,16 +196,16 @@ class RunReport:
         return self._file.tell() if self._file else 0
 
     def curves(self) -> None:
-        """Draw training loss and the monitored validation metric against optimizer steps."""
+        """Draw training loss, the monitored validation metric and every other scalar one against steps."""
         if not self.enabled or not (self.train or self.val):
             return
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         # A figure with its own Agg canvas: no pyplot state, the process's backend is left alone.
-        fig = Figure(figsize=(10, 3.6))
+        fig = Figure(figsize=(15 if self.others else 10, 3.6))
         FigureCanvasAgg(fig)
-        axes = fig.subplots(1, 2)
+        axes = fig.subplots(1, 3 if self.others else 2)
         for key, points in self.train.items():
             axes[0].plot(*zip(*points), lw=1, label=key)
         if len(self.train) > 1:
@@ -210,6 +214,11 @@ class RunReport:
         if self.val:
             axes[1].plot(*zip(*self.val), marker="o")
         axes[1].set(title=self.monitor, xlabel="step")
+        if self.others:
+            for key, points in list(self.others.items())[:16]:
+                axes[2].plot(*zip(*points), lw=1, marker=".", label=key.removeprefix("val/"))
+            axes[2].legend(fontsize=6, ncol=2)
+            axes[2].set(title="other validation metrics", xlabel="step")
         for ax in axes:
             ax.grid(alpha=0.3)
         fig.tight_layout()
