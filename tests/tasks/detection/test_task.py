@@ -36,7 +36,9 @@ def config(tmp_path: Path, **data) -> dict:
     )
 
 
-@pytest.mark.parametrize("name", ["default", "coco", "yolo_txt_format", "voc", "yolo_n", "yolo_s"])
+@pytest.mark.parametrize(
+    "name", ["default", "coco", "yolo_txt_format", "yolo_txt_format_cpu", "voc", "yolo_n", "yolo_s"]
+)
 def test_shipped_configs_validate(name) -> None:
     cfg = load_config(CONFIG_ROOT / "det" / f"{name}.yaml")
     assert cfg["task"] == "detection" and TASKS.get("det").monitor == "val/mAP"
