@@ -115,7 +115,9 @@ def test_every_method_and_named_layers(digits_run, canvas_digits, tmp_path: Path
     _, val = canvas_digits
     files = [str(p) for p, _, _ in val[:2]]
     for method in ("gradcam++", "eigencam", "scorecam"):
-        out = explain(digits_run.best_checkpoint, files, tmp_path / "x", method=method, target_layer="features.5")
+        out = explain(
+            digits_run.best_checkpoint, files, tmp_path / "x", method=method, target_layer="features.5", min_side=0
+        )
         assert out["target_layer"] == "features.5" and out["method"] == method
         assert [Path(r["overlay"]) for r in out["explanations"]] == [
             Path(method) / f"{Path(f).stem}.png" for f in files
@@ -145,7 +147,7 @@ def test_cli_classification_end_to_end(digits_run, canvas_digits, tmp_path: Path
         assert set(r["predicted"]) == {"name", "index", "score"}
         assert r["method"] == "gradcam" and r["target_layer"] == "features"
         assert all(0 <= v < CANVAS for v in r["peak"])
-        assert Image.open(out / r["overlay"]).size == (CANVAS, CANVAS)
+        assert Image.open(out / r["overlay"]).size == (512, 512)  # the 32 px image scaled to a 512 px short side
 
 
 @pytest.mark.parametrize(
@@ -217,7 +219,7 @@ def test_segmentation_smoke(tmp_path: Path) -> None:
     ]
     run = visionkit.train(CONFIG_ROOT / "seg" / "folder.yaml", overrides, work_dir=tmp_path / "run")
     images = tmp_path / "val" / "images"
-    out = explain(run.best_checkpoint, [images], tmp_path / "x")
+    out = explain(run.best_checkpoint, [images], tmp_path / "x", min_side=0)
     assert out["target_layer"] == "blocks.4"  # the U-Net's last decoder block
     for r in out["explanations"]:
         assert r["class"]["name"] == ["background", "class_1", "class_2"][r["class"]["index"]] and 0 <= r["score"] <= 1
@@ -226,6 +228,8 @@ def test_segmentation_smoke(tmp_path: Path) -> None:
         assert Image.open(tmp_path / "x" / r["overlay"]).size == (40, 32)  # the original size, not the model's
     chosen = explain(run.best_checkpoint, [images], tmp_path / "y", method="scorecam", target_class="class_2")
     assert {r["class"]["index"] for r in chosen["explanations"]} == {2}
+    first = chosen["explanations"][0]
+    assert Image.open(tmp_path / "y" / first["overlay"]).size == (640, 512)  # scaled up to a 512 px short side
     with pytest.raises(ConfigError, match="0=background, 1=class_1, 2=class_2"):
         explain(run.best_checkpoint, [images], tmp_path / "z", target_class="dog")
 
@@ -251,7 +255,7 @@ def test_detection_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     pixels = np.full((60, 48, 3), 30, np.uint8)
     pixels[10:30, 8:30] = (220, 40, 40)
     Image.fromarray(pixels).save(image)
-    out = explain(run.best_checkpoint, [image.parent], tmp_path / "x", method="eigencam")
+    out = explain(run.best_checkpoint, [image.parent], tmp_path / "x", method="eigencam", min_side=0)
     (record,) = out["explanations"]
     assert record["target_layer"] == "net.backbone" and record["method"] == "eigencam"
     assert isinstance(record["detections"], list) and Image.open(tmp_path / "x" / record["overlay"]).size == (48, 60)

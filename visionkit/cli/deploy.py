@@ -129,6 +129,7 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "eigencam", "scorecam"])
     p.add_argument("--class", dest="target_class", help="class name or index to explain (default: the predicted)")
     p.add_argument("--target-layer", default="auto", help="'auto' or a module name from model.named_modules()")
+    p.add_argument("--min-side", type=int, default=512, help="scale overlays up to this shorter side (0: as is)")
     p.add_argument("--out", default="explain", help="output folder (default: explain)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     add_plugin_option(p)
@@ -146,6 +147,7 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
             target_class=args.target_class,
             target_layer=args.target_layer,
             device=args.device,
+            min_side=args.min_side,
         )
         print(f"wrote overlays and explain.json to {args.out}")
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from visionkit.data.images import as_rgb, save_image
@@ -291,6 +292,13 @@ def resize_cam(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1).numpy()
 
 
+def readable(picture: Any, min_side: int) -> Image.Image:
+    """A picture scaled up (nearest neighbour) so its shorter side is at least `min_side` pixels."""
+    im = picture if isinstance(picture, Image.Image) else Image.fromarray(np.asarray(picture, np.uint8))
+    scale = min_side / max(1, min(im.size)) if min_side else 1.0
+    return im.resize((round(im.width * scale), round(im.height * scale)), Image.NEAREST) if scale > 1 else im
+
+
 def overlay(rgb: np.ndarray, cam: np.ndarray, image_weight: float = 0.5) -> np.ndarray:
     """The CAM as a jet heat map blended over an HxWx3 uint8 image."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
@@ -306,8 +314,11 @@ def explain(
     target_class: str | int | None = None,
     target_layer: str = "auto",
     device: str | None = None,
+    min_side: int = 512,
 ) -> dict[str, Any]:
-    """Write CAM overlays of a checkpoint on image files, folders or globs, and explain.json; return its content."""
+    """Write CAM overlays of a checkpoint on image files, folders or globs, and explain.json; return its content.
+    Overlays are scaled up so their shorter side is at least `min_side` pixels (0: the image's own size); the
+    record's coordinates stay in the image's pixels."""
     require("pytorch_grad_cam", FEATURE)
     if method not in METHODS:
         raise ConfigError(
@@ -327,7 +338,7 @@ def explain(
                 continue
             result = explainer.explain_image(image)
             name = Path(method) / rel.with_name(rel.name + ".png")
-            save_image(result.picture, out_dir / name)
+            save_image(readable(result.picture, min_side), out_dir / name)
             records.append({"input": str(path), "overlay": name.as_posix(), **result.record})
     finally:
         explainer.close()

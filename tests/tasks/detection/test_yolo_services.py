@@ -66,7 +66,7 @@ def test_eigencam_keeps_to_the_image_inside_the_letterbox(yolo_run: Path, tmp_pa
     pixels = np.full((60, 48, 3), 30, np.uint8)
     pixels[10:30, 8:30] = (220, 40, 40)
     Image.fromarray(pixels).save(image)
-    out = explain(yolo_run / "checkpoints" / "last.pt", [image], tmp_path / "x", method="eigencam")
+    out = explain(yolo_run / "checkpoints" / "last.pt", [image], tmp_path / "x", method="eigencam", min_side=0)
     (record,) = out["explanations"]
     assert record["target_layer"] == "backbone" and Image.open(tmp_path / "x" / record["overlay"]).size == (48, 60)
     task, model, _ = visionkit.load_model(yolo_run / "checkpoints" / "last.pt", device="cpu")
