@@ -57,9 +57,10 @@ def duration(seconds: float) -> str:
 
 def estimate_line(seconds_per_update: float, updates_left: int, measured: int) -> str:
     """The estimate printed once training has timed a few updates."""
+    left = duration(seconds_per_update * updates_left)
     return (
         f"estimate: {seconds_per_update:.3g} s per update over {measured} updates; the {updates_left} left take "
-        f"about {duration(seconds_per_update * updates_left)}, validation passes not included"
+        f"{'' if left.startswith('under') else 'about '}{left}, validation passes not included"
     )
 
 

@@ -120,4 +120,8 @@ class PerClassAccuracy(_Wrapped):
         confusion = self.confusion.compute().double()
         support, hits = confusion.sum(1), confusion.diag()
         values = [float(h / s) if s > 0 else None for h, s in zip(hits.tolist(), support.tolist())]
-        return {"per_class_accuracy": dict(zip(self.names, values))}
+        predicted = confusion.sum(0).tolist()
+        precision = [float(h / p) if p > 0 else None for h, p in zip(hits.tolist(), predicted)]
+        rows = [[n, int(s), a, p, a] for n, s, a, p in zip(self.names, support.tolist(), values, precision)]
+        table = {"columns": ["class", "samples", "accuracy", "precision", "recall"], "rows": rows}
+        return {"per_class_accuracy": dict(zip(self.names, values)), "per_class_table": table}
