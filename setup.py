@@ -7,5 +7,5 @@ from setuptools import find_packages, setup
 setup(
     packages=[*find_packages(include=["visionkit", "visionkit.*"]), "visionkit.configs"],
     package_dir={"visionkit.configs": "configs"},
-    package_data={"visionkit.configs": ["**/*.yaml"]},
+    package_data={"visionkit.configs": ["**/*.yaml"], "visionkit.cli": ["catalog.json"]},
 )

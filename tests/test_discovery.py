@@ -3,12 +3,15 @@ timm's (issue 21)."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 import timm
 
-from tests.conftest import run_tool
+from tests.conftest import ROOT, run_tool
 from visionkit.errors import ConfigError
 from visionkit.registry import MODELS
 
@@ -39,3 +42,29 @@ def test_an_unknown_model_suggests_timm_names(name: str, suggested: str) -> None
 
     with pytest.raises(ConfigError, match=f"Did you mean '{suggested}'"):
         MODELS.entry(name, ["classification"])
+
+
+def test_the_stored_catalog_matches_the_live_registries() -> None:
+    from visionkit.cli.catalog import CATALOG, live_catalog
+
+    assert json.loads(CATALOG.read_text()) == live_catalog(), (
+        "visionkit/cli/catalog.json is stale: regenerate it with `python -m visionkit.cli.catalog`"
+    )
+
+
+FAST_LIST = """
+import importlib.metadata as metadata, sys
+metadata.entry_points = lambda **kwargs: []  # as on a machine without plugins installed
+from visionkit.cli import main
+main(["list", "--task", "det"])
+print("torch imported:", "torch" in sys.modules)
+"""
+
+
+def test_list_without_plugins_answers_from_the_catalog_without_torch() -> None:
+    fast = subprocess.run([sys.executable, "-c", FAST_LIST], capture_output=True, text=True, cwd=ROOT)
+    assert fast.returncode == 0, fast.stderr
+    assert fast.stdout.rstrip().endswith("torch imported: False")
+    slow = run_tool("list", "--task", "det")  # plugins installed here: everything imported
+    builtin = [line for line in slow.stdout.splitlines() if "origin=built-in" in line]
+    assert [line for line in fast.stdout.splitlines() if "origin=" in line] == builtin

@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Sequence
 
+from visionkit.cli.catalog import canonical_task, fast_catalog
 from visionkit.cli.common import add_plugin_option, import_plugins, prog_name, run_command
 from visionkit.config import parse_overrides
 from visionkit.errors import VisionkitError, did_you_mean
@@ -140,20 +141,25 @@ def list_main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def go() -> None:
-        import_plugins(args.plugin)
-        task = TASKS.canonical(args.task) if args.task else None
         if args.kind and args.kind not in ALL:
             hint = did_you_mean(args.kind, ALL)
             raise VisionkitError(f"--kind {args.kind!r} is unknown.{hint} Kinds: {', '.join(ALL)}.")
         if args.pattern and args.pattern.startswith("timm/"):
             list_timm(args.pattern.removeprefix("timm/"), args.limit)
             return
+        catalog = fast_catalog(args.plugin)  # built-ins only: answered without importing torch
+        task = canonical_task(args.task, catalog) if catalog is not None and args.task else None
+        if catalog is None or (args.task and task is None):
+            catalog = None
+            import_plugins(args.plugin)
+            task = TASKS.canonical(args.task) if args.task else None
         for kind, registry in ALL.items():
             if args.kind and kind != args.kind:
                 continue
+            entries = catalog[kind] if catalog is not None else registry.entries()
             rows = [
                 e
-                for e in registry.entries()
+                for e in entries
                 if (task is None or (e.name == task if kind == "tasks" else not e.tasks or task in e.tasks))
                 and (not args.pattern or fnmatch.fnmatch(e.name, args.pattern))
             ]
