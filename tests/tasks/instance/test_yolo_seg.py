@@ -3,6 +3,7 @@ back through the letterbox; the instance task trains it end to end."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import visionkit
@@ -67,3 +68,10 @@ def test_the_instance_task_trains_it(tmp_path) -> None:
     result = visionkit.train(None, overrides, task="inst", work_dir=tmp_path / "run")
     assert "val/mask_mAP" in result.summary["final"] and "val/box_mAP" in result.summary["final"]
     check_export_and_onnx_predict(tmp_path / "run", tmp_path)
+
+
+def test_a_mistyped_option_is_named_with_the_accepted_ones() -> None:
+    from visionkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no option 'mask_strid'.*Did you mean 'mask_stride'"):
+        yolo_seg(2, image_size=64, mask_strid=2)

@@ -8,6 +8,7 @@ the anchors the assigner picked for the box losses, each against the mask of the
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from visionkit.errors import ConfigError
+from visionkit.errors import ConfigError, did_you_mean
 from visionkit.registry import MODELS
 from visionkit.tasks.detection.yolo_loss import Assignment, anchor_points, decode, yolo_losses
 from visionkit.tasks.detection.yolo_net import (
@@ -177,6 +178,14 @@ def yolo_seg(
         raise ConfigError(f"model.mask_stride is {mask_stride!r}; accepted: {', '.join(map(str, MASK_STRIDES))}.")
     if isinstance(num_protos, bool) or not isinstance(num_protos, int) or num_protos < 1:
         raise ConfigError(f"model.num_protos is {num_protos!r}; give a positive integer (32 is usual).")
+    known = [p for p in inspect.signature(YOLODetector.__init__).parameters if p not in ("self", "num_classes")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        names = [*known, "num_protos", "mask_stride", "mask_gain"]
+        raise ConfigError(
+            f"model 'yolo_seg' has no option '{unknown[0]}'.{did_you_mean(unknown[0], names)} "
+            f"Options: {', '.join(names)}."
+        )
     trunk = {k: options.get(k) for k in ("backbone", "pretrained", "backbone_weights", "norm")}
     check_options(in_chans, size, image_size, int(options.get("reg_max", 16)), **trunk)  # type: ignore[arg-type]
     return YOLOSegmenter(
