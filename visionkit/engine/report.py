@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from visionkit.engine.sizing import duration
 from visionkit.errors import ConfigError
 
 try:  # file locks: fcntl on POSIX, msvcrt on Windows
@@ -277,8 +278,6 @@ def epoch_line(
 ) -> str:
     """One compact line per validation: the losses, the monitor (with the best so far) and two more metrics,
     then labelled train and validation times and the ETA. Every metric is in metrics.jsonl."""
-    from visionkit.engine.sizing import duration
-
     parts = [f"epoch {epoch}/{epochs}", f"step {step}"]
     parts += [f"{k.removeprefix('train/')} {v:.4f}" for k, v in train_loss.items()]
     scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}
