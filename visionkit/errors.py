@@ -63,6 +63,9 @@ EXTRAS = {
     "optuna": "tune",
     "tensorboard": "tensorboard",
     "av": "video",
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
 }
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -150,5 +152,43 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
             min_side=args.min_side,
         )
         print(f"wrote overlays and explain.json to {args.out}")
+
+    return run_command(go)
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """`visionkit serve`: a checkpoint, run folder or exported model behind HTTP (FastAPI + uvicorn)."""
+    p = argparse.ArgumentParser(prog=prog_name("serve"), description="Serve a visionkit model over HTTP.")
+    p.add_argument("model", help="checkpoint .pt, run folder, or an exported model.onnx")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1, loopback only; 0.0.0.0 exposes it)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="server processes (each loads the model)")
+    p.add_argument("--max-batch", type=int, default=8, help="images run together at most (1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    add_plugin_option(p)
+    args = p.parse_args(argv)
+
+    def go() -> None:
+        from visionkit.deploy.serve import SETTINGS, Limits, build_app
+        from visionkit.errors import require
+
+        uvicorn = require("uvicorn", "visionkit serve")
+        import_plugins(args.plugin)
+        limits = Limits(int(args.max_upload_mb * 1024 * 1024), args.max_pixels, args.max_batch, args.max_wait_ms)
+        if args.workers < 1:
+            raise ConfigError(f"--workers is {args.workers}; give 1 or more server processes.")
+        if args.workers > 1:  # each worker process builds its own app (and model) from these settings
+            os.environ[SETTINGS] = json.dumps({"model": str(args.model), "limits": vars(limits),
+                                               "device": args.device, "plugins": args.plugin})  # fmt: skip
+            print(f"serving {args.model} on http://{args.host}:{args.port}/ with {args.workers} workers", flush=True)
+            uvicorn.run("visionkit.deploy.serve:app_from_environment", factory=True, host=args.host,
+                        port=args.port, workers=args.workers, log_level="warning")  # fmt: skip
+            return
+        app = build_app(args.model, limits, args.device)
+        print(f"serving {args.model} on http://{args.host}:{args.port}/ (task {app.state.info['task']})", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
     return run_command(go)

@@ -113,6 +113,13 @@ def predict_exported(
     path: str | Path, inputs: Sequence[str | Path], out_dir: str | Path = "predictions", **options: Any
 ) -> dict[str, Any]:
     """tools/predict.py on an exported model: the task's preprocessing and output files, the exported network."""
+    task, model, model_path = load_exported(path)
+    result = Predictor(task, model).run([str(i) for i in inputs], out_dir, options)
+    return {**result, "model": str(model_path)}
+
+
+def load_exported(path: str | Path) -> tuple[Any, Any, Path]:
+    """(task with its data facts, the exported model as the task's stand-in, the model file) of an export."""
     sidecar, model_path = load_sidecar(path)
     recorded = sidecar.get("plugins") if isinstance(sidecar.get("plugins"), list) else []
     cfg = load_config(sidecar["config"], source=f"Exported model '{model_path}'", plugin_info=recorded)
@@ -124,6 +131,4 @@ def predict_exported(
             "in); sampling runs in Python. Predict with the checkpoint instead: tools/predict.py CHECKPOINT."
         )
     session = ExportedSession(model_path, sidecar["format"], [i["name"] for i in sidecar["inputs"]])
-    model = task.exported_model(session, sidecar)
-    result = Predictor(task, model).run([str(i) for i in inputs], out_dir, options)
-    return {**result, "model": str(model_path)}
+    return task, task.exported_model(session, sidecar), model_path
