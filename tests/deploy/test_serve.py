@@ -148,3 +148,18 @@ def test_the_command_serves_on_a_loopback_port(det_run: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_bounded_load_with_bad_uploads_fails_no_good_request(det_run: Path) -> None:
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
+    load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load)
+    image = load.png(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    row = load.run_load(str(det_run), 8, requests=120, clients=4, image=image, faults=True, env=ENV)
+    assert row["failed_good"] == 0, row["failures"]
+    assert row["bad_refused"] > 0 and row["bad_wrong"] == [], row
+    assert row["p99_ms"] >= row["p50_ms"] > 0 and row["requests_per_s"] > 0
