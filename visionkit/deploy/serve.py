@@ -15,6 +15,7 @@ import asyncio
 import io
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ class Job:
 
     images: list[np.ndarray]
     draw: bool
+    notify: Callable[[], None] | None = None  # called (from the batcher's thread) once the result is in
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
@@ -111,11 +113,15 @@ class Batcher:
         self.thread = threading.Thread(target=self._loop, daemon=True, name="visionkit-batcher")
         self.thread.start()
 
-    def submit(self, job: Job) -> Job:
-        """Queue a job and wait for its result (call from a worker thread)."""
+    def enqueue(self, job: Job) -> None:
+        """Queue a job; its `done` event is set (and `notify` called) when its result is in."""
         with self.lock:
             self.queue.append(job)
             self.lock.notify()
+
+    def submit(self, job: Job) -> Job:
+        """Queue a job and wait for its result (from any thread but the batcher's)."""
+        self.enqueue(job)
         job.done.wait()
         return job
 
@@ -153,6 +159,8 @@ class Batcher:
         finally:
             for job in jobs:
                 job.done.set()
+                if job.notify is not None:
+                    job.notify()
 
     def _record(self, image: np.ndarray, output: Any, draw: bool) -> tuple[dict[str, Any], bytes | None]:
         task, opts = self.predictor.task, self.options
@@ -221,7 +229,11 @@ def build_app(source: str | Path, limits: Limits | None = None, device: str | No
             images = [decode_upload(data, name, limits, task.facts.channels) for name, data in uploads]
         except BadUpload as exc:
             return error(exc.status, str(exc))
-        job = await asyncio.get_running_loop().run_in_executor(None, batcher.submit, Job(images, bool(draw)))
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()  # resolved from the batcher's thread: no worker thread waits per request
+        job = Job(images, bool(draw), notify=lambda: loop.call_soon_threadsafe(waiter.set_result, None))
+        batcher.enqueue(job)
+        await waiter
         if job.error is not None:
             return error(500, f"prediction failed: {type(job.error).__name__}: {job.error}")
         if draw:
