@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(PY) -c "import lightning" 2>/dev/null || $(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/trainer_overhead.py
 	$(PY) benchmarks/startup.py $(if $(PEER_BIN),--peer-bin $(PEER_BIN))
-	$(PY) tools/train.py --task seg trainer.max_steps=2 trainer.progress=false --work-dir runs/bench-serve
+	rm -rf runs/bench-serve && $(PY) tools/train.py --task seg trainer.max_steps=2 trainer.progress=false --work-dir runs/bench-serve
 	$(PY) benchmarks/serve_load.py runs/bench-serve --requests 2000 --clients 8 --batches 1,8 --faults
 
 # Detection peers (docs/benchmarks.md#detection-peers-benchmarksdet_peerspy), ~10 min on 2 CPU cores; add
