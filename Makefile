@@ -7,7 +7,7 @@ TASK ?= cls
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 
-.PHONY: install demo test lint bench bench-det bench-inst docs-check gpu-check clean
+.PHONY: install browser demo test lint bench bench-det bench-inst docs-check gpu-check clean
 
 install: $(STAMP)
 
@@ -17,7 +17,16 @@ $(STAMP): pyproject.toml setup.py $(PLUGINS)
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]' $(foreach p,$(dir $(PLUGINS)),-e $(p))
+	@$(MAKE) --no-print-directory browser
 	@touch $(STAMP)
+
+# Debian's chromium for the serve page's browser test (Playwright drives it; nothing is downloaded by Playwright).
+# Where apt cannot install it, the test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; }; } || \
+	  echo "note: chromium could not be installed; the browser test of visionkit serve will be skipped"
 
 demo: $(STAMP)
 	$(PY) tools/train.py --task $(TASK) $(ARGS)
