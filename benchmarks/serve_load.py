@@ -41,7 +41,7 @@ def png(array: np.ndarray) -> bytes:
 def bad_uploads() -> list[tuple[str, bytes, int]]:
     """(name, body, expected status) of the uploads the server must refuse."""
     bomb = io.BytesIO()
-    Image.new("1", (20000, 20000)).save(bomb, format="PNG")  # 400 M pixels in a few KB
+    Image.new("1", (8000, 8000)).save(bomb, format="PNG")  # 64 M pixels (the limit is 40 M) in a few KB
     noise = png(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
     return [("empty", b"", 400), ("text", b"not an image at all", 415), ("truncated", noise[:300], 415),
             ("bomb", bomb.getvalue(), 413)]  # fmt: skip
@@ -118,11 +118,12 @@ def run_load(
                     if not ok:
                         failures.append(body[:200].decode(errors="replace"))
 
+        cases = bad_uploads()  # built before the clock starts
+
         def faulty() -> None:
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            cases = bad_uploads()
             k = 0
-            while not stop.is_set():
+            while not stop.is_set() or k < len(cases):  # every kind at least once
                 name, body, status = cases[k % len(cases)]
                 k += 1
                 try:
