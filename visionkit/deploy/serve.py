@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from visionkit.deploy.page import PAGE
+from visionkit.deploy.runtime import is_exported, load_exported
+from visionkit.engine.contracts import Task
+from visionkit.engine.inference import load_model
+from visionkit.engine.predictor import Predictor, check_options
 from visionkit.errors import ConfigError, require
+from visionkit.plugins import import_plugin
 from visionkit.version import __version__
 
 MAX_BYTES = 10 * 1024 * 1024  # per upload
@@ -80,8 +86,6 @@ def decode_upload(data: bytes, name: str, limits: Limits, channels: int | None) 
 
 def load_for_serving(source: str | Path, device: str | None = None) -> tuple[Any, Any, str]:
     """(task, model, model file) of a checkpoint, run folder or exported model."""
-    from visionkit.deploy.runtime import is_exported, load_exported
-    from visionkit.engine.inference import load_model
 
     if is_exported(source):
         task, model, path = load_exported(source)
@@ -183,10 +187,6 @@ def build_app(source: str | Path, limits: Limits | None = None, device: str | No
     require("multipart", "visionkit serve")  # python-multipart: FastAPI's form parser
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-    from visionkit.deploy.page import PAGE
-    from visionkit.engine.contracts import Task
-    from visionkit.engine.predictor import Predictor, check_options
-
     limits = limits or Limits()
     task, model, model_file = load_for_serving(source, device)
     if type(task).postprocess is Task.postprocess:
@@ -276,8 +276,6 @@ def app_from_environment() -> Any:
     """The app of one `--workers K` process, built from the settings `visionkit serve` put in VISIONKIT_SERVE."""
     import json
     import os
-
-    from visionkit.plugins import import_plugin
 
     settings = json.loads(os.environ[SETTINGS])
     for spec in settings.get("plugins") or []:
