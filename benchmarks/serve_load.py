@@ -62,10 +62,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start_server(model: str, max_batch: int, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    """A `visionkit serve` process on a free loopback port, once /health answers."""
+def start_server(
+    model: str, max_batch: int, env: dict[str, str] | None = None, extra: list[str] | None = None
+) -> tuple[subprocess.Popen, int]:
+    """A `visionkit serve` process (with `extra` arguments) on a free loopback port, once /health answers."""
     port = free_port()
     cmd = [sys.executable, str(ROOT / "tools" / "serve.py"), model, "--port", str(port), "--max-batch", str(max_batch)]
+    cmd += extra or []
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, **(env or {})})  # fmt: skip
     deadline = time.monotonic() + 180

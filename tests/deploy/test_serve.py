@@ -4,6 +4,8 @@ on (issue 22; the browser page and the load test follow)."""
 
 from __future__ import annotations
 
+import http.client
+import importlib.util
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,7 @@ import pytest
 from PIL import Image
 
 import visionkit
-from tests.conftest import run_tool
+from tests.conftest import ROOT, run_tool
 from tests.tasks.detection.test_end_to_end import ENV, FCOS, TINY_DET, det_cache, val_files
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart) is in make test's dev")
@@ -113,51 +115,44 @@ def test_serve_command_help_and_a_missing_model() -> None:
     assert missing.returncode == 2 and "nowhere.pt" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_the_command_serves_on_a_loopback_port(det_run: Path) -> None:
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    from tests.conftest import ROOT
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, str(ROOT / "tools" / "serve.py"), str(det_run), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                    assert json.loads(answer.read()) == {"status": "ok"}
-                    break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()
-                assert time.monotonic() < deadline, "the server did not come up in 120 s"
-                time.sleep(0.5)
-        _, images = val_files()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict", data=(images / "000000.png").read_bytes(),
-                                         headers={"Content-Type": "image/png"})  # fmt: skip
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            assert json.loads(answer.read())["predictions"][0]["width"] == 48
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def test_a_bounded_load_with_bad_uploads_fails_no_good_request(det_run: Path) -> None:
-    import importlib.util
-
-    from tests.conftest import ROOT
-
+def _load_script():
     spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
     load = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(load)
+    return load
+
+
+def test_two_worker_processes_serve_on_a_loopback_port(det_run: Path) -> None:
+    """`--workers 2`: the command starts two server processes, each with its model, and both answer."""
+    load = _load_script()
+    server, port = load.start_server(str(det_run), 8, ENV, ["--workers", "2"])
+    _, images = val_files()
+    body = (images / "000000.png").read_bytes()
+
+    def post(_: int) -> tuple[int, int]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)  # a new connection each time
+        connection.request("POST", "/predict", body=body, headers={"Content-Type": "image/png"})
+        answer = connection.getresponse()
+        width = json.loads(answer.read())["predictions"][0]["width"] if answer.status == 200 else -1
+        connection.request("GET", "/info")
+        return width, json.loads(connection.getresponse().read())["process"]
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(post, range(24)))
+        children = {int(pid) for pid in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()}
+        workers = {pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    assert [width for width, _ in answers] == [48] * 24  # every request answered
+    assert len(workers) == 2, children  # two worker processes under the command
+    assert {pid for _, pid in answers} <= workers  # answered by the workers, not the supervising process
+    assert all(not Path(f"/proc/{pid}").exists() for pid in workers)  # and they stop with it
+
+
+def test_a_bounded_load_with_bad_uploads_fails_no_good_request(det_run: Path) -> None:
+    load = _load_script()
     image = load.png(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8))
     row = load.run_load(str(det_run), 8, requests=120, clients=4, image=image, faults=True, env=ENV)
     assert row["failed_good"] == 0, row["failures"]

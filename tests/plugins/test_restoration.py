@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import shutil
 from importlib.metadata import entry_points
@@ -124,6 +125,30 @@ def test_plugin_task_exports_and_predicts_through_onnxruntime(run, tmp_path: Pat
     assert exported["predictions"][0]["mean_abs_change"] == pytest.approx(
         reference["predictions"][0]["mean_abs_change"], abs=1e-3
     )
+
+
+def test_the_plugin_task_is_served_over_http(run, tmp_path: Path) -> None:
+    """`visionkit serve` needs nothing of the plugin beyond prediction: records and drawing equal predict's."""
+    pytest.importorskip("fastapi", reason="the serve extra is in make test's dev dependencies")
+    from fastapi.testclient import TestClient
+
+    from visionkit.deploy.serve import build_app
+
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 255, (12, 20, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    client = TestClient(build_app(run.best_checkpoint))
+    info = client.get("/info").json()
+    assert info["task"] == "restoration" and info["predicts"] is True and info["samples"] is False
+    served = client.post("/predict", files=[("files", ("a.png", (tmp_path / "a.png").read_bytes(), "image/png"))])
+    assert served.status_code == 200, served.text
+    reference = visionkit.predict(run.best_checkpoint, [tmp_path / "a.png"], tmp_path / "out")["predictions"][0]
+    record = served.json()["predictions"][0]
+    assert record["input"] == "a.png" and record["size"] == reference["size"] == [20, 12]
+    assert record["mean_abs_change"] == pytest.approx(reference["mean_abs_change"], abs=1e-3)
+    drawn = client.post("/predict?draw=1", content=(tmp_path / "a.png").read_bytes())
+    assert drawn.status_code == 200
+    with Image.open(io.BytesIO(drawn.content)) as picture, Image.open(tmp_path / "out" / "restored" / "a.png") as want:
+        assert np.array_equal(np.asarray(picture), np.asarray(want))  # the plugin's own drawing
 
 
 def test_sr2x_upscales_at_predict_time(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from visionkit.cli.common import add_plugin_option, import_plugins, prog_name, run_command
+from visionkit.config import parse_overrides
 from visionkit.errors import ConfigError
 
 # Commands import the library inside their functions: `visionkit --help` must not pay for importing torch.
@@ -167,7 +168,10 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
+    p.add_argument("--max-samples", type=int, default=64, help="most images one /sample request may ask for")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="predict option for every request, e.g. score_threshold=0.3, topk=3 (repeatable)")  # fmt: skip
     add_plugin_option(p)
     args = p.parse_args(argv)
 
@@ -177,17 +181,21 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
 
         uvicorn = require("uvicorn", "visionkit serve")
         import_plugins(args.plugin)
-        limits = Limits(int(args.max_upload_mb * 1024 * 1024), args.max_pixels, args.max_batch, args.max_wait_ms)
+        limits = Limits(int(args.max_upload_mb * 1024 * 1024), args.max_pixels, args.max_batch, args.max_wait_ms,
+                        args.max_samples)  # fmt: skip
         if args.workers < 1:
             raise ConfigError(f"--workers is {args.workers}; give 1 or more server processes.")
+        options = parse_overrides(args.option)
+        app = build_app(args.model, limits, args.device, options)  # also checks the model before any worker starts
         if args.workers > 1:  # each worker process builds its own app (and model) from these settings
-            os.environ[SETTINGS] = json.dumps({"model": str(args.model), "limits": vars(limits),
-                                               "device": args.device, "plugins": args.plugin})  # fmt: skip
+            del app
+            settings = {"model": str(args.model), "limits": vars(limits), "device": args.device,
+                        "plugins": args.plugin, "options": options}  # fmt: skip
+            os.environ[SETTINGS] = json.dumps(settings)
             print(f"serving {args.model} on http://{args.host}:{args.port}/ with {args.workers} workers", flush=True)
             uvicorn.run("visionkit.deploy.serve:app_from_environment", factory=True, host=args.host,
                         port=args.port, workers=args.workers, log_level="warning")  # fmt: skip
             return
-        app = build_app(args.model, limits, args.device)
         print(f"serving {args.model} on http://{args.host}:{args.port}/ (task {app.state.info['task']})", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
