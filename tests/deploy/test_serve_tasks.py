@@ -101,6 +101,9 @@ def test_generation_samples_over_http_equal_predict(
         refused = client.post(f"/sample?{query}")
         assert refused.status_code == status and words in refused.json()["error"], (query, refused.text)
     assert client.get("/health").json() == {"status": "ok"}
+    inpainted = client.post("/predict", content=_pngs(tmp_path / "in", 20, 1)[0].read_bytes())  # the `mask` option
+    assert inpainted.status_code == 200, inpainted.text
+    assert 0 < inpainted.json()["predictions"][0]["masked_fraction"] < 1
     pinned = TestClient(build_app(gen_run, Limits(max_samples=8), options={"seed": 5}))  # `--option seed=5`
     refused = pinned.post("/sample?num_samples=2&seed=1")
     assert refused.status_code == 400 and "fixed by this server at 5" in refused.json()["error"]

@@ -157,6 +157,17 @@ def explain_main(argv: Sequence[str] | None = None) -> int:
     return run_command(go)
 
 
+def check_ranges(args: argparse.Namespace) -> None:
+    """ConfigError naming the first `visionkit serve` number out of its range."""
+    lows = {"workers": 1, "port": 0, "max_batch": 1, "max_wait_ms": 0, "max_upload_mb": 1e-6, "max_pixels": 1,
+            "max_samples": 1, "max_queue": 1}  # fmt: skip
+    for key, low in lows.items():
+        value, top = getattr(args, key), 65535 if key == "port" else float("inf")
+        if not low <= value <= top:
+            upper = "65535" if key == "port" else "any larger number"
+            raise ConfigError(f"--{key.replace('_', '-')} is {value}; give {low:g} up to {upper}.")
+
+
 def serve_main(argv: Sequence[str] | None = None) -> int:
     """`visionkit serve`: a checkpoint, run folder or exported model behind HTTP (FastAPI + uvicorn)."""
     p = argparse.ArgumentParser(prog=prog_name("serve"), description="Serve a visionkit model over HTTP.")
@@ -169,6 +180,7 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload accepted")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image accepted, in pixels")
     p.add_argument("--max-samples", type=int, default=64, help="most images one /sample request may ask for")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting for the model; more get 503")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="predict option for every request, e.g. score_threshold=0.3, topk=3 (repeatable)")  # fmt: skip
@@ -182,12 +194,15 @@ def serve_main(argv: Sequence[str] | None = None) -> int:
         uvicorn = require("uvicorn", "visionkit serve")
         import_plugins(args.plugin)
         limits = Limits(int(args.max_upload_mb * 1024 * 1024), args.max_pixels, args.max_batch, args.max_wait_ms,
-                        args.max_samples)  # fmt: skip
-        if args.workers < 1:
-            raise ConfigError(f"--workers is {args.workers}; give 1 or more server processes.")
+                        args.max_samples, args.max_queue)  # fmt: skip
+        check_ranges(args)
+        bad = [text for text in args.option if "=" not in text or text.startswith("=")]
+        if bad:
+            raise ConfigError(f"--option {bad[0]!r} is not KEY=VALUE; write e.g. --option score_threshold=0.3.")
         options = parse_overrides(args.option)
         app = build_app(args.model, limits, args.device, options)  # also checks the model before any worker starts
         if args.workers > 1:  # each worker process builds its own app (and model) from these settings
+            app.state.batcher.stop()  # the parent lets go of its model; each worker loads its own
             del app
             settings = {"model": str(args.model), "limits": vars(limits), "device": args.device,
                         "plugins": args.plugin, "options": options}  # fmt: skip

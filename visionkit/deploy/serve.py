@@ -14,19 +14,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import itertools
 import json
+import logging
 import os
 import tempfile
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from visionkit.deploy.batcher import Batcher, Busy, Job
 from visionkit.deploy.page import PAGE
 from visionkit.deploy.runtime import is_exported, load_exported
 from visionkit.deploy.uploads import BadUpload, Limits, decode_upload, read_uploads, sample_options
@@ -37,6 +37,7 @@ from visionkit.errors import ConfigError, require
 from visionkit.plugins import import_plugin
 from visionkit.version import __version__
 
+log = logging.getLogger("visionkit.serve")
 SETTINGS = "VISIONKIT_SERVE"  # JSON settings for `--workers K` processes (see app_from_environment)
 
 
@@ -50,105 +51,19 @@ def load_for_serving(source: str | Path, device: str | None = None) -> tuple[Any
     return task, model, str(source)
 
 
-@dataclass
-class Job:
-    """One request's images (or, for /sample, the call to make) and where its records go."""
-
-    images: list[np.ndarray]
-    draw: bool
-    call: Callable[[], Any] | None = None  # run alone on the batcher's thread instead of predicting `images`
-    notify: Callable[[], None] | None = None  # called (from the batcher's thread) once the result is in
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-    error: BaseException | None = None
+def info_predicts(task: Task) -> bool:
+    """Whether the task predicts on images (POST /predict)."""
+    return type(task).postprocess is not Task.postprocess
 
 
-class Batcher:
-    """Runs queued jobs in batches of up to `max_batch` images, waiting at most `max_wait_ms` for company."""
+def info_samples(task: Task) -> bool:
+    """Whether the task samples from nothing (POST /sample)."""
+    return type(task).sample is not Task.sample
 
-    def __init__(self, predictor: Any, options: dict[str, Any], limits: Limits) -> None:
-        self.predictor, self.options, self.limits = predictor, options, limits
-        self.queue: list[Job] = []
-        self.lock = threading.Condition()
-        self.batches: list[int] = []  # images per batch run (for /info and the load test)
-        self.thread = threading.Thread(target=self._loop, daemon=True, name="visionkit-batcher")
-        self.thread.start()
 
-    def enqueue(self, job: Job) -> None:
-        """Queue a job; its `done` event is set (and `notify` called) when its result is in."""
-        with self.lock:
-            self.queue.append(job)
-            self.lock.notify()
-
-    def submit(self, job: Job) -> Job:
-        """Queue a job and wait for its result (from any thread but the batcher's)."""
-        self.enqueue(job)
-        job.done.wait()
-        return job
-
-    def _loop(self) -> None:
-        while True:
-            with self.lock:
-                jobs = self._take()
-            if jobs[0].call is not None:
-                self._call(jobs[0])
-            else:
-                self._run(jobs)
-
-    def _take(self) -> list[Job]:
-        """The next jobs to run (lock held): a /sample call alone, or requests of up to `max_batch` images."""
-        while not self.queue:
-            self.lock.wait()
-        if self.queue[0].call is not None:
-            return [self.queue.pop(0)]
-        deadline = time.perf_counter() + self.limits.max_wait_ms / 1000
-        while sum(len(j.images) for j in self.queue) < self.limits.max_batch:
-            left = deadline - time.perf_counter()
-            if left <= 0:
-                break
-            self.lock.wait(left)
-        jobs, size = [], 0
-        while self.queue and self.queue[0].call is None:
-            if jobs and size + len(self.queue[0].images) > self.limits.max_batch:
-                break
-            jobs.append(self.queue.pop(0))
-            size += len(jobs[-1].images)
-        return jobs
-
-    def _call(self, job: Job) -> None:
-        try:
-            job.result = job.call()
-        except BaseException as exc:  # noqa: BLE001 - the request gets the error; the loop goes on
-            job.error = exc
-        finally:
-            job.done.set()
-            if job.notify is not None:
-                job.notify()
-
-    def _run(self, jobs: list[Job]) -> None:
-        try:
-            images = [image for job in jobs for image in job.images]
-            self.batches.append(len(images))
-            outputs = self.predictor.predict_frames(images, self.options)
-            at = 0
-            for job in jobs:
-                mine = outputs[at : at + len(job.images)]
-                job.result = [self._record(img, out, job.draw) for img, out in zip(job.images, mine, strict=True)]
-                at += len(job.images)
-        except BaseException as exc:  # noqa: BLE001 - each request gets the error; the loop goes on
-            for job in jobs:
-                job.error = exc
-        finally:
-            for job in jobs:
-                job.done.set()
-                if job.notify is not None:
-                    job.notify()
-
-    def _record(self, image: np.ndarray, output: Any, draw: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-        task, opts = self.predictor.task, self.options
-        record = task.postprocess(output, image, opts)
-        pictures = (task.draw(image, output, {**opts, "draw": True}) or {}) if draw else {}
-        return record, pictures
+def decode_all(uploads: list[tuple[str, bytes]], limits: Limits, channels: int | None) -> list[np.ndarray]:
+    """Every upload decoded (BadUpload on the first that fails); run off the event loop."""
+    return [decode_upload(data, name, limits, channels) for name, data in uploads]
 
 
 def png_bytes(picture: Any) -> bytes:
@@ -180,6 +95,11 @@ def build_app(
     predictor = Predictor(task, model)
     chosen = check_options(task, options or {})  # the server's predict options (`--option`), checked once
     batcher = Batcher(predictor, chosen, limits)
+    failures = itertools.count(1)  # numbers the server-side failures a client is told about
+    if info_predicts(task) and not info_samples(task):  # one blank image through the whole path: the option
+        side = int(task.facts.image_size or 64)  # values are checked (alpha=2 stops here) and the model is warm
+        blank = np.zeros((side, side, int(task.facts.channels or 3)), np.uint8)
+        batcher.record(blank, predictor.predict_frames([blank], chosen)[0], True)
     app = fastapi.FastAPI(title="visionkit", version=__version__)
     info = {
         "task": task.name,
@@ -188,9 +108,10 @@ def build_app(
         "channels": task.facts.channels,
         "model_file": Path(model_file).name,
         "visionkit_version": __version__,
-        "predicts": type(task).postprocess is not Task.postprocess,  # POST /predict
-        "samples": type(task).sample is not Task.sample,  # POST /sample
+        "predicts": info_predicts(task),  # POST /predict
+        "samples": info_samples(task),  # POST /sample (its costly sampling is not warmed up at start)
         "limits": asdict(limits),
+        "options": json.loads(json.dumps(options or {}, default=str)),  # fixed by the server (`--option`)
     }
 
     def error(status: int, message: str) -> Any:
@@ -199,7 +120,7 @@ def build_app(
     async def run(job: Job) -> Job:
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()  # resolved from the batcher's thread: no worker thread waits per request
-        job.notify = lambda: loop.call_soon_threadsafe(waiter.set_result, None)
+        job.notify = lambda: loop.call_soon_threadsafe(lambda: waiter.done() or waiter.set_result(None))
         batcher.enqueue(job)
         await waiter
         return job
@@ -207,15 +128,20 @@ def build_app(
     def failed(job: Job, doing: str) -> Any:
         if isinstance(job.error, ConfigError):  # the task refused this input or option: the client's to fix
             return error(422, str(job.error))
-        return error(500, f"{doing} failed: {type(job.error).__name__}: {job.error}")
+        number = next(failures)  # the details stay in the server's log; the client gets a reference to them
+        log.error("%s failed (error %d)", doing, number, exc_info=job.error)
+        return error(500, f"{doing} failed on the server (error {number}); its log has the details.")
+
+    async def refused(request: Any, exc: Exception) -> Any:  # FastAPI's own checks (e.g. ?draw=x), our shape
+        return error(422, f"bad request: {exc}")
 
     @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    def health() -> Any:
+        return {"status": "ok"} if batcher.alive() else error(503, "the model's batcher thread has stopped.")
 
     @app.get("/info")
     def describe() -> dict[str, Any]:
-        return {**info, "batches_run": len(batcher.batches), "process": os.getpid()}
+        return {**info, "batches_run": batcher.batches_run, "process": os.getpid()}
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -226,10 +152,10 @@ def build_app(
             return error(404, f"task '{task.name}' samples from nothing: POST /sample instead of /predict.")
         try:
             uploads = await read_uploads(request, limits)
-            images = [decode_upload(data, name, limits, task.facts.channels) for name, data in uploads]
-        except BadUpload as exc:
-            return error(exc.status, str(exc))
-        job = await run(Job(images, bool(draw)))
+            images = await asyncio.to_thread(decode_all, uploads, limits, task.facts.channels)
+            job = await run(Job(images, bool(draw)))
+        except (BadUpload, Busy) as exc:
+            return error(getattr(exc, "status", 503), str(exc))
         if job.error is not None:
             return failed(job, "prediction")
         if draw:  # the task's last drawing is the one made for reading (segmentation: masks, then overlays)
@@ -248,9 +174,9 @@ def build_app(
             return error(404, f"task '{task.name}' predicts on images: POST them to /predict; it does not sample.")
         try:
             wanted = {**(options or {}), **sample_options(request.query_params, task.predict_options, limits, options)}
-        except BadUpload as exc:
-            return error(exc.status, str(exc))
-        job = await run(Job([], bool(draw), call=lambda: draw_samples(predictor, wanted)))
+            job = await run(Job([], bool(draw), call=lambda: draw_samples(predictor, wanted)))
+        except (BadUpload, Busy) as exc:
+            return error(getattr(exc, "status", 503), str(exc))
         if job.error is not None:
             return failed(job, "sampling")
         if draw:
@@ -264,6 +190,7 @@ def build_app(
     predict.__annotations__["picture"] = str
     app.post("/predict")(predict)
     app.post("/sample")(sample)
+    app.add_exception_handler(fastapi.exceptions.RequestValidationError, refused)
     app.state.batcher, app.state.info = batcher, info
     return app
 

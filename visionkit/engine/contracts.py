@@ -226,6 +226,10 @@ class Task:
         """The raw input for one file (an HWC uint8 image by default); None skips the file."""
         return read_image(path, self.facts.channels)
 
+    def from_frame(self, image: np.ndarray, options: dict[str, Any]) -> Any:
+        """What `read_input` would give for an image decoded elsewhere (a video frame, a served upload)."""
+        return image
+
     def preprocess(self, image: np.ndarray, options: dict[str, Any]) -> Any:
         """An HWC uint8 image -> the model's input: `data.val_transforms`, then normalisation by the facts."""
         if not hasattr(self, "_val_pipeline"):

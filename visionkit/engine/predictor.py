@@ -150,7 +150,9 @@ class Predictor:
 
     def predict_frames(self, images: list[Any], opts: dict[str, Any]) -> list[Any]:
         """The task's outputs for a batch of HWC uint8 images (video frames), preprocessed as files are."""
-        task, inputs = self.task, [self.task.preprocess(image, opts) for image in images]
+        task = self.task
+        framed = getattr(task, "from_frame", None)  # a task whose `read_input` gives more than the image
+        inputs = [task.preprocess(framed(image, opts) if framed else image, opts) for image in images]
         with torch.no_grad(), self._autocast():
             if task.predict_stack and not all(i.shape == inputs[0].shape for i in inputs if hasattr(i, "shape")):
                 return [out for i in inputs for out in task.predict_batch(self.model, [i], opts)]

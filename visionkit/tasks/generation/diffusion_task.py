@@ -110,6 +110,10 @@ class DiffusionTask(GenerationTask):
         sibling = next((p for p in candidates if p.is_file()), None)
         return super().read_input(path, options), sibling
 
+    def from_frame(self, image: np.ndarray, options: dict[str, Any]) -> Any:
+        """A decoded image has no mask file beside it: the `mask` option applies."""
+        return image, None
+
     def preprocess(self, image: Any, options: dict[str, Any]) -> torch.Tensor:
         """The image resized and centre-cropped to the model's size, in [-1, 1], with the mask as last channel.
 
@@ -160,8 +164,8 @@ class DiffusionTask(GenerationTask):
         return record
 
     def draw(self, image: np.ndarray, output: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
-        """The filled image (`inpaint/`) and the input with the hidden region black (`masked/`)."""
-        return {"inpaint": to_picture(output["filled"]), "masked": to_picture(output["masked"])}
+        """The input with the hidden region black (`masked/`) and the filled image (`inpaint/`)."""
+        return {"masked": to_picture(output["masked"]), "inpaint": to_picture(output["filled"])}  # result last
 
     def finish_predictions(self, records: list[dict[str, Any]], out_dir: Path, options: dict[str, Any]) -> dict:
         """inpaint_grid.png (rows: input, masked, result) and the sampling options used."""
