@@ -16,17 +16,20 @@ from visionkit.errors import ConfigError
 from visionkit.registry import MODELS
 
 
-def test_a_timm_pattern_lists_timms_matching_models_with_parameters() -> None:
+def test_a_timm_pattern_lists_timms_matching_models_with_parameters(capsys: pytest.CaptureFixture[str]) -> None:
+    from visionkit.cli import main
+
     proc = run_tool("list", "--task", "cls", "timm/*resnet*", "--limit", "4")
     assert proc.returncode == 0, proc.stderr
     expected = timm.list_models("*resnet*")
     listed = re.findall(r"^  (timm/\S+)\s+([\d.]+) M", proc.stdout, re.M)
     assert [name for name, _ in listed] == [f"timm/{n}" for n in expected[:4]]
     assert f"({len(expected)};" in proc.stdout and f"and {len(expected) - 4} more" in proc.stdout
-    resnet = run_tool("list", "timm/resnet18")
-    assert re.search(r"timm/resnet18\s+11\.69 M\s+224 px\s+pretrained: a1_in1k", resnet.stdout), resnet.stdout
-    none = run_tool("list", "timm/nothing_like_this*")
-    assert none.returncode == 2 and "no model matching" in none.stderr
+    assert main(["list", "timm/resnet18"]) == 0  # the rest in process: the same command, no start-up
+    out = capsys.readouterr().out
+    assert re.search(r"timm/resnet18\s+11\.69 M\s+224 px\s+pretrained: a1_in1k", out), out
+    assert main(["list", "timm/nothing_like_this*"]) == 2
+    assert "no model matching" in capsys.readouterr().err
 
 
 def test_a_plain_pattern_filters_the_registry() -> None:

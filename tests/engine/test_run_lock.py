@@ -42,14 +42,16 @@ from visionkit import CALLBACKS, Callback
 
 @CALLBACKS.register("vk_slow_start")
 class SlowStart(Callback):
-    def on_fit_start(self, state):
-        time.sleep(float(__import__("os").environ["VK_SLOW_START"]))
+    def on_fit_start(self, state):  # holds the run until the test lets it go (at most two minutes)
+        go, deadline = __import__("pathlib").Path(__import__("os").environ["VK_GO"]), time.monotonic() + 120
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
 """
 
 
 def test_a_second_run_in_a_busy_work_dir_exits_2_and_the_first_finishes_intact(tmp_path: Path) -> None:
-    (tmp_path / "vk_slow_start.py").write_text(SLOW_START)  # the first run holds the folder, then waits a while
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "VK_SLOW_START": "30"}
+    (tmp_path / "vk_slow_start.py").write_text(SLOW_START)  # the first run holds the folder until told to go on
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "VK_GO": str(tmp_path / "go")}
     work = tmp_path / "run"
     args = ["--task", "cls", "--work-dir", str(work), *merged(*TINY_CLS, "trainer.epochs=3", "trainer.num_threads=1")]
     first = subprocess.Popen(
@@ -65,6 +67,7 @@ def test_a_second_run_in_a_busy_work_dir_exits_2_and_the_first_finishes_intact(t
     assert first.poll() is None, "the first run ended before the second was refused"
     assert second.returncode == 2 and "Traceback" not in second.stderr
     assert f"The run folder '{work}' is in use by another run (pid {first.pid}" in second.stderr
+    (tmp_path / "go").touch()
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
