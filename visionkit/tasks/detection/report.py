@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from visionkit.engine.plots import confusion_image, pyplot
+
 TABLE_COLUMNS = ("class", "instances", "P", "R", "mAP50", "mAP50-95")
 
 
@@ -91,10 +93,7 @@ def curve_area(curves: Mapping[str, Any]) -> float:
 def plot_curves(curves: Mapping[str, Any], out_dir: Path, prefix: str = "") -> list[Path]:
     """PR_curve.png (precision over recall) and F1_curve.png (F1 over confidence), one line per class and
     the mean in bold; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    plt = pyplot()
 
     written = []
     recall = curves["recall"]
@@ -171,25 +170,5 @@ def _iou_xywh(a: list[float], b: list[float]) -> float:
 
 def plot_confusion(confusion: Mapping[str, Any], path: Path) -> None:
     """confusion_matrix.png: counts, rows true and columns predicted, background last."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    names, matrix = confusion["names"], np.asarray(confusion["matrix"])
-    n = len(names)
-    fig, ax = plt.subplots(figsize=(max(4, n * 0.55), max(3.5, n * 0.5)))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
-           title=f"detections (score >= {confusion['conf']}, IoU >= {confusion['iou']})")  # fmt: skip
-    ax.set_xticklabels(names, rotation=90 if n > 8 else 0)
-    ax.set_yticklabels(names)
-    if n <= 25:
-        peak = max(int(matrix.max()), 1)
-        for i in range(n):
-            for j in range(n):
-                v = int(matrix[i, j])
-                ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > peak / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    title = f"detections (score >= {confusion['conf']}, IoU >= {confusion['iou']})"
+    confusion_image(confusion["matrix"], confusion["names"], path, title, count_limit=25, rotate_over=8)
