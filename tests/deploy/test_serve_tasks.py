@@ -58,6 +58,22 @@ def test_segmentation_records_equal_predict(seg_run: Path, tmp_path: Path) -> No
     assert refused.status_code == 404 and "/predict" in refused.json()["error"]
 
 
+def test_uploads_are_read_as_predict_reads_files(seg_run: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    photo = tmp_path / "in" / "phone.jpg"  # stored 40 wide, 24 high, displayed turned (EXIF orientation 6)
+    photo.parent.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(photo, exif=exif.tobytes())
+    deep = tmp_path / "in" / "deep.png"  # 16-bit grey: scaled by its bit depth, as on disk
+    Image.fromarray(rng.integers(0, 65535, (32, 32), dtype=np.uint16)).save(deep)
+    client, served = _served(seg_run, [photo, deep])
+    expected = visionkit.predict(seg_run, [photo, deep], tmp_path / "out", progress=False)["predictions"]
+    assert served[0]["size"] == [24, 40] == expected[0]["size"]  # upright: the displayed width and height
+    for got, want in zip(served, expected, strict=True):
+        assert got["class_pixels"] == want["class_pixels"]
+
+
 def test_instance_records_equal_predict_masks_included(inst_run: Path, tmp_path: Path) -> None:
     paths = _pngs(tmp_path / "in", 48, 2)
     _, served = _served(inst_run, paths, score_threshold=0.0)  # the server's `--option`: every box of two updates

@@ -49,21 +49,7 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     try:
         with Image.open(path) as opened:
             check_pixels(opened, path)
-            im = upright(opened)
-            if im.mode == "F":  # floating point: [0, 1] images are scaled, others read as 0-255
-                wide = np.asarray(im, dtype=np.float64)
-                scale = 255.0 if np.nanmax(wide, initial=0) <= 1.0 else 1.0
-                grey = np.round(np.nan_to_num(wide) * scale).clip(0, 255).astype(np.uint8)
-                array = grey if channels != 3 else np.repeat(grey[:, :, None], 3, axis=2)
-            elif im.mode in _SIXTEEN_BIT:
-                wide = np.asarray(im).astype(np.float64)
-                bits = 16 if im.mode.startswith("I;16") or wide.max(initial=0) <= 65535 else 32
-                grey = np.round(wide * (255.0 / (2**bits - 1))).clip(0, 255).astype(np.uint8)
-                array = grey if channels != 3 else np.repeat(grey[:, :, None], 3, axis=2)
-            else:
-                grey = im.mode in ("L", "1", "LA")
-                mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if grey else "RGB")
-                array = np.array(im.convert(mode))  # a writable copy (torch warns about read-only arrays)
+            array = image_array(upright(opened), channels)
     except FileNotFoundError as exc:
         raise DataError(f"Image file '{path}' does not exist.") from exc
     except Image.DecompressionBombError as exc:
@@ -71,6 +57,23 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     except OSError as exc:
         raise DataError(f"Image file '{path}' could not be read as an image ({exc}).") from exc
     return array[:, :, None] if array.ndim == 2 else array
+
+
+def image_array(im: Image.Image, channels: int | None = None) -> np.ndarray:
+    """An opened (upright) image's pixels as read_image gives them: uint8, grey or RGB by `channels`."""
+    if im.mode == "F":  # floating point: [0, 1] images are scaled, others read as 0-255
+        wide = np.asarray(im, dtype=np.float64)
+        scale = 255.0 if np.nanmax(wide, initial=0) <= 1.0 else 1.0
+        grey = np.round(np.nan_to_num(wide) * scale).clip(0, 255).astype(np.uint8)
+        return grey if channels != 3 else np.repeat(grey[:, :, None], 3, axis=2)
+    if im.mode in _SIXTEEN_BIT:
+        wide = np.asarray(im).astype(np.float64)
+        bits = 16 if im.mode.startswith("I;16") or wide.max(initial=0) <= 65535 else 32
+        grey = np.round(wide * (255.0 / (2**bits - 1))).clip(0, 255).astype(np.uint8)
+        return grey if channels != 3 else np.repeat(grey[:, :, None], 3, axis=2)
+    grey = im.mode in ("L", "1", "LA")
+    mode = {1: "L", 3: "RGB"}.get(channels or 0) or ("L" if grey else "RGB")
+    return np.array(im.convert(mode))  # a writable copy (torch warns about read-only arrays)
 
 
 def check_pixels(image: Image.Image, path: str | Path) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from visionkit.data.images import image_array, upright
+
 MAX_BYTES = 10 * 1024 * 1024  # per upload
 MAX_PIXELS = 40_000_000  # per image, checked from the header before decoding
 MAX_BATCH, MAX_WAIT_MS = 8, 5.0
@@ -58,19 +60,18 @@ def decode_upload(data: bytes, name: str, limits: Limits, channels: int | None) 
                     f"'{name}' is {width}x{height} = {width * height:,} pixels; the limit is {limits.max_pixels:,}.",
                 )
             probe.load()
-            image = probe.copy()
+            array = image_array(upright(probe), channels)  # as `visionkit predict` reads a file: EXIF applied
     except BadUpload:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadUpload(413, f"'{name}' decodes to too many pixels ({exc}).") from None
     except Image.UnidentifiedImageError:
         raise BadUpload(415, f"'{name}' could not be decoded as an image in {', '.join(FORMATS)}.") from None
+    except ValueError as exc:  # Pillow has no grey or RGB reading of this pixel mode
+        raise BadUpload(422, f"'{name}' has a pixel mode with no RGB or grey reading ({exc}).") from None
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the client's bad file
         why = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the upload", str(exc))  # no addresses of the server's
         raise BadUpload(415, f"'{name}' could not be decoded as an image ({type(exc).__name__}: {why}).") from None
-    if image.mode not in ("1", "L", "LA", "P", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L", "F", "CMYK", "YCbCr"):
-        raise BadUpload(422, f"'{name}' has pixel mode {image.mode!r}, which has no RGB or grey reading.")
-    array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     return array[:, :, None] if array.ndim == 2 else array
 
 
