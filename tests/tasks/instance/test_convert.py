@@ -157,16 +157,17 @@ def test_bad_masks_are_named(tmp_path: Path) -> None:
         masks_to_coco(str(images), str(masks), ["cat"], str(tmp_path / "o.json"))
 
 
-def test_convert_command_reports_and_exits_2_on_bad_input(tmp_path: Path) -> None:
+def test_convert_command_reports_and_exits_2_on_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from visionkit.cli import main
+
     ann_file, image_dir = _crowd_coco(tmp_path)
     args = ["coco2yolo", "--ann-file", ann_file, "--image-dir", image_dir, "--out", str(tmp_path / "y")]
-    bad = run_tool("convert", *args)
+    bad = run_tool("convert", *args)  # the whole process once: exit status, no traceback
     assert bad.returncode == 2 and "crowd" in bad.stderr and "Traceback" not in bad.stderr
-    ok = run_tool("convert", *args, "--segments", "--crowd", "skip")
-    assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["crowd_skipped"] == 1
-    missing = run_tool("convert", "yolo2coco", "--data-yaml", str(tmp_path / "nope.yaml"), "--out", str(tmp_path))
-    assert missing.returncode == 2 and "nope.yaml' does not exist" in missing.stderr
+    assert main(["convert", *args, "--segments", "--crowd", "skip"]) == 0  # the rest in process
+    assert json.loads(capsys.readouterr().out)["crowd_skipped"] == 1
+    assert main(["convert", "yolo2coco", "--data-yaml", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)]) == 2
+    assert "nope.yaml' does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["default", "maskrcnn", "coco", "yolo_format"])
