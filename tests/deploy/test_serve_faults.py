@@ -106,7 +106,12 @@ def test_the_server_refuses_what_it_should_and_hides_its_internals(seg_run: Path
     text = client.post("/predict", content=b"GIF89a but no more")
     assert text.status_code == 415 and " at 0x" not in text.json()["error"]
     bad_query = client.post("/predict?draw=yes", content=good)
-    assert bad_query.status_code == 422 and "draw" in bad_query.json()["error"]
+    assert bad_query.status_code == 422 and "query draw" in bad_query.json()["error"]
+    assert "serve.py" not in bad_query.text and "'yes'" in bad_query.text  # no server source paths
+    nowhere = client.get("/predictions")
+    assert nowhere.status_code == 404 and "POST /predict" in nowhere.json()["error"]
+    wrong_method = client.get("/predict")
+    assert wrong_method.status_code == 405 and "GET /predict" in wrong_method.json()["error"]
     batcher = client.app.state.batcher
     real = batcher.predictor.predict_frames
 

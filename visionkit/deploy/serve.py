@@ -84,6 +84,7 @@ def build_app(
     fastapi = require("fastapi", "visionkit serve")
     require("python_multipart", "visionkit serve")  # python-multipart: FastAPI's form parser
     from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     limits = limits or Limits()
     task, model, model_file = load_for_serving(source, device)
@@ -132,8 +133,15 @@ def build_app(
         log.error("%s failed (error %d)", doing, number, exc_info=job.error)
         return error(500, f"{doing} failed on the server (error {number}); its log has the details.")
 
-    async def refused(request: Any, exc: Exception) -> Any:  # FastAPI's own checks (e.g. ?draw=x), our shape
-        return error(422, f"bad request: {exc}")
+    async def refused(request: Any, exc: Any) -> Any:  # FastAPI's own checks (e.g. ?draw=x), in our shape
+        where = [" ".join(map(str, e.get("loc", ()))) for e in exc.errors()]
+        parts = [f"{w}: {e.get('msg')} (got {e.get('input')!r})" for w, e in zip(where, exc.errors(), strict=True)]
+        return error(422, f"bad request: {'; '.join(parts)}.")
+
+    async def not_here(request: Any, exc: Any) -> Any:  # unknown paths and methods, in our shape
+        known = "GET /, /health, /info; POST /predict, /sample"
+        what = f"{request.method} {request.url.path}"
+        return error(exc.status_code, f"{what}: {exc.detail}; this server answers {known}.")
 
     @app.get("/health")
     def health() -> Any:
@@ -191,6 +199,7 @@ def build_app(
     app.post("/predict")(predict)
     app.post("/sample")(sample)
     app.add_exception_handler(fastapi.exceptions.RequestValidationError, refused)
+    app.add_exception_handler(StarletteHTTPException, not_here)
     app.state.batcher, app.state.info = batcher, info
     return app
 
