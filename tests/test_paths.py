@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -26,7 +27,11 @@ def _folder(root: Path) -> None:
                 Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
 
 
-def test_config_yaml_paths_work_from_any_folder_and_missing_ones_say_from_where(tmp_path: Path) -> None:
+def test_config_yaml_paths_work_from_any_folder_and_missing_ones_say_from_where(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from visionkit.cli import main
+
     work = tmp_path / "project"
     _folder(work / "data")
     args = ["--task", "cls", "data.train={_delete_: true, name: image_folder, root: data/train}",
@@ -37,12 +42,13 @@ def test_config_yaml_paths_work_from_any_folder_and_missing_ones_say_from_where(
     assert proc.returncode == 0, proc.stderr[-2000:]
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["data"]["train"]["root"] == str(work / "data" / "train")
-    elsewhere = run_tool("eval", str(tmp_path / "run"), "--json", cwd=tmp_path)  # another working folder
-    assert elsewhere.returncode == 0, elsewhere.stderr[-2000:]
-    missing = run_tool("train", *args[:1], "cls", "data.train={_delete_: true, name: image_folder, root: data/nope}",
-                       "--dry-run", cwd=work)  # fmt: skip
-    assert missing.returncode == 2
-    assert f"Relative paths are taken from the working folder '{work}'" in missing.stderr
+    monkeypatch.chdir(tmp_path)  # another working folder (in process: the same commands, no start-up)
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0, capsys.readouterr().err[-2000:]
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    nope = "data.train={_delete_: true, name: image_folder, root: data/nope}"
+    assert main(["train", "--task", "cls", nope, "--dry-run"]) == 2
+    assert f"Relative paths are taken from the working folder '{work}'" in capsys.readouterr().err
 
 
 SCRIPT = """
@@ -63,14 +69,19 @@ if __name__ == "__main__":
 """
 
 
-def test_a_component_unknown_on_load_says_where_it_was_defined(tmp_path: Path) -> None:
+def test_a_component_unknown_on_load_says_where_it_was_defined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from visionkit.cli import main
+
     script = tmp_path / "train_mine.py"
     script.write_text(SCRIPT.format(import_line="", name="my_net", model="my_net"))
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "a")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    bad = run_tool("eval", str(tmp_path / "a"))
-    assert bad.returncode == 2 and "Unknown model 'my_net'" in bad.stderr
-    assert f"registered by the script {script}" in bad.stderr and "--plugin MODULE" in bad.stderr
+    assert main(["eval", str(tmp_path / "a")]) == 2  # in process: this test's process never registered my_net
+    err = capsys.readouterr().err
+    assert "Unknown model 'my_net'" in err
+    assert f"registered by the script {script}" in err and "--plugin MODULE" in err
     (tmp_path / "my_parts.py").write_text(SCRIPT.format(import_line="", name="my_part_net", model="x"))
     script.write_text(SCRIPT.replace("@MODELS", "# @MODELS").format(import_line="import my_parts", name="unused",
                                                                    model="my_part_net"))  # fmt: skip
@@ -78,7 +89,9 @@ def test_a_component_unknown_on_load_says_where_it_was_defined(tmp_path: Path) -
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "b")], capture_output=True, text=True,
                           env={**os.environ, **env})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    bad = run_tool("eval", str(tmp_path / "b"), env=env)
-    assert bad.returncode == 2 and "defined in module 'my_parts': pass --plugin my_parts" in bad.stderr
+    monkeypatch.syspath_prepend(str(tmp_path))  # as PYTHONPATH does for the subprocesses
+    assert main(["eval", str(tmp_path / "b")]) == 2
+    assert "defined in module 'my_parts': pass --plugin my_parts" in capsys.readouterr().err
+    assert "my_parts" not in sys.modules  # named, never imported
     good = run_tool("eval", str(tmp_path / "b"), "--plugin", "my_parts", "--json", env=env)
     assert good.returncode == 0, good.stderr[-2000:]
