@@ -24,6 +24,8 @@ log = logging.getLogger("visionkit.serve")
 class Busy(Exception):
     """The queue already holds `max_queue` requests: answered 503, try again."""
 
+    status = 503
+
 
 @dataclass
 class Job:

@@ -30,9 +30,14 @@ from visionkit.deploy.batcher import Batcher, Busy, Job
 from visionkit.deploy.page import PAGE
 from visionkit.deploy.runtime import is_exported, load_exported
 from visionkit.deploy.uploads import BadUpload, Limits, decode_upload, read_uploads, sample_options
-from visionkit.engine.contracts import Task
 from visionkit.engine.inference import load_model
-from visionkit.engine.predictor import Predictor, check_options, supports_predict
+from visionkit.engine.predictor import (
+    Predictor,
+    check_options,
+    predicts_on_images,
+    samples_from_nothing,
+    supports_predict,
+)
 from visionkit.errors import ConfigError, require
 from visionkit.plugins import import_plugin
 from visionkit.version import __version__
@@ -43,22 +48,11 @@ SETTINGS = "VISIONKIT_SERVE"  # JSON settings for `--workers K` processes (see a
 
 def load_for_serving(source: str | Path, device: str | None = None) -> tuple[Any, Any, str]:
     """(task, model, model file) of a checkpoint, run folder or exported model."""
-
     if is_exported(source):
         task, model, path = load_exported(source)
         return task, model, str(path)
     task, model, _ = load_model(source, device=device)
     return task, model, str(source)
-
-
-def info_predicts(task: Task) -> bool:
-    """Whether the task predicts on images (POST /predict)."""
-    return type(task).postprocess is not Task.postprocess
-
-
-def info_samples(task: Task) -> bool:
-    """Whether the task samples from nothing (POST /sample)."""
-    return type(task).sample is not Task.sample
 
 
 def decode_all(uploads: list[tuple[str, bytes]], limits: Limits, channels: int | None) -> list[np.ndarray]:
@@ -97,8 +91,8 @@ def build_app(
     chosen = check_options(task, options or {})  # the server's predict options (`--option`), checked once
     batcher = Batcher(predictor, chosen, limits)
     failures = itertools.count(1)  # numbers the server-side failures a client is told about
-    if info_predicts(task) and not info_samples(task):  # one blank image through the whole path: the option
-        side = int(task.facts.image_size or 64)  # values are checked (alpha=2 stops here) and the model is warm
+    if predicts_on_images(task) and not samples_from_nothing(task):  # a blank image through the whole path:
+        side = int(task.facts.image_size or 64)  # option values are checked (alpha=2 stops here), the model warm
         blank = np.zeros((side, side, int(task.facts.channels or 3)), np.uint8)
         batcher.record(blank, predictor.predict_frames([blank], chosen)[0], True)
     app = fastapi.FastAPI(title="visionkit", version=__version__)
@@ -109,8 +103,8 @@ def build_app(
         "channels": task.facts.channels,
         "model_file": Path(model_file).name,
         "visionkit_version": __version__,
-        "predicts": info_predicts(task),  # POST /predict
-        "samples": info_samples(task),  # POST /sample (its costly sampling is not warmed up at start)
+        "predicts": predicts_on_images(task),  # POST /predict
+        "samples": samples_from_nothing(task),  # POST /sample (its costly sampling is not warmed up at start)
         "limits": asdict(limits),
         "options": json.loads(json.dumps(options or {}, default=str)),  # fixed by the server (`--option`)
     }
@@ -163,7 +157,7 @@ def build_app(
             images = await asyncio.to_thread(decode_all, uploads, limits, task.facts.channels)
             job = await run(Job(images, bool(draw)))
         except (BadUpload, Busy) as exc:
-            return error(getattr(exc, "status", 503), str(exc))
+            return error(exc.status, str(exc))
         if job.error is not None:
             return failed(job, "prediction")
         if draw:  # the task's last drawing is the one made for reading (segmentation: masks, then overlays)
@@ -184,7 +178,7 @@ def build_app(
             wanted = {**(options or {}), **sample_options(request.query_params, task.predict_options, limits, options)}
             job = await run(Job([], bool(draw), call=lambda: draw_samples(predictor, wanted)))
         except (BadUpload, Busy) as exc:
-            return error(getattr(exc, "status", 503), str(exc))
+            return error(exc.status, str(exc))
         if job.error is not None:
             return failed(job, "sampling")
         if draw:

@@ -57,10 +57,19 @@ def check_options(task: Any, options: Mapping[str, Any]) -> dict[str, Any]:
     return opts
 
 
+def predicts_on_images(task: Any) -> bool:
+    """True when the task implements `postprocess`: it predicts on image files (and served uploads)."""
+    return type(task).postprocess is not Task.postprocess
+
+
+def samples_from_nothing(task: Any) -> bool:
+    """True when the task implements `sample`: a prediction without inputs (generation)."""
+    return type(task).sample is not Task.sample
+
+
 def supports_predict(task: Any) -> bool:
     """True when the task implements `postprocess` (prediction on files) or `sample` (generation)."""
-    cls = type(task)
-    return cls.postprocess is not Task.postprocess or cls.sample is not Task.sample
+    return predicts_on_images(task) or samples_from_nothing(task)
 
 
 class Predictor:
